@@ -1,0 +1,124 @@
+//! `feedline`: the command line for a feedline deployment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use feedline::Settings;
+use feedline::admin::{Admin, TopicSpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+#[derive(Debug, Parser)]
+#[command(name = "feedline", version, about = "Operate a feedline deployment")]
+struct Cli {
+    /// Config file (TOML); FEEDLINE_* environment variables override it.
+    #[arg(long, global = true, env = "FEEDLINE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides config).
+    #[arg(long, global = true)]
+    bootstrap_servers: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// List topics with their partition counts.
+    ///
+    /// Example: feedline topics list --output json
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create the system's topics (or the named one) if missing.
+    ///
+    /// Examples: feedline topics create; feedline topics create clicks --partitions 12
+    Create {
+        /// Topic to create; without it, every topic feedline's services use.
+        name: Option<String>,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replication factor; -1 lets the broker decide.
+        #[arg(long, default_value_t = -1)]
+        replication: i32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load("", cli.config.as_deref()).context("failed to load configuration")?;
+    if let Some(servers) = cli.bootstrap_servers {
+        settings.kafka.bootstrap_servers = servers;
+    }
+    match cli.command {
+        Command::Topics(TopicsCommand::List { output }) => list_topics(&settings, output),
+        Command::Topics(TopicsCommand::Create { name, partitions, replication }) => {
+            let specs = match name {
+                Some(name) => vec![TopicSpec::new(name, partitions).replication(replication)],
+                None => feedline_schemas::topic_specs(&settings.kafka),
+            };
+            Admin::new(&settings.kafka)?
+                .ensure_topics(&specs)
+                .await
+                .with_context(|| format!("failed to create topics on {}", settings.kafka.bootstrap_servers))?;
+            for spec in specs {
+                println!("{}", spec.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list_topics(settings: &Settings, output: Output) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = settings.kafka.client_config().create()?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.bootstrap_servers))?;
+    let mut topics: Vec<(String, usize)> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len()))
+        .collect();
+    topics.sort();
+    match output {
+        Output::Json => {
+            let list: Vec<_> = topics
+                .iter()
+                .map(|(name, partitions)| serde_json::json!({"name": name, "partitions": partitions}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Output::Text => {
+            for (name, partitions) in topics {
+                println!("{name}\t{partitions}");
+            }
+        }
+    }
+    Ok(())
+}

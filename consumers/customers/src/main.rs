@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    feedline::service::launch(feedline_customers::DEFAULTS, feedline_customers::run).await
+}

@@ -1,0 +1,322 @@
+//! Typed, layered configuration: built-in defaults, then an optional TOML file, then
+//! `FEEDLINE_*` environment variables. Secrets are `SecretString`s so they never reach a log.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+const SECTIONS: &[&str] = &[
+    "service_name",
+    "kafka",
+    "consumer",
+    "registry",
+    "database",
+    "http",
+];
+
+/// Environment variable naming an optional config file.
+pub const CONFIG_FILE_ENV: &str = "FEEDLINE_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to load configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub service_name: String,
+    pub kafka: KafkaSettings,
+    pub consumer: ConsumerSettings,
+    pub registry: RegistrySettings,
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub topic_prefix: String,
+    pub compression: Compression,
+    pub linger_ms: u32,
+    pub batch_size: u32,
+    pub message_timeout_ms: u32,
+    pub replication_factor: i32,
+    pub default_partitions: i32,
+    pub statistics_interval_ms: u32,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sasl_password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub session_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Settings {
+    /// Loads defaults, then `service_defaults` (a TOML snippet of the service's own
+    /// defaults), then `file` (or the file named by `FEEDLINE_CONFIG`), then the environment.
+    pub fn load(service_defaults: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env_file = std::env::var(CONFIG_FILE_ENV).ok();
+        let file = file.map(Path::to_path_buf).or(env_file.map(Into::into));
+        let mut figment = Figment::new()
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string(service_defaults));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only variables of known sections: FEEDLINE_CACHE and friends belong to the scripts.
+        let env = Env::prefixed("FEEDLINE_").split("__").filter(|key| {
+            let key = key.as_str();
+            SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
+        });
+        figment = figment.merge(env);
+        Self::from_figment(figment)
+    }
+
+    /// Defaults plus explicit overrides, ignoring the environment: what tests use.
+    pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::string(DEFAULTS))
+                .merge(Toml::string(overrides)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrap_servers", "must name at least one broker");
+        }
+        if self.consumer.batch_max == 0 {
+            return invalid("consumer.batch_max", "must be at least 1");
+        }
+        if self.consumer.drain_timeout_ms >= self.consumer.session_timeout_ms {
+            return invalid(
+                "consumer.drain_timeout_ms",
+                "must be below consumer.session_timeout_ms, or a draining consumer is evicted from its group",
+            );
+        }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
+            return invalid("registry.url", "must start with http:// or https://");
+        }
+        let db = self.database.url.expose_secret();
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| db.starts_with(scheme))
+        {
+            return invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            );
+        }
+        if self.kafka.default_partitions < 1 {
+            return invalid("kafka.default_partitions", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        format!("{}:{}", self.http.host, self.http.port)
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                field: "http.host",
+                reason: format!("{e}"),
+            })
+    }
+}
+
+impl KafkaSettings {
+    /// A topic or group name with the configured prefix.
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{}", self.topic_prefix, base)
+    }
+
+    /// Settings shared by every client: brokers, statistics, pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            );
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password.expose_secret());
+        }
+        config
+    }
+
+    /// Idempotent producer with `acks=all`: a send is done only once every in-sync replica has it.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", self.compression.as_str())
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("batch.size", self.batch_size.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+        config
+    }
+
+    /// Consumer in `group`: offsets are stored by the runtime only after the handler
+    /// committed, and auto-committed from that store (never ahead of the work).
+    pub fn consumer_config(&self, group: &str, consumer: &ConsumerSettings) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                consumer.session_timeout_ms.to_string(),
+            );
+        config
+    }
+}
+
+impl ConsumerSettings {
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = Settings::from_toml("").unwrap();
+        assert_eq!(settings.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(settings.kafka.compression, Compression::Lz4);
+    }
+
+    #[test]
+    fn drain_timeout_must_stay_below_session_timeout() {
+        let err = Settings::from_toml("[consumer]\ndrain_timeout_ms = 20000").unwrap_err();
+        assert!(err.to_string().contains("consumer.drain_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Settings::from_toml("[kafka]\nlinger_ms = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("linger_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Settings::from_toml("[kafka]\nbootstrap = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("bootstrap"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_reach_debug_output() {
+        let settings = Settings::from_toml(
+            "[database]\nurl = \"postgres://u:hunter2@h/db\"\nmax_connections = 1",
+        )
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn producer_is_idempotent_with_acks_all() {
+        let settings = Settings::from_toml("").unwrap();
+        let config = settings.kafka.producer_config();
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
+    }
+}

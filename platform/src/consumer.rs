@@ -1,0 +1,381 @@
+//! The consumer runtime: a consumer-group member that hands batches to a [`Handler`] and
+//! stores offsets only after the handler said its work is committed.
+//!
+//! Delivery is at-least-once: a crash between the handler's commit and the offset commit
+//! delivers the batch again, which the handler absorbs with `processed_events` (see
+//! [`crate::dedup::first_time`]). Poison messages go to `<topic>.dlq`; nothing is skipped
+//! silently.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Admin, AdminError, TopicSpec};
+use crate::config::{ConsumerSettings, KafkaSettings};
+use crate::context::FeedlineContext;
+use crate::dlq::{self, Rejection};
+use crate::metrics::Metrics;
+use crate::producer::{ProduceError, Producer};
+
+/// What the handler did with a batch whose effects it committed.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    rejected: Vec<(usize, Rejection)>,
+}
+
+impl Outcome {
+    pub fn ok() -> Self {
+        Outcome::default()
+    }
+
+    /// Marks `batch[index]` as poison: the runtime sends it to the DLQ before storing offsets.
+    pub fn reject(&mut self, index: usize, rejection: Rejection) {
+        self.rejected.push((index, rejection));
+    }
+
+    pub fn rejected(&self) -> &[(usize, Rejection)] {
+        &self.rejected
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Nothing was committed and a later try may succeed (database busy, broker down):
+    /// the runtime retries the same batch with backoff.
+    #[error("transient handler error: {0:#}")]
+    Retry(anyhow::Error),
+    /// Nothing was committed and retrying will not help: the consumer stops without storing
+    /// offsets, so the batch is delivered again after a restart.
+    #[error("fatal handler error: {0:#}")]
+    Fatal(anyhow::Error),
+}
+
+/// Processes a batch of messages (in partition order) and makes their effects durable
+/// before returning `Ok`. A batch holds one message when `consumer.batch_max = 1`.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        batch: &[OwnedMessage],
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Handler(HandlerError),
+    #[error("cannot dead-letter a message: {0}")]
+    DeadLetter(#[from] ProduceError),
+    #[error("handler rejected index {index} of a batch of {len}")]
+    BadRejection { index: usize, len: usize },
+}
+
+/// A consumer-group member running one handler over a set of topics.
+pub struct Consumer<H> {
+    consumer: Arc<StreamConsumer<FeedlineContext>>,
+    context: FeedlineContext,
+    handler: H,
+    producer: Producer,
+    group: String,
+    topics: Vec<String>,
+    kafka: KafkaSettings,
+    settings: ConsumerSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl<H> std::fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Processed {
+    Done,
+    /// Shutdown came first: the batch's offsets were not stored, so it will be redelivered.
+    Abandoned,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// `group` and `topics` are full names (apply [`KafkaSettings::name`] for the prefix).
+    /// `producer` sends dead letters.
+    pub fn new(
+        kafka: &KafkaSettings,
+        settings: &ConsumerSettings,
+        group: &str,
+        topics: &[String],
+        handler: H,
+        producer: Producer,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConsumerError> {
+        let context = FeedlineContext::new(metrics.clone());
+        let consumer: StreamConsumer<FeedlineContext> = kafka
+            .consumer_config(group, settings)
+            .create_with_context(context.clone())?;
+        Ok(Consumer {
+            consumer: Arc::new(consumer),
+            context,
+            handler,
+            producer,
+            group: group.to_owned(),
+            topics: topics.to_vec(),
+            kafka: kafka.clone(),
+            settings: settings.clone(),
+            metrics,
+        })
+    }
+
+    /// Consumes until `token` is cancelled or the handler fails fatally. On the way out it
+    /// finishes (or, after the drain timeout, abandons) the batch in flight, commits the
+    /// stored offsets and leaves the group.
+    pub async fn run(self, token: CancellationToken) -> Result<(), ConsumerError> {
+        let dlqs: Vec<TopicSpec> = self
+            .topics
+            .iter()
+            .map(|t| {
+                TopicSpec::new(dlq::dlq_topic(t), self.kafka.default_partitions)
+                    .replication(self.kafka.replication_factor)
+            })
+            .collect();
+        Admin::new(&self.kafka)?.ensure_topics(&dlqs).await?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)?;
+        tracing::info!(group = %self.group, topics = ?self.topics, "consumer started");
+
+        let result = self.consume(&token).await;
+
+        let consumer = self.consumer.clone();
+        let group = self.group.clone();
+        // Both calls block on the network; keep them off the async workers.
+        let closed = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(group = %group, error = %e, "final offset commit failed"),
+            }
+            consumer.unsubscribe();
+        })
+        .await;
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "final commit task failed");
+        }
+        // Dropping the last handle closes the consumer, which leaves the group.
+        drop(self);
+        result
+    }
+
+    async fn consume(&self, token: &CancellationToken) -> Result<(), ConsumerError> {
+        loop {
+            let batch = match self.next_batch(token).await {
+                Some(batch) => batch,
+                None => return Ok(()),
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            match self.process(&batch, token).await? {
+                Processed::Done => {}
+                Processed::Abandoned => return Ok(()),
+            }
+            if token.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for a first message, then collects what arrives within `batch_wait`, up to
+    /// `batch_max`. `None` means shutdown.
+    async fn next_batch(&self, token: &CancellationToken) -> Option<Vec<OwnedMessage>> {
+        let mut batch = Vec::new();
+        let first = tokio::select! {
+            biased;
+            _ = token.cancelled() => return None,
+            received = self.consumer.recv() => received,
+        };
+        self.push(&mut batch, first).await;
+        let deadline = tokio::time::Instant::now() + self.settings.batch_wait();
+        while batch.len() < self.settings.batch_max && !batch.is_empty() {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(received) => self.push(&mut batch, received).await,
+                Err(_elapsed) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    async fn push(
+        &self,
+        batch: &mut Vec<OwnedMessage>,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) {
+        // A rebalance runs inside recv(): drop what we buffered from partitions we lost,
+        // their new owner starts from the last stored offset.
+        let revoked = self.context.take_revoked();
+        if !revoked.is_empty() {
+            batch.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
+        }
+        match received {
+            Ok(message) => batch.push(message.detach()),
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "consumer error");
+                // Errors repeat fast when the broker is away; do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        token: &CancellationToken,
+    ) -> Result<Processed, ConsumerError> {
+        let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
+        let started = Instant::now();
+        let outcome = loop {
+            let Some(result) = self.until_drained(self.handler.handle(batch), token).await else {
+                return Ok(Processed::Abandoned);
+            };
+            match result {
+                Ok(outcome) => break outcome,
+                Err(HandlerError::Retry(e)) => {
+                    self.count_handler_error("retry");
+                    tracing::warn!(group = %self.group, error = format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "handler failed, retrying batch");
+                    if !self.sleep(&mut backoff, token).await {
+                        return Ok(Processed::Abandoned);
+                    }
+                }
+                Err(fatal @ HandlerError::Fatal(_)) => {
+                    self.count_handler_error("fatal");
+                    return Err(ConsumerError::Handler(fatal));
+                }
+            }
+        };
+        self.metrics
+            .handler_seconds
+            .with_label_values(&[&self.group])
+            .observe(started.elapsed().as_secs_f64());
+
+        for (index, rejection) in outcome.rejected() {
+            let msg = batch.get(*index).ok_or(ConsumerError::BadRejection {
+                index: *index,
+                len: batch.len(),
+            })?;
+            if !self.dead_letter(msg, rejection, token).await? {
+                return Ok(Processed::Abandoned);
+            }
+        }
+        self.store_offsets(batch);
+        Ok(Processed::Done)
+    }
+
+    /// Runs `work`; once shutdown starts it gets `drain_timeout` more, then is abandoned.
+    async fn until_drained<T>(
+        &self,
+        work: impl Future<Output = T>,
+        token: &CancellationToken,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        tokio::select! {
+            done = &mut work => Some(done),
+            _ = token.cancelled() => {
+                match tokio::time::timeout(self.settings.drain_timeout(), work).await {
+                    Ok(done) => Some(done),
+                    Err(_) => {
+                        tracing::warn!(group = %self.group, "drain timeout: batch abandoned, it will be redelivered");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns false when shutdown interrupted the wait.
+    async fn sleep(&self, backoff: &mut Duration, token: &CancellationToken) -> bool {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_millis(self.settings.retry_backoff_max_ms));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = token.cancelled() => false,
+        }
+    }
+
+    /// Returns false when shutdown came before the DLQ acknowledged the message.
+    async fn dead_letter(
+        &self,
+        msg: &OwnedMessage,
+        rejection: &Rejection,
+        token: &CancellationToken,
+    ) -> Result<bool, ConsumerError> {
+        let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
+        loop {
+            let sent = dlq::dead_letter(&self.producer, &self.group, msg, rejection);
+            match self.until_drained(sent, token).await {
+                None => return Ok(false),
+                Some(Ok(_)) => {
+                    tracing::warn!(
+                        group = %self.group, topic = msg.topic(), partition = msg.partition(),
+                        offset = msg.offset(), kind = %rejection.kind, reason = %rejection.reason,
+                        "message sent to dead-letter topic"
+                    );
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[msg.topic()])
+                        .inc();
+                    return Ok(true);
+                }
+                Some(Err(e)) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "dead-letter produce failed, retrying");
+                    if !self.sleep(&mut backoff, token).await {
+                        return Ok(false);
+                    }
+                }
+                Some(Err(e)) => return Err(ConsumerError::DeadLetter(e)),
+            }
+        }
+    }
+
+    /// Stores next-offset = last handled + 1 per partition; the auto-commit (and the final
+    /// commit at shutdown) sends them to the group coordinator.
+    fn store_offsets(&self, batch: &[OwnedMessage]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
+        for m in batch {
+            let slot = next.entry((m.topic(), m.partition())).or_insert(0);
+            *slot = (*slot).max(m.offset() + 1);
+            *per_topic.entry(m.topic()).or_default() += 1;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in &next {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(error = %e, "cannot build offset list");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // The partition moved to another member during the batch: it will redeliver
+            // from the last committed offset and processed_events absorbs the repeat.
+            tracing::warn!(group = %self.group, error = %e, "cannot store offsets");
+        }
+        for (topic, n) in per_topic {
+            self.metrics.consumed.with_label_values(&[topic]).inc_by(n);
+        }
+    }
+
+    fn count_handler_error(&self, kind: &str) {
+        self.metrics
+            .handler_errors
+            .with_label_values(&[&self.group, kind])
+            .inc();
+    }
+}

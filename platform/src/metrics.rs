@@ -1,0 +1,118 @@
+//! One Prometheus registry per service, with the platform's counters beside it.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Platform metrics: produce, consume, handler latency, DLQ, consumer lag, outbox.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub produced: IntCounterVec,
+    pub produce_errors: IntCounterVec,
+    pub produce_seconds: HistogramVec,
+    pub consumed: IntCounterVec,
+    pub handler_seconds: HistogramVec,
+    pub handler_errors: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub outbox_published: IntCounterVec,
+    pub rdkafka_queue_messages: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    /// Builds the registry with a constant `service` label on every series.
+    pub fn new(service: &str) -> Arc<Self> {
+        let labels = [("service".to_owned(), service.to_owned())].into();
+        let registry =
+            Registry::new_custom(Some("feedline".into()), Some(labels)).expect("valid registry");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("unique counter");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid histogram");
+            registry.register(Box::new(h.clone())).expect("unique histogram");
+            h
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("unique gauge");
+            g
+        };
+        Arc::new(Metrics {
+            produced: counter(
+                "produced_total",
+                "messages acknowledged by the broker",
+                &["topic"],
+            ),
+            produce_errors: counter(
+                "produce_errors_total",
+                "messages the broker did not acknowledge",
+                &["topic", "kind"],
+            ),
+            produce_seconds: histogram(
+                "produce_seconds",
+                "time from send to broker acknowledgement",
+                &["topic"],
+            ),
+            consumed: counter(
+                "consumed_total",
+                "messages handled and their offsets stored",
+                &["topic"],
+            ),
+            handler_seconds: histogram(
+                "handler_seconds",
+                "time a handler took for one batch",
+                &["group"],
+            ),
+            handler_errors: counter(
+                "handler_errors_total",
+                "handler failures (batch retried or consumer stopped)",
+                &["group", "kind"],
+            ),
+            dead_lettered: counter(
+                "dead_lettered_total",
+                "messages sent to a dead-letter topic",
+                &["topic"],
+            ),
+            consumer_lag: gauge(
+                "consumer_lag",
+                "messages between the committed offset and the end of the partition",
+                &["topic", "partition"],
+            ),
+            outbox_published: counter(
+                "outbox_published_total",
+                "outbox rows published and deleted",
+                &["topic"],
+            ),
+            rdkafka_queue_messages: gauge(
+                "rdkafka_queue_messages",
+                "messages waiting in librdkafka's producer queue",
+                &["client"],
+            ),
+            registry,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails on valid metrics");
+        String::from_utf8(out).expect("prometheus text is utf-8")
+    }
+}

@@ -1,0 +1,194 @@
+//! Outbox relay and dedup against the real broker and PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use feedline::consumer::{Handler, HandlerError, Outcome};
+use feedline::outbox::{self, OutboxMessage, OutboxRelay};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// Applies each event to `applied` (no unique constraint, so a double effect shows) behind
+/// the `processed_events` dedup, all in one transaction.
+#[derive(Clone)]
+struct Ledger {
+    pool: PgPool,
+    handled: Arc<AtomicUsize>,
+    /// When set, the handler stalls after its first commit so the test can kill it there.
+    stall_after_commit: Option<Arc<Notify>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Ledger {
+    async fn new(pool: PgPool) -> Self {
+        sqlx::query("CREATE TABLE IF NOT EXISTS applied (event_id TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        Ledger {
+            pool,
+            handled: Arc::default(),
+            stall_after_commit: None,
+            stalled: Arc::default(),
+        }
+    }
+}
+
+impl Handler for Ledger {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|m| header(m, "event-id").expect("event-id header").to_owned())
+            .collect();
+        let mut tx = self.pool.begin().await.map_err(|e| HandlerError::Retry(e.into()))?;
+        let fresh = feedline::dedup::first_time(&mut tx, "ledger", &ids)
+            .await
+            .map_err(|e| HandlerError::Retry(e.into()))?;
+        let new: Vec<&String> = ids.iter().filter(|id| fresh.contains(*id)).collect();
+        sqlx::query("INSERT INTO applied (event_id) SELECT unnest($1::text[])")
+            .bind(&new)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| HandlerError::Retry(e.into()))?;
+        tx.commit().await.map_err(|e| HandlerError::Retry(e.into()))?;
+        self.handled.fetch_add(batch.len(), Ordering::SeqCst);
+        if let Some(notify) = &self.stall_after_commit
+            && !self.stalled.swap(true, Ordering::SeqCst)
+        {
+            notify.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(Outcome::ok())
+    }
+}
+
+async fn applied(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM applied")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_after_its_commit_redelivers_and_dedup_applies_once() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("ledger", 2).await;
+    for i in 0..300 {
+        let id = format!("e{i}");
+        ctx.produce(&topic, &format!("k{}", i % 5), b"x", &[("event-id", id.as_bytes())]).await;
+    }
+    let mut first = Ledger::new(pool.clone()).await;
+    let stalled = Arc::new(Notify::new());
+    first.stall_after_commit = Some(stalled.clone());
+    let (_token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), first.clone());
+    tokio::time::timeout(Duration::from_secs(30), stalled.notified()).await.unwrap();
+    // Killed between the database commit and the offset store: no graceful anything.
+    task.abort();
+    let _ = task.await;
+    let committed_by_first = first.handled.load(Ordering::SeqCst);
+    assert!(committed_by_first > 0);
+
+    let second = Ledger::new(pool.clone()).await;
+    let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), second.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while applied(&pool).await.1 < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "not all events applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    task.await.unwrap().unwrap();
+
+    let (rows, distinct) = applied(&pool).await;
+    assert_eq!((rows, distinct), (300, 300), "every event applied exactly once");
+    let redelivered = first.handled.load(Ordering::SeqCst) + second.handled.load(Ordering::SeqCst) - 300;
+    assert!(redelivered > 0, "the killed batch was delivered again (and absorbed)");
+}
+
+fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
+    OutboxMessage {
+        topic: topic.to_owned(),
+        key: Some(key.as_bytes().to_vec()),
+        payload: format!("{key}:{i}").into_bytes(),
+        headers: vec![("event-id".to_owned(), format!("ev{i}").into_bytes())],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_committed_rows_in_order_and_deletes_them() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("outbox", 3).await;
+    let keys = ["a", "b", "c"];
+    // Several transactions of several rows, and one that rolls back.
+    for chunk in 0..10 {
+        let mut tx = pool.begin().await.unwrap();
+        let msgs: Vec<_> = (chunk * 10..chunk * 10 + 10).map(|i| message(&topic, keys[i % 3], i)).collect();
+        outbox::enqueue(&mut tx, &msgs).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &[message(&topic, "a", 999)]).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let relay = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    let published = ctx.read_all(&topic, 101);
+    token.cancel();
+    running.await.unwrap().unwrap();
+
+    assert_eq!(published.len(), 100, "committed rows only, each once");
+    let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for m in &published {
+        let (key, i) = text(m).split_once(':').map(|(k, i)| (k.to_owned(), i.parse().unwrap())).unwrap();
+        assert_eq!(m.key(), Some(key.as_bytes()));
+        assert_eq!(header(m, "event-id"), Some(format!("ev{i}").as_str()));
+        per_key.entry(key).or_default().push(i);
+    }
+    for (key, order) in per_key {
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "order of {key} kept: {order:?}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "acknowledged rows deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restarted_between_publish_and_delete_duplicates_and_dedup_absorbs_them() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("dup", 1).await;
+    let mut tx = pool.begin().await.unwrap();
+    let msgs: Vec<_> = (0..10).map(|i| message(&topic, "k", i)).collect();
+    outbox::enqueue(&mut tx, &msgs).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // The first relay publishes and "crashes" before deleting.
+    let crashed = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
+    let published = crashed.publish_batch().await;
+    assert!(published.error.is_none());
+    assert_eq!(published.acked.len(), 10);
+    drop(crashed);
+
+    let relay = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    let on_topic = ctx.read_all(&topic, 20);
+    assert_eq!(on_topic.len(), 20, "the restart published every row a second time");
+
+    let ledger = Ledger::new(pool.clone()).await;
+    let (consumer_token, consumer) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), ledger.clone());
+    eventually("20 deliveries", || ledger.handled.load(Ordering::SeqCst) >= 20).await;
+    consumer_token.cancel();
+    consumer.await.unwrap().unwrap();
+    token.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(applied(&pool).await, (10, 10), "duplicates absorbed by processed_events");
+}

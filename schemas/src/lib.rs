@@ -1,0 +1,69 @@
+//! feedline's message contracts. Topics are keyed by `customer_id`, so everything about one
+//! customer stays ordered on one partition; each topic has one value subject
+//! (`<topic>-value`, Confluent's TopicNameStrategy).
+
+use feedline::admin::TopicSpec;
+use feedline::config::KafkaSettings;
+
+/// Commands the gateway publishes for the order service.
+pub const ORDER_COMMANDS: &str = "order-commands";
+/// Events of the order service.
+pub const ORDER_EVENTS: &str = "order-events";
+/// Commands the gateway publishes for the customer service.
+pub const CUSTOMER_COMMANDS: &str = "customer-commands";
+/// Events of the customer service about customers.
+pub const CUSTOMER_EVENTS: &str = "customer-events";
+/// Credit decisions of the customer service.
+pub const CREDIT_EVENTS: &str = "credit-events";
+/// The schema registry's log (compacted, one partition).
+pub const SCHEMAS_TOPIC: &str = "_schemas";
+
+/// Every business topic of the system.
+pub const TOPICS: &[&str] = &[
+    ORDER_COMMANDS,
+    ORDER_EVENTS,
+    CUSTOMER_COMMANDS,
+    CUSTOMER_EVENTS,
+    CREDIT_EVENTS,
+];
+
+/// The value subject of `topic` under the TopicNameStrategy.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// The topics a deployment needs, with the configured prefix, partitions and replication.
+pub fn topic_specs(kafka: &KafkaSettings) -> Vec<TopicSpec> {
+    TOPICS
+        .iter()
+        .map(|t| {
+            TopicSpec::new(kafka.name(t), kafka.default_partitions)
+                .replication(kafka.replication_factor)
+        })
+        .chain(std::iter::once(
+            TopicSpec::new(kafka.name(SCHEMAS_TOPIC), 1)
+                .replication(kafka.replication_factor)
+                .compacted(),
+        ))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_topic_name_strategy() {
+        assert_eq!(value_subject(ORDER_EVENTS), "order-events-value");
+    }
+
+    #[test]
+    fn the_schemas_topic_is_compacted_with_one_partition() {
+        let settings = feedline::Settings::from_toml("").unwrap();
+        let specs = topic_specs(&settings.kafka);
+        let schemas = specs.iter().find(|s| s.name == SCHEMAS_TOPIC).unwrap();
+        assert_eq!(schemas.partitions, 1);
+        assert!(schemas.config.contains(&("cleanup.policy".into(), "compact".into())));
+        assert_eq!(specs.len(), TOPICS.len() + 1);
+    }
+}
