@@ -264,9 +264,9 @@ print_failure() {
   local n=$1 dir
   dir=$(node_dir "$n")
   echo "----- tail of $dir/logs/server.log -----" >&2
-  tail -n 40 "$dir/logs/server.log" 2>/dev/null >&2 || true
+  tail -n 40 "$dir/logs/server.log" >&2 2>/dev/null || true
   echo "----- tail of $dir/logs/kafka.out -----" >&2
-  tail -n 20 "$dir/logs/kafka.out" 2>/dev/null >&2 || true
+  tail -n 20 "$dir/logs/kafka.out" >&2 2>/dev/null || true
 }
 
 # Ready means: every requested node's process is alive, its listener accepts connections, and
@@ -278,7 +278,8 @@ wait_ready() {
     for n in "$@"; do
       if ! node_pid "$n" >/dev/null; then
         print_failure "$n"
-        die "node $n exited during startup"
+        say "ERROR: node $n exited during startup"
+        return 1
       fi
       port_open "$(broker_port "$n")" || missing+=("$n")
     done
@@ -295,7 +296,8 @@ wait_ready() {
     fi
     if (( SECONDS >= deadline )); then
       for n in "${missing[@]}"; do print_failure "$n"; done
-      die "node(s) ${missing[*]} not ready after ${START_TIMEOUT}s"
+      say "ERROR: node(s) ${missing[*]} not ready after ${START_TIMEOUT}s"
+      return 1
     fi
     sleep 1
   done
@@ -369,7 +371,8 @@ cmd_start() {
   for n in "${to_start[@]}"; do prepare_node "$n"; done
   # All nodes launch before waiting: a 3-voter quorum needs a majority up to elect a leader.
   for n in "${to_start[@]}"; do launch_node "$n"; done
-  wait_ready "${NODES[@]}"
+  # A half-started setup is worse than none: stop what this run launched, keep the data.
+  wait_ready "${NODES[@]}" || { stop_nodes "${to_start[@]}"; die "start failed ($MODE); see the logs above"; }
   say "ready in $((SECONDS - t0))s ($MODE); bootstrap servers:"
   bootstrap
 }
@@ -458,7 +461,7 @@ cmd_start_broker() {
   local t0=$SECONDS
   prepare_node "$1"
   launch_node "$1"
-  wait_ready "$1"
+  wait_ready "$1" || { stop_nodes "$1"; die "cluster node $1 failed to start"; }
   say "cluster node $1 ready in $((SECONDS - t0))s"
 }
 
@@ -511,7 +514,7 @@ EOF
 }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 

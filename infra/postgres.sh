@@ -286,5 +286,5 @@ case ${1:-} in
   stop)   cmd_stop ;;
   status) cmd_status ;;
   reset)  cmd_reset ;;
-  *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

@@ -6,13 +6,16 @@ use std::collections::HashSet;
 
 use sqlx::PgConnection;
 
-/// Records `event_ids` as processed by `consumer` and returns those seen for the first time.
-/// Call it inside the transaction that applies the effects: if that rolls back, so does this.
+/// Records `event_ids` as processed by `consumer` and tells, position by position, which are
+/// new: `true` for the first occurrence of an id never processed before, `false` for ids
+/// already processed and for repeats within `event_ids` itself (a redelivered batch can hold
+/// both copies of a duplicate). Call it inside the transaction that applies the effects: if
+/// that rolls back, so does this.
 pub async fn first_time(
     conn: &mut PgConnection,
     consumer: &str,
     event_ids: &[String],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<Vec<bool>, sqlx::Error> {
     let fresh: Vec<String> = sqlx::query_scalar(
         "INSERT INTO processed_events (consumer, event_id)
          SELECT $1, id FROM unnest($2::text[]) AS t(id)
@@ -23,5 +26,6 @@ pub async fn first_time(
     .bind(event_ids)
     .fetch_all(conn)
     .await?;
-    Ok(fresh.into_iter().collect())
+    let mut fresh: HashSet<String> = fresh.into_iter().collect();
+    Ok(event_ids.iter().map(|id| fresh.remove(id)).collect())
 }

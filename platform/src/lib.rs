@@ -3,6 +3,7 @@
 //! calls [`telemetry::init`] and runs until the [`shutdown`] token is cancelled.
 
 pub mod admin;
+pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod context;

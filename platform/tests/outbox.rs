@@ -51,7 +51,7 @@ impl Handler for Ledger {
         let fresh = feedline::dedup::first_time(&mut tx, "ledger", &ids)
             .await
             .map_err(|e| HandlerError::Retry(e.into()))?;
-        let new: Vec<&String> = ids.iter().filter(|id| fresh.contains(*id)).collect();
+        let new: Vec<&String> = ids.iter().zip(&fresh).filter(|(_, new)| **new).map(|(id, _)| id).collect();
         sqlx::query("INSERT INTO applied (event_id) SELECT unnest($1::text[])")
             .bind(&new)
             .execute(&mut *tx)
@@ -141,7 +141,7 @@ async fn relay_publishes_committed_rows_in_order_and_deletes_them() {
     let relay = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
     let token = feedline::CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone()));
-    let published = ctx.read_all(&topic, 101);
+    let published = ctx.read_all(&topic, 100);
     token.cancel();
     running.await.unwrap().unwrap();
 

@@ -65,7 +65,7 @@ async fn round_trip_keeps_keys_headers_and_order_per_key() {
     assert!(ctx.metrics.render().contains("feedline_consumed_total"));
 }
 
-/// Fails fatally on one payload, once armed.
+/// Handles batches atomically, but fails fatally on any batch holding one payload.
 #[derive(Clone)]
 struct FailOn {
     bad: &'static str,
@@ -74,12 +74,8 @@ struct FailOn {
 
 impl Handler for FailOn {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
-        for (i, m) in batch.iter().enumerate() {
-            if text(m) == self.bad {
-                // Nothing of this batch from the bad message on was committed.
-                self.seen.lock().unwrap().extend(batch[..i].iter().cloned());
-                return Err(HandlerError::Fatal(anyhow::anyhow!("cannot handle {}", self.bad)));
-            }
+        if batch.iter().any(|m| text(m) == self.bad) {
+            return Err(HandlerError::Fatal(anyhow::anyhow!("cannot handle {}", self.bad)));
         }
         self.seen.lock().unwrap().extend(batch.iter().cloned());
         Ok(Outcome::ok())
@@ -90,11 +86,15 @@ impl Handler for FailOn {
 async fn failed_handler_gets_the_message_again_after_restart_and_skips_nothing() {
     let ctx = TestCtx::new();
     let topic = ctx.topic("orders", 1).await;
-    for i in 0..20 {
-        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[]).await;
-    }
     let first = FailOn { bad: "m7", seen: Seen::default() };
     let (_token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), first.clone());
+    for i in 0..7 {
+        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[]).await;
+    }
+    eventually("the first seven", || first.seen.lock().unwrap().len() >= 7).await;
+    for i in 7..20 {
+        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[]).await;
+    }
     let err = tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap_err();
     assert!(err.to_string().contains("cannot handle m7"), "{err}");
     let before: Vec<String> = first.seen.lock().unwrap().iter().map(text).collect();

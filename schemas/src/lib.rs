@@ -2,8 +2,17 @@
 //! customer stays ordered on one partition; each topic has one value subject
 //! (`<topic>-value`, Confluent's TopicNameStrategy).
 
+pub mod contracts;
+pub mod types;
+
+use std::collections::HashMap;
+
 use feedline::admin::TopicSpec;
+use feedline::codec::{AvroEncoder, CodecError, SchemaResolver};
 use feedline::config::KafkaSettings;
+use serde::Serialize;
+
+pub use contracts::envelope_schema;
 
 /// Commands the gateway publishes for the order service.
 pub const ORDER_COMMANDS: &str = "order-commands";
@@ -46,6 +55,34 @@ pub fn topic_specs(kafka: &KafkaSettings) -> Vec<TopicSpec> {
                 .compacted(),
         ))
         .collect()
+}
+
+/// Registers every topic's envelope schema under `<prefix><topic>-value` and returns the
+/// ids by (unprefixed) topic. Services call it at start; registering again is a no-op.
+pub async fn register_all<R: SchemaResolver>(
+    resolver: &R,
+    kafka: &KafkaSettings,
+) -> Result<HashMap<&'static str, u32>, CodecError> {
+    let mut ids = HashMap::new();
+    for (topic, _) in contracts::TOPIC_ENVELOPES {
+        let schema = envelope_schema(topic).expect("every topic has an envelope");
+        let id = resolver
+            .register(&value_subject(&kafka.name(topic)), schema)
+            .await?;
+        ids.insert(*topic, id);
+    }
+    Ok(ids)
+}
+
+/// An encoder for `topic`'s envelope (unprefixed name), registered under its subject.
+pub async fn encoder<T: Serialize, R: SchemaResolver>(
+    resolver: &R,
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> Result<AvroEncoder<T>, CodecError> {
+    let schema = envelope_schema(topic)
+        .ok_or_else(|| CodecError::InvalidSchema(format!("no contract for topic {topic}")))?;
+    AvroEncoder::new(resolver, &value_subject(&kafka.name(topic)), schema).await
 }
 
 #[cfg(test)]

@@ -127,7 +127,8 @@ impl TestCtx {
             .collect()
     }
 
-    /// Reads every message of `topic` from the beginning until `expected` arrived.
+    /// Reads `topic` from the beginning until `expected` messages arrived (or 30 s passed),
+    /// then half a second more, so a surplus shows too.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<OwnedMessage> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", kafka_bootstrap())
@@ -139,12 +140,19 @@ impl TestCtx {
         consumer.subscribe(&[topic]).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
-        while out.len() < expected && std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+        let mut surplus_deadline = None;
+        loop {
+            let now = std::time::Instant::now();
+            if now > deadline || surplus_deadline.is_some_and(|d| now > d) {
+                return out;
+            }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 out.push(m.detach());
             }
+            if out.len() >= expected && surplus_deadline.is_none() {
+                surplus_deadline = Some(now + Duration::from_millis(500));
+            }
         }
-        out
     }
 }
 

@@ -1,0 +1,189 @@
+//! Schema look-ups: the [`SchemaResolver`] trait, the registry's REST client, and a fixed
+//! in-memory resolver for tests and benchmarks.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::CodecError;
+use crate::config::RegistrySettings;
+
+/// Where schemas come from. Called on cache misses only, never per message.
+pub trait SchemaResolver: Send + Sync + 'static {
+    /// The schema text registered under `id`.
+    fn schema(&self, id: u32) -> impl Future<Output = Result<String, CodecError>> + Send;
+    /// Registers `schema` under `subject` (or finds it there) and returns its id.
+    fn register(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> impl Future<Output = Result<u32, CodecError>> + Send;
+}
+
+/// A client of any Confluent-compatible registry (feedline's own, Confluent's, Karapace,
+/// Redpanda's). Transient failures are retried with backoff before they surface.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    url: String,
+    auth: Option<(String, String)>,
+    attempts: u32,
+}
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: u32,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error_code: Option<i64>,
+    message: Option<String>,
+}
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+impl RegistryClient {
+    pub fn new(settings: &RegistrySettings) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("static reqwest configuration");
+        let auth = match (&settings.username, &settings.password) {
+            (Some(user), Some(password)) => {
+                Some((user.clone(), password.expose_secret().to_owned()))
+            }
+            _ => None,
+        };
+        RegistryClient {
+            http,
+            url: settings.url.trim_end_matches('/').to_owned(),
+            auth,
+            attempts: 5,
+        }
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        not_found: impl Fn(Option<i64>) -> Option<CodecError>,
+    ) -> Result<T, CodecError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let mut builder = request().header(reqwest::header::ACCEPT, CONTENT_TYPE);
+            if let Some((user, password)) = &self.auth {
+                builder = builder.basic_auth(user, Some(password));
+            }
+            let failure = match builder.send().await {
+                Ok(response) if response.status().is_success() => {
+                    return response.json::<T>().await.map_err(|e| CodecError::Registry {
+                        status: 200,
+                        message: format!("unexpected response body: {e}"),
+                    });
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body: Option<ErrorBody> = response.json().await.ok();
+                    let code = body.as_ref().and_then(|b| b.error_code);
+                    if status == 404
+                        && let Some(e) = not_found(code)
+                    {
+                        return Err(e);
+                    }
+                    let message = body
+                        .and_then(|b| b.message)
+                        .unwrap_or_else(|| "no message".to_owned());
+                    if status < 500 {
+                        return Err(CodecError::Registry { status, message });
+                    }
+                    format!("HTTP {status}: {message}")
+                }
+                Err(e) => format!("{e}"),
+            };
+            if attempt >= self.attempts {
+                return Err(CodecError::RegistryUnavailable {
+                    url: self.url.clone(),
+                    reason: failure,
+                });
+            }
+            tracing::warn!(url = %self.url, attempt, reason = %failure, "schema registry call failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
+        }
+    }
+}
+
+impl SchemaResolver for RegistryClient {
+    async fn schema(&self, id: u32) -> Result<String, CodecError> {
+        let url = format!("{}/schemas/ids/{id}", self.url);
+        let body: SchemaBody = self
+            .call(
+                || self.http.get(&url),
+                |_| Some(CodecError::UnknownSchemaId(id)),
+            )
+            .await?;
+        Ok(body.schema)
+    }
+
+    async fn register(&self, subject: &str, schema: &str) -> Result<u32, CodecError> {
+        let url = format!("{}/subjects/{subject}/versions", self.url);
+        let payload = serde_json::json!({ "schema": schema });
+        let body: IdBody = self
+            .call(
+                || {
+                    self.http
+                        .post(&url)
+                        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                        .json(&payload)
+                },
+                |_| None,
+            )
+            .await?;
+        Ok(body.id)
+    }
+}
+
+/// Schemas held in memory, ids handed out in registration order: for tests and benchmarks
+/// that must not depend on a registry.
+#[derive(Debug, Default)]
+pub struct FixedResolver {
+    schemas: Mutex<Vec<String>>,
+}
+
+impl FixedResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl SchemaResolver for FixedResolver {
+    async fn schema(&self, id: u32) -> Result<String, CodecError> {
+        let schemas = self.schemas.lock().expect("resolver poisoned");
+        id.checked_sub(1)
+            .and_then(|i| schemas.get(i as usize))
+            .cloned()
+            .ok_or(CodecError::UnknownSchemaId(id))
+    }
+
+    async fn register(&self, _subject: &str, schema: &str) -> Result<u32, CodecError> {
+        let mut schemas = self.schemas.lock().expect("resolver poisoned");
+        let index = match schemas.iter().position(|s| s == schema) {
+            Some(i) => i,
+            None => {
+                schemas.push(schema.to_owned());
+                schemas.len() - 1
+            }
+        };
+        Ok(index as u32 + 1)
+    }
+}

@@ -1,0 +1,145 @@
+//! Rust types of the contracts in `schemas/avro/`. Field order and names follow the `.avsc`
+//! files exactly (Avro binary is positional); `tests` proves each type against its schema.
+//! Ids are UUID strings (Avro `string` with `logicalType: uuid`); money is `i64` cents.
+
+use serde::{Deserialize, Serialize};
+
+/// The per-topic envelopes: metadata plus the topic's payload union. One named struct per
+/// topic, because Avro's schema-aware deserializer matches the struct name to the record's.
+macro_rules! envelope {
+    ($(#[$doc:meta])* $name:ident, $payload:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct $name {
+            /// Unique per message; consumers deduplicate on it.
+            pub event_id: String,
+            /// Milliseconds since the Unix epoch (`timestamp-millis`).
+            pub occurred_at: i64,
+            /// Shared by every message of one business flow.
+            pub correlation_id: String,
+            /// `event_id` of the message that caused this one.
+            pub causation_id: Option<String>,
+            /// Service (and replica) that produced the message.
+            pub producer: String,
+            pub payload: $payload,
+        }
+
+        impl $name {
+            /// A new message with a fresh `event_id`, stamped now.
+            pub fn new(
+                producer: &str,
+                correlation_id: String,
+                causation_id: Option<String>,
+                payload: $payload,
+            ) -> Self {
+                $name {
+                    event_id: uuid::Uuid::new_v4().to_string(),
+                    occurred_at: now_millis(),
+                    correlation_id,
+                    causation_id,
+                    producer: producer.to_owned(),
+                    payload,
+                }
+            }
+        }
+    };
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+macro_rules! record {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct $name { $($(#[$fdoc])* pub $field: $ty),* }
+    };
+}
+
+record!(PlaceOrder { order_id: String, customer_id: String, total_cents: i64 });
+record!(CancelOrder { order_id: String, customer_id: String, reason: Option<String> });
+record!(RegisterCustomer { customer_id: String, name: String, credit_limit_cents: i64 });
+record!(ChangeCreditLimit { customer_id: String, credit_limit_cents: i64 });
+record!(OrderCreated { order_id: String, customer_id: String, total_cents: i64 });
+record!(OrderApproved { order_id: String, customer_id: String, total_cents: i64 });
+record!(OrderRejected { order_id: String, customer_id: String, total_cents: i64, reason: String });
+record!(OrderCancelled { order_id: String, customer_id: String, total_cents: i64, reason: Option<String> });
+record!(CustomerRegistered { customer_id: String, name: String, credit_limit_cents: i64 });
+record!(CreditLimitChanged { customer_id: String, credit_limit_cents: i64, credit_reserved_cents: i64 });
+record!(CreditReserved {
+    order_id: String,
+    customer_id: String,
+    amount_cents: i64,
+    credit_reserved_cents: i64,
+    credit_limit_cents: i64,
+});
+record!(CreditLimitExceeded {
+    order_id: String,
+    customer_id: String,
+    amount_cents: i64,
+    credit_available_cents: i64,
+    reason: String,
+});
+record!(CreditReleased { order_id: String, customer_id: String, amount_cents: i64, credit_reserved_cents: i64 });
+
+/// Payload union of `order-commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderCommandPayload {
+    PlaceOrder(PlaceOrder),
+    CancelOrder(CancelOrder),
+}
+
+/// Payload union of `order-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEventPayload {
+    OrderCreated(OrderCreated),
+    OrderApproved(OrderApproved),
+    OrderRejected(OrderRejected),
+    OrderCancelled(OrderCancelled),
+}
+
+/// Payload union of `customer-commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerCommandPayload {
+    RegisterCustomer(RegisterCustomer),
+    ChangeCreditLimit(ChangeCreditLimit),
+}
+
+/// Payload union of `customer-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerEventPayload {
+    CustomerRegistered(CustomerRegistered),
+    CreditLimitChanged(CreditLimitChanged),
+}
+
+/// Payload union of `credit-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreditEventPayload {
+    CreditReserved(CreditReserved),
+    CreditLimitExceeded(CreditLimitExceeded),
+    CreditReleased(CreditReleased),
+}
+
+envelope!(
+    /// Value of `order-commands`.
+    OrderCommand, OrderCommandPayload
+);
+envelope!(
+    /// Value of `order-events`.
+    OrderEvent, OrderEventPayload
+);
+envelope!(
+    /// Value of `customer-commands`.
+    CustomerCommand, CustomerCommandPayload
+);
+envelope!(
+    /// Value of `customer-events`.
+    CustomerEvent, CustomerEventPayload
+);
+envelope!(
+    /// Value of `credit-events`.
+    CreditEvent, CreditEventPayload
+);
