@@ -13,7 +13,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 #[derive(Debug, Parser)]
 #[command(name = "feedline-bench", about = "Load-test a feedline pipeline")]
 struct Cli {
-    #[arg(long, default_value = "127.0.0.1:9092", env = "FEEDLINE_KAFKA__BOOTSTRAP_SERVERS")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9092",
+        env = "FEEDLINE_KAFKA__BOOTSTRAP_SERVERS"
+    )]
     bootstrap_servers: String,
     #[command(subcommand)]
     scenario: Scenario,
@@ -42,11 +46,20 @@ async fn main() -> anyhow::Result<()> {
         cli.bootstrap_servers
     ))?;
     match cli.scenario {
-        Scenario::Produce { count, size, window } => produce(&settings, count, size, window).await,
+        Scenario::Produce {
+            count,
+            size,
+            window,
+        } => produce(&settings, count, size, window).await,
     }
 }
 
-async fn produce(settings: &Settings, count: usize, size: usize, window: usize) -> anyhow::Result<()> {
+async fn produce(
+    settings: &Settings,
+    count: usize,
+    size: usize,
+    window: usize,
+) -> anyhow::Result<()> {
     let topic = format!("bench-produce-{}", uuid::Uuid::new_v4().simple());
     Admin::new(&settings.kafka)?
         .ensure_topics(&[TopicSpec::new(&topic, 6)])
@@ -63,7 +76,9 @@ async fn produce(settings: &Settings, count: usize, size: usize, window: usize) 
         async move {
             let mut pending = Vec::with_capacity(window);
             for i in 0..n {
-                let record = FutureRecord::to(topic).key(&keys[i % keys.len()]).payload(payload);
+                let record = FutureRecord::to(topic)
+                    .key(&keys[i % keys.len()])
+                    .payload(payload);
                 pending.push(raw.send_result(record).map_err(|(e, _)| e)?);
                 if pending.len() == window {
                     for d in pending.drain(..) {
@@ -105,14 +120,19 @@ async fn produce(settings: &Settings, count: usize, size: usize, window: usize) 
     println!();
     println!("| scenario | msgs/s | MB/s | ratio to raw rdkafka |");
     println!("|---|---:|---:|---:|");
-    for (name, rate) in [("raw rdkafka (baseline)", raw_rate), ("feedline producer", feedline_rate)] {
+    for (name, rate) in [
+        ("raw rdkafka (baseline)", raw_rate),
+        ("feedline producer", feedline_rate),
+    ] {
         println!(
             "| produce {size} B, acks=all, idempotent | {name}: {rate:.0} | {:.1} | {:.2} |",
             rate * size as f64 / 1e6,
             rate / raw_rate
         );
     }
-    Admin::new(&settings.kafka)?.delete_topics(&[&topic]).await?;
+    Admin::new(&settings.kafka)?
+        .delete_topics(&[&topic])
+        .await?;
     Ok(())
 }
 
@@ -127,6 +147,9 @@ where
     run(count).await?;
     let elapsed = started.elapsed().max(Duration::from_micros(1));
     let rate = count as f64 / elapsed.as_secs_f64();
-    eprintln!("{name}: {count} messages in {:.2} s = {rate:.0} msgs/s", elapsed.as_secs_f64());
+    eprintln!(
+        "{name}: {count} messages in {:.2} s = {rate:.0} msgs/s",
+        elapsed.as_secs_f64()
+    );
     Ok(rate)
 }

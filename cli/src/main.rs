@@ -72,13 +72,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load("", cli.config.as_deref()).context("failed to load configuration")?;
+    let mut settings =
+        Settings::load("", cli.config.as_deref()).context("failed to load configuration")?;
     if let Some(servers) = cli.bootstrap_servers {
         settings.kafka.bootstrap_servers = servers;
     }
     match cli.command {
         Command::Topics(TopicsCommand::List { output }) => list_topics(&settings, output),
-        Command::Topics(TopicsCommand::Create { name, partitions, replication }) => {
+        Command::Topics(TopicsCommand::Create {
+            name,
+            partitions,
+            replication,
+        }) => {
             let specs = match name {
                 Some(name) => vec![TopicSpec::new(name, partitions).replication(replication)],
                 None => feedline_schemas::topic_specs(&settings.kafka),
@@ -86,7 +91,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Admin::new(&settings.kafka)?
                 .ensure_topics(&specs)
                 .await
-                .with_context(|| format!("failed to create topics on {}", settings.kafka.bootstrap_servers))?;
+                .with_context(|| {
+                    format!(
+                        "failed to create topics on {}",
+                        settings.kafka.bootstrap_servers
+                    )
+                })?;
             for spec in specs {
                 println!("{}", spec.name);
             }

@@ -13,7 +13,10 @@ pub enum AdminError {
     #[error("kafka admin client: {0}")]
     Client(#[from] KafkaError),
     #[error("cannot create topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("topic {0} does not exist")]
     UnknownTopic(String),
 }
@@ -94,7 +97,11 @@ impl Admin {
                     spec.replication
                 };
                 config.iter().fold(
-                    NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication)),
+                    NewTopic::new(
+                        &spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(replication),
+                    ),
                     |t, (k, v)| t.set(k, v),
                 )
             })

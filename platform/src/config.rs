@@ -140,7 +140,9 @@ impl Settings {
         // Only variables of known sections: FEEDLINE_CACHE and friends belong to the scripts.
         let env = Env::prefixed("FEEDLINE_").split("__").filter(|key| {
             let key = key.as_str();
-            SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
+            SECTIONS
+                .iter()
+                .any(|s| key == *s || key.starts_with(&format!("{s}.")))
         });
         figment = figment.merge(env);
         Self::from_figment(figment)
@@ -180,7 +182,8 @@ impl Settings {
                 "must be below consumer.session_timeout_ms, or a draining consumer is evicted from its group",
             );
         }
-        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://"))
+        {
             return invalid("registry.url", "must start with http:// or https://");
         }
         let db = self.database.url.expose_secret();
@@ -224,8 +227,10 @@ impl KafkaSettings {
                 "statistics.interval.ms",
                 self.statistics_interval_ms.to_string(),
             );
+        // librdkafka property names never hold '_', so `security_protocol` (what an
+        // environment variable can spell) means `security.protocol`.
         for (key, value) in &self.properties {
-            config.set(key, value);
+            config.set(key.replace('_', "."), value);
         }
         if let Some(password) = &self.sasl_password {
             config.set("sasl.password", password.expose_secret());
@@ -288,7 +293,10 @@ mod tests {
     #[test]
     fn drain_timeout_must_stay_below_session_timeout() {
         let err = Settings::from_toml("[consumer]\ndrain_timeout_ms = 20000").unwrap_err();
-        assert!(err.to_string().contains("consumer.drain_timeout_ms"), "{err}");
+        assert!(
+            err.to_string().contains("consumer.drain_timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -310,6 +318,17 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn pass_through_properties_accept_underscores_for_dots() {
+        let settings = Settings::from_toml(
+            "[kafka.properties]\nsecurity_protocol = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"",
+        )
+        .unwrap();
+        let config = settings.kafka.client_config();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl ConsumerContext for FeedlineContext {
             Rebalance::Revoke(tpl) => {
                 let mut revoked = self.revoked.lock().expect("revoked set poisoned");
                 for elem in tpl.elements() {
-                    tracing::info!(topic = elem.topic(), partition = elem.partition(), "partition revoked");
+                    tracing::info!(
+                        topic = elem.topic(),
+                        partition = elem.partition(),
+                        "partition revoked"
+                    );
                     revoked.insert((elem.topic().to_owned(), elem.partition()));
                     let _ = self
                         .metrics
@@ -90,7 +94,11 @@ impl ConsumerContext for FeedlineContext {
             }
             Rebalance::Assign(tpl) => {
                 for elem in tpl.elements() {
-                    tracing::info!(topic = elem.topic(), partition = elem.partition(), "partition assigned");
+                    tracing::info!(
+                        topic = elem.topic(),
+                        partition = elem.partition(),
+                        "partition assigned"
+                    );
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

@@ -26,7 +26,10 @@ pub fn ops_router(metrics: Arc<Metrics>) -> Router {
                 }
             }),
         )
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
 }
 
 /// Serves `router` until `token` is cancelled, then finishes in-flight requests.

@@ -34,18 +34,24 @@ impl Metrics {
             Registry::new_custom(Some("feedline".into()), Some(labels)).expect("valid registry");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             let h = HistogramVec::new(opts, labels).expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique histogram");
             h
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique gauge");
             g
         };
         Arc::new(Metrics {

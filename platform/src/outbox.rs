@@ -48,7 +48,10 @@ pub async fn enqueue(
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let headers: Vec<Vec<u8>> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
+    let headers: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| encode_headers(&m.headers))
+        .collect();
     // WITH ORDINALITY keeps the ids in the order of `messages`.
     sqlx::query(
         "INSERT INTO outbox (topic, msg_key, payload, headers)
@@ -89,14 +92,14 @@ fn decode_headers(mut bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
         Some(head)
     };
     let mut headers = Vec::new();
-    loop {
-        let Some(len) = take(2) else { break };
+    while let Some(len) = take(2) {
         let key_len = u16::from_be_bytes(len.try_into().ok()?) as usize;
         let key = String::from_utf8(take(key_len)?.to_vec()).ok()?;
         let value_len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
         headers.push((key, take(value_len)?.to_vec()));
     }
-    Some(headers)
+    // A lone trailing byte is corruption too, not an empty header.
+    bytes.is_empty().then_some(headers)
 }
 
 #[derive(Debug)]

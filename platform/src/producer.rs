@@ -84,12 +84,27 @@ pub fn is_retryable(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     match error.rdkafka_error_code() {
         Some(
-            MessageTimedOut | QueueFull | RequestTimedOut | NetworkException | AllBrokersDown
-            | BrokerTransportFailure | BrokerNotAvailable | LeaderNotAvailable
-            | NotLeaderForPartition | NotEnoughReplicas | NotEnoughReplicasAfterAppend
-            | NotCoordinator | CoordinatorNotAvailable | CoordinatorLoadInProgress
-            | KafkaStorageError | FencedLeaderEpoch | UnknownLeaderEpoch | Resolve
-            | OperationTimedOut | ThrottlingQuotaExceeded | ISRInsufficient,
+            MessageTimedOut
+            | QueueFull
+            | RequestTimedOut
+            | NetworkException
+            | AllBrokersDown
+            | BrokerTransportFailure
+            | BrokerNotAvailable
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | NotEnoughReplicas
+            | NotEnoughReplicasAfterAppend
+            | NotCoordinator
+            | CoordinatorNotAvailable
+            | CoordinatorLoadInProgress
+            | KafkaStorageError
+            | FencedLeaderEpoch
+            | UnknownLeaderEpoch
+            | Resolve
+            | OperationTimedOut
+            | ThrottlingQuotaExceeded
+            | ISRInsufficient,
         ) => true,
         Some(_) => false,
         // Errors without a librdkafka code (canceled, runtime shut down) do not repeat by themselves.
@@ -172,10 +187,7 @@ impl Producer {
     /// Hands the message to librdkafka (waiting for queue space, so a full queue slows the
     /// caller instead of failing it) and returns the acknowledgement to await. Messages
     /// enqueued one after another keep their order per partition.
-    pub async fn enqueue(
-        &self,
-        msg: Outgoing<'_>,
-    ) -> Result<PendingDelivery, ProduceError> {
+    pub async fn enqueue(&self, msg: Outgoing<'_>) -> Result<PendingDelivery, ProduceError> {
         let started = Instant::now();
         let mut record = FutureRecord::<[u8], [u8]>::to(msg.topic).payload(msg.payload);
         if let Some(key) = msg.key {
@@ -185,15 +197,15 @@ impl Producer {
             record = record.partition(partition);
         }
         if !msg.headers.is_empty() {
-            let headers = msg
-                .headers
-                .iter()
-                .fold(OwnedHeaders::new_with_capacity(msg.headers.len()), |h, (key, value)| {
+            let headers = msg.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(msg.headers.len()),
+                |h, (key, value)| {
                     h.insert(Header {
                         key,
                         value: Some(*value),
                     })
-                });
+                },
+            );
             record = record.headers(headers);
         }
         let topic = msg.topic.to_owned();
@@ -203,7 +215,8 @@ impl Producer {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     // librdkafka drains its queue on its own thread; give it a moment.
-                    self.inner.poll(Timeout::After(std::time::Duration::from_millis(1)));
+                    self.inner
+                        .poll(Timeout::After(std::time::Duration::from_millis(1)));
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => {
@@ -249,7 +262,8 @@ mod tests {
     fn broker_hiccups_are_retryable_and_bad_messages_are_not() {
         let retry = KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas);
         let fatal = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        let unknown_topic = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        let unknown_topic =
+            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
         assert!(is_retryable(&retry));
         assert!(!is_retryable(&fatal));
         assert!(!is_retryable(&unknown_topic));

@@ -47,17 +47,28 @@ impl Handler for Ledger {
             .iter()
             .map(|m| header(m, "event-id").expect("event-id header").to_owned())
             .collect();
-        let mut tx = self.pool.begin().await.map_err(|e| HandlerError::Retry(e.into()))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| HandlerError::Retry(e.into()))?;
         let fresh = feedline::dedup::first_time(&mut tx, "ledger", &ids)
             .await
             .map_err(|e| HandlerError::Retry(e.into()))?;
-        let new: Vec<&String> = ids.iter().zip(&fresh).filter(|(_, new)| **new).map(|(id, _)| id).collect();
+        let new: Vec<&String> = ids
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .map(|(id, _)| id)
+            .collect();
         sqlx::query("INSERT INTO applied (event_id) SELECT unnest($1::text[])")
             .bind(&new)
             .execute(&mut *tx)
             .await
             .map_err(|e| HandlerError::Retry(e.into()))?;
-        tx.commit().await.map_err(|e| HandlerError::Retry(e.into()))?;
+        tx.commit()
+            .await
+            .map_err(|e| HandlerError::Retry(e.into()))?;
         self.handled.fetch_add(batch.len(), Ordering::SeqCst);
         if let Some(notify) = &self.stall_after_commit
             && !self.stalled.swap(true, Ordering::SeqCst)
@@ -83,13 +94,21 @@ async fn consumer_killed_after_its_commit_redelivers_and_dedup_applies_once() {
     let topic = ctx.topic("ledger", 2).await;
     for i in 0..300 {
         let id = format!("e{i}");
-        ctx.produce(&topic, &format!("k{}", i % 5), b"x", &[("event-id", id.as_bytes())]).await;
+        ctx.produce(
+            &topic,
+            &format!("k{}", i % 5),
+            b"x",
+            &[("event-id", id.as_bytes())],
+        )
+        .await;
     }
     let mut first = Ledger::new(pool.clone()).await;
     let stalled = Arc::new(Notify::new());
     first.stall_after_commit = Some(stalled.clone());
     let (_token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), first.clone());
-    tokio::time::timeout(Duration::from_secs(30), stalled.notified()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), stalled.notified())
+        .await
+        .unwrap();
     // Killed between the database commit and the offset store: no graceful anything.
     task.abort();
     let _ = task.await;
@@ -100,16 +119,27 @@ async fn consumer_killed_after_its_commit_redelivers_and_dedup_applies_once() {
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), second.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while applied(&pool).await.1 < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "not all events applied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all events applied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     token.cancel();
     task.await.unwrap().unwrap();
 
     let (rows, distinct) = applied(&pool).await;
-    assert_eq!((rows, distinct), (300, 300), "every event applied exactly once");
-    let redelivered = first.handled.load(Ordering::SeqCst) + second.handled.load(Ordering::SeqCst) - 300;
-    assert!(redelivered > 0, "the killed batch was delivered again (and absorbed)");
+    assert_eq!(
+        (rows, distinct),
+        (300, 300),
+        "every event applied exactly once"
+    );
+    let redelivered =
+        first.handled.load(Ordering::SeqCst) + second.handled.load(Ordering::SeqCst) - 300;
+    assert!(
+        redelivered > 0,
+        "the killed batch was delivered again (and absorbed)"
+    );
 }
 
 fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
@@ -130,12 +160,16 @@ async fn relay_publishes_committed_rows_in_order_and_deletes_them() {
     // Several transactions of several rows, and one that rolls back.
     for chunk in 0..10 {
         let mut tx = pool.begin().await.unwrap();
-        let msgs: Vec<_> = (chunk * 10..chunk * 10 + 10).map(|i| message(&topic, keys[i % 3], i)).collect();
+        let msgs: Vec<_> = (chunk * 10..chunk * 10 + 10)
+            .map(|i| message(&topic, keys[i % 3], i))
+            .collect();
         outbox::enqueue(&mut tx, &msgs).await.unwrap();
         tx.commit().await.unwrap();
     }
     let mut tx = pool.begin().await.unwrap();
-    outbox::enqueue(&mut tx, &[message(&topic, "a", 999)]).await.unwrap();
+    outbox::enqueue(&mut tx, &[message(&topic, "a", 999)])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
 
     let relay = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
@@ -148,15 +182,24 @@ async fn relay_publishes_committed_rows_in_order_and_deletes_them() {
     assert_eq!(published.len(), 100, "committed rows only, each once");
     let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for m in &published {
-        let (key, i) = text(m).split_once(':').map(|(k, i)| (k.to_owned(), i.parse().unwrap())).unwrap();
+        let (key, i) = text(m)
+            .split_once(':')
+            .map(|(k, i)| (k.to_owned(), i.parse().unwrap()))
+            .unwrap();
         assert_eq!(m.key(), Some(key.as_bytes()));
         assert_eq!(header(m, "event-id"), Some(format!("ev{i}").as_str()));
         per_key.entry(key).or_default().push(i);
     }
     for (key, order) in per_key {
-        assert!(order.windows(2).all(|w| w[0] < w[1]), "order of {key} kept: {order:?}");
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "order of {key} kept: {order:?}"
+        );
     }
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(left, 0, "acknowledged rows deleted");
 }
 
@@ -181,14 +224,26 @@ async fn relay_restarted_between_publish_and_delete_duplicates_and_dedup_absorbs
     let token = feedline::CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone()));
     let on_topic = ctx.read_all(&topic, 20);
-    assert_eq!(on_topic.len(), 20, "the restart published every row a second time");
+    assert_eq!(
+        on_topic.len(),
+        20,
+        "the restart published every row a second time"
+    );
 
     let ledger = Ledger::new(pool.clone()).await;
-    let (consumer_token, consumer) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), ledger.clone());
-    eventually("20 deliveries", || ledger.handled.load(Ordering::SeqCst) >= 20).await;
+    let (consumer_token, consumer) =
+        ctx.spawn_consumer("g", std::slice::from_ref(&topic), ledger.clone());
+    eventually("20 deliveries", || {
+        ledger.handled.load(Ordering::SeqCst) >= 20
+    })
+    .await;
     consumer_token.cancel();
     consumer.await.unwrap().unwrap();
     token.cancel();
     running.await.unwrap().unwrap();
-    assert_eq!(applied(&pool).await, (10, 10), "duplicates absorbed by processed_events");
+    assert_eq!(
+        applied(&pool).await,
+        (10, 10),
+        "duplicates absorbed by processed_events"
+    );
 }

@@ -3,14 +3,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
+use feedline::Rejection;
 use feedline::consumer::{Handler, HandlerError, Outcome};
 use feedline::dlq::{self, header as dlqh};
-use feedline::Rejection;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -35,8 +35,13 @@ async fn round_trip_keeps_keys_headers_and_order_per_key() {
     for i in 0..200 {
         let key = keys[i % keys.len()];
         let seq = i.to_string();
-        ctx.produce(&topic, key, format!("{key}:{i}").as_bytes(), &[("seq", seq.as_bytes())])
-            .await;
+        ctx.produce(
+            &topic,
+            key,
+            format!("{key}:{i}").as_bytes(),
+            &[("seq", seq.as_bytes())],
+        )
+        .await;
     }
     let handler = Collect::default();
     let seen = handler.seen.clone();
@@ -50,16 +55,26 @@ async fn round_trip_keeps_keys_headers_and_order_per_key() {
     let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for m in seen.iter() {
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-        let (k, i) = text(m).split_once(':').map(|(k, i)| (k.to_owned(), i.parse::<usize>().unwrap())).unwrap();
+        let (k, i) = text(m)
+            .split_once(':')
+            .map(|(k, i)| (k.to_owned(), i.parse::<usize>().unwrap()))
+            .unwrap();
         assert_eq!(k, key, "key travels with its payload");
-        assert_eq!(header(m, "seq"), Some(i.to_string().as_str()), "headers travel too");
+        assert_eq!(
+            header(m, "seq"),
+            Some(i.to_string().as_str()),
+            "headers travel too"
+        );
         per_key.entry(key).or_default().push(i);
     }
     assert_eq!(per_key.len(), 4);
     for (key, order) in per_key {
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(order, sorted, "messages of {key} arrive in the order they were sent");
+        assert_eq!(
+            order, sorted,
+            "messages of {key} arrive in the order they were sent"
+        );
         assert_eq!(order.len(), 50);
     }
     assert!(ctx.metrics.render().contains("feedline_consumed_total"));
@@ -75,7 +90,10 @@ struct FailOn {
 impl Handler for FailOn {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
         if batch.iter().any(|m| text(m) == self.bad) {
-            return Err(HandlerError::Fatal(anyhow::anyhow!("cannot handle {}", self.bad)));
+            return Err(HandlerError::Fatal(anyhow::anyhow!(
+                "cannot handle {}",
+                self.bad
+            )));
         }
         self.seen.lock().unwrap().extend(batch.iter().cloned());
         Ok(Outcome::ok())
@@ -86,16 +104,25 @@ impl Handler for FailOn {
 async fn failed_handler_gets_the_message_again_after_restart_and_skips_nothing() {
     let ctx = TestCtx::new();
     let topic = ctx.topic("orders", 1).await;
-    let first = FailOn { bad: "m7", seen: Seen::default() };
+    let first = FailOn {
+        bad: "m7",
+        seen: Seen::default(),
+    };
     let (_token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), first.clone());
     for i in 0..7 {
-        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[]).await;
+        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[])
+            .await;
     }
     eventually("the first seven", || first.seen.lock().unwrap().len() >= 7).await;
     for i in 7..20 {
-        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[]).await;
+        ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[])
+            .await;
     }
-    let err = tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert!(err.to_string().contains("cannot handle m7"), "{err}");
     let before: Vec<String> = first.seen.lock().unwrap().iter().map(text).collect();
     assert_eq!(before, (0..7).map(|i| format!("m{i}")).collect::<Vec<_>>());
@@ -122,8 +149,13 @@ impl Handler for Picky {
         let mut outcome = Outcome::ok();
         for (i, m) in batch.iter().enumerate() {
             match std::str::from_utf8(m.payload().unwrap_or_default()) {
-                Err(e) => outcome.reject(i, Rejection::new("decode", format!("payload is not utf-8: {e}"))),
-                Ok(s) if s.contains("reject") => outcome.reject(i, Rejection::new("validation", "the handler refused it")),
+                Err(e) => outcome.reject(
+                    i,
+                    Rejection::new("decode", format!("payload is not utf-8: {e}")),
+                ),
+                Ok(s) if s.contains("reject") => {
+                    outcome.reject(i, Rejection::new("validation", "the handler refused it"))
+                }
                 Ok(_) => self.accepted.lock().unwrap().push(m.clone()),
             }
         }
@@ -136,7 +168,8 @@ async fn poison_messages_go_to_the_dlq_with_reason_and_source() {
     let ctx = TestCtx::new();
     let topic = ctx.topic("payments", 1).await;
     ctx.produce(&topic, "a", b"fine-1", &[]).await;
-    ctx.produce(&topic, "b", &[0xff, 0xfe, 0x00, 0x80], &[("trace", b"t-1")]).await;
+    ctx.produce(&topic, "b", &[0xff, 0xfe, 0x00, 0x80], &[("trace", b"t-1")])
+        .await;
     ctx.produce(&topic, "c", b"please reject me", &[]).await;
     ctx.produce(&topic, "d", b"fine-2", &[]).await;
 
@@ -148,12 +181,29 @@ async fn poison_messages_go_to_the_dlq_with_reason_and_source() {
     token.cancel();
     task.await.unwrap().unwrap();
 
-    assert_eq!(accepted.lock().unwrap().iter().map(text).collect::<Vec<_>>(), ["fine-1", "fine-2"]);
+    assert_eq!(
+        accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>(),
+        ["fine-1", "fine-2"]
+    );
     assert_eq!(dead.len(), 2, "both poison messages dead-lettered");
     let mut dead = dead;
-    dead.sort_by_key(|m| header(m, dlqh::SOURCE_OFFSET).unwrap().parse::<i64>().unwrap());
+    dead.sort_by_key(|m| {
+        header(m, dlqh::SOURCE_OFFSET)
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    });
     let garbage = &dead[0];
-    assert_eq!(garbage.payload(), Some(&[0xff, 0xfe, 0x00, 0x80][..]), "original bytes kept");
+    assert_eq!(
+        garbage.payload(),
+        Some(&[0xff, 0xfe, 0x00, 0x80][..]),
+        "original bytes kept"
+    );
     assert_eq!(garbage.key(), Some(&b"b"[..]));
     assert_eq!(header(garbage, dlqh::ERROR_KIND), Some("decode"));
     assert!(header(garbage, dlqh::ERROR).unwrap().contains("not utf-8"));
@@ -161,13 +211,21 @@ async fn poison_messages_go_to_the_dlq_with_reason_and_source() {
     assert_eq!(header(garbage, dlqh::SOURCE_PARTITION), Some("0"));
     assert_eq!(header(garbage, dlqh::SOURCE_OFFSET), Some("1"));
     assert!(header(garbage, dlqh::TIME).unwrap().ends_with('Z'));
-    assert_eq!(header(garbage, "trace"), Some("t-1"), "original headers kept");
+    assert_eq!(
+        header(garbage, "trace"),
+        Some("t-1"),
+        "original headers kept"
+    );
     let rejected = &dead[1];
     assert_eq!(header(rejected, dlqh::ERROR_KIND), Some("validation"));
     assert_eq!(header(rejected, dlqh::SOURCE_OFFSET), Some("2"));
     // The consumer moved on: everything, poison included, is committed.
     assert_eq!(ctx.committed("g", &topic, 1), vec![4]);
-    assert!(ctx.metrics.render().contains("feedline_dead_lettered_total"));
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("feedline_dead_lettered_total")
+    );
 }
 
 /// Slow handler: lets a test shut the consumer down while batches are in flight.
@@ -191,7 +249,13 @@ async fn graceful_shutdown_commits_every_processed_message() {
     let ctx = TestCtx::new();
     let topic = ctx.topic("shutdown", 2).await;
     for i in 0..500 {
-        ctx.produce(&topic, &format!("k{}", i % 7), format!("m{i}").as_bytes(), &[]).await;
+        ctx.produce(
+            &topic,
+            &format!("k{}", i % 7),
+            format!("m{i}").as_bytes(),
+            &[],
+        )
+        .await;
     }
     let handler = Slow::default();
     let seen = handler.seen.clone();
@@ -211,8 +275,15 @@ async fn graceful_shutdown_commits_every_processed_message() {
     assert!(seen.len() < 500, "the test stopped the consumer mid-stream");
     let committed = ctx.committed("g", &topic, 2);
     for p in 0..2 {
-        let expect = if processed[p] == 0 { -1001 } else { processed[p] };
-        assert_eq!(committed[p], expect, "partition {p}: committed offset = next unprocessed");
+        let expect = if processed[p] == 0 {
+            -1001
+        } else {
+            processed[p]
+        };
+        assert_eq!(
+            committed[p], expect,
+            "partition {p}: committed offset = next unprocessed"
+        );
     }
 }
 
@@ -223,20 +294,37 @@ async fn a_second_member_takes_over_partitions_without_losing_messages() {
     let ctx = TestCtx::new();
     let topic = ctx.topic("scale", 4).await;
     for i in 0..400 {
-        ctx.produce(&topic, &format!("k{}", i % 13), format!("m{i}").as_bytes(), &[]).await;
+        ctx.produce(
+            &topic,
+            &format!("k{}", i % 13),
+            format!("m{i}").as_bytes(),
+            &[],
+        )
+        .await;
     }
     let one = Slow::default();
-    let two = Collect { seen: one.seen.clone() };
+    let two = Collect {
+        seen: one.seen.clone(),
+    };
     let seen = one.seen.clone();
     let (t1, h1) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), one);
     eventually("first batches", || !seen.lock().unwrap().is_empty()).await;
     let (t2, h2) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), two);
     for i in 400..600 {
-        ctx.produce(&topic, &format!("k{}", i % 13), format!("m{i}").as_bytes(), &[]).await;
+        ctx.produce(
+            &topic,
+            &format!("k{}", i % 13),
+            format!("m{i}").as_bytes(),
+            &[],
+        )
+        .await;
     }
     let distinct = || {
         let seen = seen.lock().unwrap();
-        seen.iter().map(text).collect::<std::collections::HashSet<_>>().len()
+        seen.iter()
+            .map(text)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     };
     eventually("all 600 messages", || distinct() >= 600).await;
     t1.cancel();

@@ -9,20 +9,47 @@ use serde_json::Value;
 pub const FILES: &[(&str, &str)] = &[
     ("PlaceOrder", include_str!("../avro/PlaceOrder.avsc")),
     ("CancelOrder", include_str!("../avro/CancelOrder.avsc")),
-    ("RegisterCustomer", include_str!("../avro/RegisterCustomer.avsc")),
-    ("ChangeCreditLimit", include_str!("../avro/ChangeCreditLimit.avsc")),
+    (
+        "RegisterCustomer",
+        include_str!("../avro/RegisterCustomer.avsc"),
+    ),
+    (
+        "ChangeCreditLimit",
+        include_str!("../avro/ChangeCreditLimit.avsc"),
+    ),
     ("OrderCreated", include_str!("../avro/OrderCreated.avsc")),
     ("OrderApproved", include_str!("../avro/OrderApproved.avsc")),
     ("OrderRejected", include_str!("../avro/OrderRejected.avsc")),
-    ("OrderCancelled", include_str!("../avro/OrderCancelled.avsc")),
-    ("CustomerRegistered", include_str!("../avro/CustomerRegistered.avsc")),
-    ("CreditLimitChanged", include_str!("../avro/CreditLimitChanged.avsc")),
-    ("CreditReserved", include_str!("../avro/CreditReserved.avsc")),
-    ("CreditLimitExceeded", include_str!("../avro/CreditLimitExceeded.avsc")),
-    ("CreditReleased", include_str!("../avro/CreditReleased.avsc")),
+    (
+        "OrderCancelled",
+        include_str!("../avro/OrderCancelled.avsc"),
+    ),
+    (
+        "CustomerRegistered",
+        include_str!("../avro/CustomerRegistered.avsc"),
+    ),
+    (
+        "CreditLimitChanged",
+        include_str!("../avro/CreditLimitChanged.avsc"),
+    ),
+    (
+        "CreditReserved",
+        include_str!("../avro/CreditReserved.avsc"),
+    ),
+    (
+        "CreditLimitExceeded",
+        include_str!("../avro/CreditLimitExceeded.avsc"),
+    ),
+    (
+        "CreditReleased",
+        include_str!("../avro/CreditReleased.avsc"),
+    ),
     ("OrderCommand", include_str!("../avro/OrderCommand.avsc")),
     ("OrderEvent", include_str!("../avro/OrderEvent.avsc")),
-    ("CustomerCommand", include_str!("../avro/CustomerCommand.avsc")),
+    (
+        "CustomerCommand",
+        include_str!("../avro/CustomerCommand.avsc"),
+    ),
     ("CustomerEvent", include_str!("../avro/CustomerEvent.avsc")),
     ("CreditEvent", include_str!("../avro/CreditEvent.avsc")),
 ];
@@ -49,7 +76,10 @@ static ENVELOPES: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
     TOPIC_ENVELOPES
         .iter()
         .map(|(topic, record)| {
-            let (_, text) = FILES.iter().find(|(n, _)| n == record).expect("envelope file");
+            let (_, text) = FILES
+                .iter()
+                .find(|(n, _)| n == record)
+                .expect("envelope file");
             let mut json: Value = serde_json::from_str(text).expect("embedded .avsc is JSON");
             let mut defined = vec![fullname(&json)];
             inline(&mut json, &by_fullname, &mut defined);

@@ -100,7 +100,11 @@ mod tests {
         let specs = topic_specs(&settings.kafka);
         let schemas = specs.iter().find(|s| s.name == SCHEMAS_TOPIC).unwrap();
         assert_eq!(schemas.partitions, 1);
-        assert!(schemas.config.contains(&("cleanup.policy".into(), "compact".into())));
+        assert!(
+            schemas
+                .config
+                .contains(&("cleanup.policy".into(), "compact".into()))
+        );
         assert_eq!(specs.len(), TOPICS.len() + 1);
     }
 }

@@ -59,16 +59,48 @@ macro_rules! record {
     };
 }
 
-record!(PlaceOrder { order_id: String, customer_id: String, total_cents: i64 });
+record!(PlaceOrder {
+    order_id: String,
+    customer_id: String,
+    total_cents: i64
+});
 record!(CancelOrder { order_id: String, customer_id: String, reason: Option<String> });
-record!(RegisterCustomer { customer_id: String, name: String, credit_limit_cents: i64 });
-record!(ChangeCreditLimit { customer_id: String, credit_limit_cents: i64 });
-record!(OrderCreated { order_id: String, customer_id: String, total_cents: i64 });
-record!(OrderApproved { order_id: String, customer_id: String, total_cents: i64 });
-record!(OrderRejected { order_id: String, customer_id: String, total_cents: i64, reason: String });
+record!(RegisterCustomer {
+    customer_id: String,
+    name: String,
+    credit_limit_cents: i64
+});
+record!(ChangeCreditLimit {
+    customer_id: String,
+    credit_limit_cents: i64
+});
+record!(OrderCreated {
+    order_id: String,
+    customer_id: String,
+    total_cents: i64
+});
+record!(OrderApproved {
+    order_id: String,
+    customer_id: String,
+    total_cents: i64
+});
+record!(OrderRejected {
+    order_id: String,
+    customer_id: String,
+    total_cents: i64,
+    reason: String
+});
 record!(OrderCancelled { order_id: String, customer_id: String, total_cents: i64, reason: Option<String> });
-record!(CustomerRegistered { customer_id: String, name: String, credit_limit_cents: i64 });
-record!(CreditLimitChanged { customer_id: String, credit_limit_cents: i64, credit_reserved_cents: i64 });
+record!(CustomerRegistered {
+    customer_id: String,
+    name: String,
+    credit_limit_cents: i64
+});
+record!(CreditLimitChanged {
+    customer_id: String,
+    credit_limit_cents: i64,
+    credit_reserved_cents: i64
+});
 record!(CreditReserved {
     order_id: String,
     customer_id: String,
@@ -83,7 +115,12 @@ record!(CreditLimitExceeded {
     credit_available_cents: i64,
     reason: String,
 });
-record!(CreditReleased { order_id: String, customer_id: String, amount_cents: i64, credit_reserved_cents: i64 });
+record!(CreditReleased {
+    order_id: String,
+    customer_id: String,
+    amount_cents: i64,
+    credit_reserved_cents: i64
+});
 
 /// Payload union of `order-commands`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,73 +36,267 @@ fn file(name: &str) -> &'static str {
 }
 
 /// Encodes with the schema, checks the generic view validates, decodes back.
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(schema_text: &str, value: &T) {
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    schema_text: &str,
+    value: &T,
+) {
     let schema = Schema::parse_str(schema_text).unwrap();
     let writer = GenericDatumWriter::builder(&schema).build().unwrap();
-    let bytes = writer.write_ser_to_vec(value).unwrap_or_else(|e| panic!("{value:?} does not fit: {e}"));
+    let bytes = writer
+        .write_ser_to_vec(value)
+        .unwrap_or_else(|e| panic!("{value:?} does not fit: {e}"));
     let reader = GenericDatumReader::builder(&schema).build().unwrap();
     let generic = reader.read_value(&mut bytes.as_slice()).unwrap();
-    assert!(generic.validate(&schema), "{generic:?} is valid data of the schema");
+    assert!(
+        generic.validate(&schema),
+        "{generic:?} is valid data of the schema"
+    );
     let back: T = reader.read_deser(&mut bytes.as_slice()).unwrap();
     assert_eq!(&back, value);
 }
 
 #[test]
 fn every_record_type_matches_its_file() {
-    round_trip(file("PlaceOrder"), &PlaceOrder { order_id: O.into(), customer_id: C.into(), total_cents: 6000 });
-    round_trip(file("CancelOrder"), &CancelOrder { order_id: O.into(), customer_id: C.into(), reason: Some("changed my mind".into()) });
-    round_trip(file("CancelOrder"), &CancelOrder { order_id: O.into(), customer_id: C.into(), reason: None });
-    round_trip(file("RegisterCustomer"), &RegisterCustomer { customer_id: C.into(), name: "Ada".into(), credit_limit_cents: 10_000 });
-    round_trip(file("ChangeCreditLimit"), &ChangeCreditLimit { customer_id: C.into(), credit_limit_cents: 20_000 });
-    round_trip(file("OrderCreated"), &OrderCreated { order_id: O.into(), customer_id: C.into(), total_cents: 1 });
-    round_trip(file("OrderApproved"), &OrderApproved { order_id: O.into(), customer_id: C.into(), total_cents: 2 });
-    round_trip(file("OrderRejected"), &OrderRejected { order_id: O.into(), customer_id: C.into(), total_cents: 3, reason: "limit".into() });
-    round_trip(file("OrderCancelled"), &OrderCancelled { order_id: O.into(), customer_id: C.into(), total_cents: 4, reason: None });
-    round_trip(file("CustomerRegistered"), &CustomerRegistered { customer_id: C.into(), name: "Ada".into(), credit_limit_cents: 5 });
-    round_trip(file("CreditLimitChanged"), &CreditLimitChanged { customer_id: C.into(), credit_limit_cents: 6, credit_reserved_cents: 1 });
-    round_trip(file("CreditReserved"), &CreditReserved { order_id: O.into(), customer_id: C.into(), amount_cents: 7, credit_reserved_cents: 7, credit_limit_cents: 10 });
-    round_trip(file("CreditLimitExceeded"), &CreditLimitExceeded { order_id: O.into(), customer_id: C.into(), amount_cents: 8, credit_available_cents: 2, reason: "limit".into() });
-    round_trip(file("CreditReleased"), &CreditReleased { order_id: O.into(), customer_id: C.into(), amount_cents: 9, credit_reserved_cents: 0 });
+    round_trip(
+        file("PlaceOrder"),
+        &PlaceOrder {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 6000,
+        },
+    );
+    round_trip(
+        file("CancelOrder"),
+        &CancelOrder {
+            order_id: O.into(),
+            customer_id: C.into(),
+            reason: Some("changed my mind".into()),
+        },
+    );
+    round_trip(
+        file("CancelOrder"),
+        &CancelOrder {
+            order_id: O.into(),
+            customer_id: C.into(),
+            reason: None,
+        },
+    );
+    round_trip(
+        file("RegisterCustomer"),
+        &RegisterCustomer {
+            customer_id: C.into(),
+            name: "Ada".into(),
+            credit_limit_cents: 10_000,
+        },
+    );
+    round_trip(
+        file("ChangeCreditLimit"),
+        &ChangeCreditLimit {
+            customer_id: C.into(),
+            credit_limit_cents: 20_000,
+        },
+    );
+    round_trip(
+        file("OrderCreated"),
+        &OrderCreated {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 1,
+        },
+    );
+    round_trip(
+        file("OrderApproved"),
+        &OrderApproved {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 2,
+        },
+    );
+    round_trip(
+        file("OrderRejected"),
+        &OrderRejected {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 3,
+            reason: "limit".into(),
+        },
+    );
+    round_trip(
+        file("OrderCancelled"),
+        &OrderCancelled {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 4,
+            reason: None,
+        },
+    );
+    round_trip(
+        file("CustomerRegistered"),
+        &CustomerRegistered {
+            customer_id: C.into(),
+            name: "Ada".into(),
+            credit_limit_cents: 5,
+        },
+    );
+    round_trip(
+        file("CreditLimitChanged"),
+        &CreditLimitChanged {
+            customer_id: C.into(),
+            credit_limit_cents: 6,
+            credit_reserved_cents: 1,
+        },
+    );
+    round_trip(
+        file("CreditReserved"),
+        &CreditReserved {
+            order_id: O.into(),
+            customer_id: C.into(),
+            amount_cents: 7,
+            credit_reserved_cents: 7,
+            credit_limit_cents: 10,
+        },
+    );
+    round_trip(
+        file("CreditLimitExceeded"),
+        &CreditLimitExceeded {
+            order_id: O.into(),
+            customer_id: C.into(),
+            amount_cents: 8,
+            credit_available_cents: 2,
+            reason: "limit".into(),
+        },
+    );
+    round_trip(
+        file("CreditReleased"),
+        &CreditReleased {
+            order_id: O.into(),
+            customer_id: C.into(),
+            amount_cents: 9,
+            credit_reserved_cents: 0,
+        },
+    );
 }
 
 #[test]
 fn every_envelope_type_matches_its_topic_schema_for_every_payload() {
-    let place = PlaceOrder { order_id: O.into(), customer_id: C.into(), total_cents: 6000 };
-    let cancel = CancelOrder { order_id: O.into(), customer_id: C.into(), reason: None };
-    for p in [OrderCommandPayload::PlaceOrder(place), OrderCommandPayload::CancelOrder(cancel)] {
-        round_trip(envelope_schema(ORDER_COMMANDS).unwrap(), &meta!(OrderCommand, p));
+    let place = PlaceOrder {
+        order_id: O.into(),
+        customer_id: C.into(),
+        total_cents: 6000,
+    };
+    let cancel = CancelOrder {
+        order_id: O.into(),
+        customer_id: C.into(),
+        reason: None,
+    };
+    for p in [
+        OrderCommandPayload::PlaceOrder(place),
+        OrderCommandPayload::CancelOrder(cancel),
+    ] {
+        round_trip(
+            envelope_schema(ORDER_COMMANDS).unwrap(),
+            &meta!(OrderCommand, p),
+        );
     }
-    let created = OrderCreated { order_id: O.into(), customer_id: C.into(), total_cents: 1 };
-    let approved = OrderApproved { order_id: O.into(), customer_id: C.into(), total_cents: 1 };
-    let rejected = OrderRejected { order_id: O.into(), customer_id: C.into(), total_cents: 1, reason: "r".into() };
-    let cancelled = OrderCancelled { order_id: O.into(), customer_id: C.into(), total_cents: 1, reason: Some("x".into()) };
+    let created = OrderCreated {
+        order_id: O.into(),
+        customer_id: C.into(),
+        total_cents: 1,
+    };
+    let approved = OrderApproved {
+        order_id: O.into(),
+        customer_id: C.into(),
+        total_cents: 1,
+    };
+    let rejected = OrderRejected {
+        order_id: O.into(),
+        customer_id: C.into(),
+        total_cents: 1,
+        reason: "r".into(),
+    };
+    let cancelled = OrderCancelled {
+        order_id: O.into(),
+        customer_id: C.into(),
+        total_cents: 1,
+        reason: Some("x".into()),
+    };
     for p in [
         OrderEventPayload::OrderCreated(created),
         OrderEventPayload::OrderApproved(approved),
         OrderEventPayload::OrderRejected(rejected),
         OrderEventPayload::OrderCancelled(cancelled),
     ] {
-        round_trip(envelope_schema(ORDER_EVENTS).unwrap(), &meta!(OrderEvent, p));
+        round_trip(
+            envelope_schema(ORDER_EVENTS).unwrap(),
+            &meta!(OrderEvent, p),
+        );
     }
-    let register = RegisterCustomer { customer_id: C.into(), name: "Ada".into(), credit_limit_cents: 10_000 };
-    let change = ChangeCreditLimit { customer_id: C.into(), credit_limit_cents: 1 };
-    for p in [CustomerCommandPayload::RegisterCustomer(register), CustomerCommandPayload::ChangeCreditLimit(change)] {
-        round_trip(envelope_schema(CUSTOMER_COMMANDS).unwrap(), &meta!(CustomerCommand, p));
+    let register = RegisterCustomer {
+        customer_id: C.into(),
+        name: "Ada".into(),
+        credit_limit_cents: 10_000,
+    };
+    let change = ChangeCreditLimit {
+        customer_id: C.into(),
+        credit_limit_cents: 1,
+    };
+    for p in [
+        CustomerCommandPayload::RegisterCustomer(register),
+        CustomerCommandPayload::ChangeCreditLimit(change),
+    ] {
+        round_trip(
+            envelope_schema(CUSTOMER_COMMANDS).unwrap(),
+            &meta!(CustomerCommand, p),
+        );
     }
-    let registered = CustomerRegistered { customer_id: C.into(), name: "Ada".into(), credit_limit_cents: 1 };
-    let changed = CreditLimitChanged { customer_id: C.into(), credit_limit_cents: 1, credit_reserved_cents: 0 };
-    for p in [CustomerEventPayload::CustomerRegistered(registered), CustomerEventPayload::CreditLimitChanged(changed)] {
-        round_trip(envelope_schema(CUSTOMER_EVENTS).unwrap(), &meta!(CustomerEvent, p));
+    let registered = CustomerRegistered {
+        customer_id: C.into(),
+        name: "Ada".into(),
+        credit_limit_cents: 1,
+    };
+    let changed = CreditLimitChanged {
+        customer_id: C.into(),
+        credit_limit_cents: 1,
+        credit_reserved_cents: 0,
+    };
+    for p in [
+        CustomerEventPayload::CustomerRegistered(registered),
+        CustomerEventPayload::CreditLimitChanged(changed),
+    ] {
+        round_trip(
+            envelope_schema(CUSTOMER_EVENTS).unwrap(),
+            &meta!(CustomerEvent, p),
+        );
     }
-    let reserved = CreditReserved { order_id: O.into(), customer_id: C.into(), amount_cents: 1, credit_reserved_cents: 1, credit_limit_cents: 2 };
-    let exceeded = CreditLimitExceeded { order_id: O.into(), customer_id: C.into(), amount_cents: 1, credit_available_cents: 0, reason: "r".into() };
-    let released = CreditReleased { order_id: O.into(), customer_id: C.into(), amount_cents: 1, credit_reserved_cents: 0 };
+    let reserved = CreditReserved {
+        order_id: O.into(),
+        customer_id: C.into(),
+        amount_cents: 1,
+        credit_reserved_cents: 1,
+        credit_limit_cents: 2,
+    };
+    let exceeded = CreditLimitExceeded {
+        order_id: O.into(),
+        customer_id: C.into(),
+        amount_cents: 1,
+        credit_available_cents: 0,
+        reason: "r".into(),
+    };
+    let released = CreditReleased {
+        order_id: O.into(),
+        customer_id: C.into(),
+        amount_cents: 1,
+        credit_reserved_cents: 0,
+    };
     for p in [
         CreditEventPayload::CreditReserved(reserved),
         CreditEventPayload::CreditLimitExceeded(exceeded),
         CreditEventPayload::CreditReleased(released),
     ] {
-        round_trip(envelope_schema(CREDIT_EVENTS).unwrap(), &meta!(CreditEvent, p));
+        round_trip(
+            envelope_schema(CREDIT_EVENTS).unwrap(),
+            &meta!(CreditEvent, p),
+        );
     }
 }
 
@@ -112,7 +306,10 @@ fn envelope_schemas_are_self_contained_and_keep_defaults() {
         let text = envelope_schema(topic).unwrap();
         // Parses alone: no reference to a type defined elsewhere.
         Schema::parse_str(text).unwrap_or_else(|e| panic!("{topic}: {e}"));
-        assert!(text.contains("\"default\":null"), "{topic}: defaults survive inlining");
+        assert!(
+            text.contains("\"default\":null"),
+            "{topic}: defaults survive inlining"
+        );
     }
 }
 
@@ -128,17 +325,43 @@ async fn framed_codec_round_trips_an_envelope() {
     let resolver = Arc::new(FixedResolver::new());
     let kafka = feedline::Settings::from_toml("").unwrap().kafka;
     let encoder: AvroEncoder<OrderEvent> = encoder(&*resolver, &kafka, ORDER_EVENTS).await.unwrap();
-    let value = meta!(OrderEvent, OrderEventPayload::OrderApproved(OrderApproved { order_id: O.into(), customer_id: C.into(), total_cents: 6000 }));
+    let value = meta!(
+        OrderEvent,
+        OrderEventPayload::OrderApproved(OrderApproved {
+            order_id: O.into(),
+            customer_id: C.into(),
+            total_cents: 6000
+        })
+    );
     let bytes = encoder.encode(&value).unwrap();
     assert_eq!(bytes[0], 0);
-    assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), encoder.schema_id());
-    let decoder: AvroDecoder<OrderEvent, _> =
-        AvroDecoder::new(resolver.clone(), envelope_schema(ORDER_EVENTS).unwrap(), Some(encoder.schema_id())).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(bytes[1..5].try_into().unwrap()),
+        encoder.schema_id()
+    );
+    let decoder: AvroDecoder<OrderEvent, _> = AvroDecoder::new(
+        resolver.clone(),
+        envelope_schema(ORDER_EVENTS).unwrap(),
+        Some(encoder.schema_id()),
+    )
+    .unwrap();
     assert_eq!(decoder.decode(&bytes).await.unwrap(), value);
     // Same again through the cache (no own id given).
-    let cold: AvroDecoder<OrderEvent, _> = AvroDecoder::new(resolver.clone(), envelope_schema(ORDER_EVENTS).unwrap(), None).unwrap();
+    let cold: AvroDecoder<OrderEvent, _> = AvroDecoder::new(
+        resolver.clone(),
+        envelope_schema(ORDER_EVENTS).unwrap(),
+        None,
+    )
+    .unwrap();
     assert_eq!(cold.decode(&bytes).await.unwrap(), value);
     let ids = register_all(&*resolver, &kafka).await.unwrap();
-    assert_eq!(ids[ORDER_EVENTS], encoder.schema_id(), "registering again returns the same id");
-    assert_eq!(resolver.schema(ids[ORDER_EVENTS]).await.unwrap(), envelope_schema(ORDER_EVENTS).unwrap());
+    assert_eq!(
+        ids[ORDER_EVENTS],
+        encoder.schema_id(),
+        "registering again returns the same id"
+    );
+    assert_eq!(
+        resolver.schema(ids[ORDER_EVENTS]).await.unwrap(),
+        envelope_schema(ORDER_EVENTS).unwrap()
+    );
 }

@@ -29,7 +29,9 @@ pub struct AvroEncoder<T> {
 
 impl<T> std::fmt::Debug for AvroEncoder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AvroEncoder").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("AvroEncoder")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,7 +129,10 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (id, mut body) = split_frame(bytes)?;
         if Some(id) == self.own_id {
-            return self.direct.read_deser(&mut body).map_err(|e| decode_error(id, e));
+            return self
+                .direct
+                .read_deser(&mut body)
+                .map_err(|e| decode_error(id, e));
         }
         let cached = self.paths.read().expect("paths poisoned").get(&id).cloned();
         let path = match cached {
@@ -135,14 +140,22 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
             None => self.load(id).await?,
         };
         match &*path {
-            ReadPath::Direct(reader) => reader.read_deser(&mut body).map_err(|e| decode_error(id, e)),
+            ReadPath::Direct(reader) => reader
+                .read_deser(&mut body)
+                .map_err(|e| decode_error(id, e)),
             ReadPath::Evolve { resolve, rewrite } => {
                 // Rare path (data of another schema version): resolve through `Value`, then
                 // re-encode in the reader's schema, since the direct deserializer cannot
                 // resolve schemas itself.
-                let value = resolve.read_value(&mut body).map_err(|e| decode_error(id, e))?;
-                let bytes = rewrite.write_value_to_vec(value).map_err(|e| decode_error(id, e))?;
-                self.direct.read_deser(&mut bytes.as_slice()).map_err(|e| decode_error(id, e))
+                let value = resolve
+                    .read_value(&mut body)
+                    .map_err(|e| decode_error(id, e))?;
+                let bytes = rewrite
+                    .write_value_to_vec(value)
+                    .map_err(|e| decode_error(id, e))?;
+                self.direct
+                    .read_deser(&mut bytes.as_slice())
+                    .map_err(|e| decode_error(id, e))
             }
         }
     }

@@ -85,10 +85,13 @@ impl RegistryClient {
             }
             let failure = match builder.send().await {
                 Ok(response) if response.status().is_success() => {
-                    return response.json::<T>().await.map_err(|e| CodecError::Registry {
-                        status: 200,
-                        message: format!("unexpected response body: {e}"),
-                    });
+                    return response
+                        .json::<T>()
+                        .await
+                        .map_err(|e| CodecError::Registry {
+                            status: 200,
+                            message: format!("unexpected response body: {e}"),
+                        });
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();

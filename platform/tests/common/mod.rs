@@ -120,10 +120,12 @@ impl TestCtx {
             .committed_offsets(tpl, Duration::from_secs(10))
             .unwrap();
         (0..partitions)
-            .map(|p| match committed.find_partition(topic, p).unwrap().offset() {
-                Offset::Offset(o) => o,
-                _ => -1001,
-            })
+            .map(
+                |p| match committed.find_partition(topic, p).unwrap().offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1001,
+                },
+            )
             .collect()
     }
 
@@ -159,7 +161,9 @@ impl TestCtx {
 /// A fresh database with the platform tables, dropped never: CI machines are throwaway and
 /// a failed test leaves its data for a look.
 pub async fn fresh_database() -> PgPool {
-    let admin = PgPool::connect(&database_url()).await.expect("connect to postgres");
+    let admin = PgPool::connect(&database_url())
+        .await
+        .expect("connect to postgres");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
@@ -167,7 +171,11 @@ pub async fn fresh_database() -> PgPool {
         .unwrap();
     let base = database_url();
     let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-    let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&url)
+        .await
+        .unwrap();
     feedline::db::install_platform_schema(&pool).await.unwrap();
     pool
 }
@@ -188,7 +196,10 @@ pub fn text(m: &OwnedMessage) -> String {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
