@@ -66,33 +66,54 @@ pub const TOPIC_ENVELOPES: &[(&str, &str)] = &[
 /// Envelope schemas with every referenced record written inline at its first use, so any
 /// Confluent-aware tool reads them without schema references.
 static ENVELOPES: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
-    let by_fullname: HashMap<String, Value> = FILES
-        .iter()
-        .map(|(_, text)| {
-            let json: Value = serde_json::from_str(text).expect("embedded .avsc is JSON");
-            (fullname(&json), json)
-        })
-        .collect();
+    let composed = compose(FILES.iter().map(|(_, text)| *text)).expect("embedded .avsc files");
     TOPIC_ENVELOPES
         .iter()
-        .map(|(topic, record)| {
-            let (_, text) = FILES
-                .iter()
-                .find(|(n, _)| n == record)
-                .expect("envelope file");
-            let mut json: Value = serde_json::from_str(text).expect("embedded .avsc is JSON");
-            let mut defined = vec![fullname(&json)];
-            inline(&mut json, &by_fullname, &mut defined);
-            (*topic, json.to_string())
-        })
+        .map(|(topic, record)| (*topic, composed[*record].clone()))
         .collect()
 });
 
-fn fullname(record: &Value) -> String {
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("{file}: not JSON: {reason}")]
+    Json { file: String, reason: String },
+    #[error("{0}: a record schema needs a \"name\"")]
+    Unnamed(String),
+}
+
+/// Every record of `files` (schema texts), self-contained, by simple record name. Used on
+/// the embedded files at start-up, and on the files on disk by `feedline schema check`.
+pub fn compose<'a>(
+    files: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, String>, ContractError> {
+    let mut by_fullname: HashMap<String, Value> = HashMap::new();
+    for text in files {
+        let json: Value = serde_json::from_str(text).map_err(|e| ContractError::Json {
+            file: text.chars().take(60).collect(),
+            reason: e.to_string(),
+        })?;
+        let name = fullname(&json)
+            .ok_or_else(|| ContractError::Unnamed(text.chars().take(60).collect()))?;
+        by_fullname.insert(name, json);
+    }
+    Ok(by_fullname
+        .iter()
+        .map(|(name, json)| {
+            let mut json = json.clone();
+            let mut defined = vec![name.clone()];
+            inline(&mut json, &by_fullname, &mut defined);
+            let simple = name.rsplit('.').next().unwrap_or(name).to_owned();
+            (simple, json.to_string())
+        })
+        .collect())
+}
+
+fn fullname(record: &Value) -> Option<String> {
     match (record["namespace"].as_str(), record["name"].as_str()) {
-        (Some(ns), Some(name)) => format!("{ns}.{name}"),
-        (None, Some(name)) => name.to_owned(),
-        _ => panic!("record without a name: {record}"),
+        (_, Some(name)) if name.contains('.') => Some(name.to_owned()),
+        (Some(ns), Some(name)) => Some(format!("{ns}.{name}")),
+        (None, Some(name)) => Some(name.to_owned()),
+        _ => None,
     }
 }
 

@@ -10,7 +10,9 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CodecError, SchemaResolver, split_frame, write_header};
+use apache_avro::schema::ResolvedSchema;
+
+use super::{CodecError, SchemaResolver, evolve, split_frame, write_header};
 
 /// Parses a schema for the life of the process. apache-avro's readers and writers borrow
 /// their schema; services see a handful of schemas, so leaking them is what lets the
@@ -83,10 +85,12 @@ impl<T: Serialize> AvroEncoder<T> {
 enum ReadPath {
     /// Same schema as the reader's: straight into `T`.
     Direct(GenericDatumReader<'static>),
-    /// Another schema (older or newer): resolve to the reader's schema, then into `T`.
+    /// Another schema (older or newer): decode generically, resolve to the reader's
+    /// schema, re-encode in it, then into `T`.
     Evolve {
-        resolve: GenericDatumReader<'static>,
-        rewrite: GenericDatumWriter<'static>,
+        writer: &'static Schema,
+        writer_names: ResolvedSchema<'static>,
+        read: GenericDatumReader<'static>,
     },
 }
 
@@ -95,7 +99,9 @@ pub struct AvroDecoder<T, R> {
     resolver: Arc<R>,
     reader_schema: &'static Schema,
     reader_form: String,
+    reader_names: ResolvedSchema<'static>,
     direct: GenericDatumReader<'static>,
+    rewrite: GenericDatumWriter<'static>,
     /// The reader schema's own id, once seen: the lock-free common case.
     own_id: Option<u32>,
     paths: RwLock<HashMap<u32, Arc<ReadPath>>>,
@@ -119,38 +125,69 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
             resolver,
             reader_schema,
             reader_form: reader_schema.canonical_form(),
+            reader_names: ResolvedSchema::try_from(reader_schema).map_err(invalid)?,
             direct: direct_reader(reader_schema)?,
+            rewrite: GenericDatumWriter::builder(reader_schema)
+                .build()
+                .map_err(invalid)?,
             own_id,
             paths: RwLock::default(),
             _type: PhantomData,
         })
     }
 
+    /// Decodes `bytes`, fetching and caching the writer's schema the first time its id shows.
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        if let Some(value) = self.decode_cached(bytes)? {
+            return Ok(value);
+        }
+        let (id, body) = split_frame(bytes)?;
+        let path = self.load(id).await?;
+        self.read(&path, id, body)
+    }
+
+    /// Decodes without any I/O: `Ok(None)` when the writer's schema id was never seen yet
+    /// (then [`AvroDecoder::decode`] fetches it).
+    pub fn decode_cached(&self, bytes: &[u8]) -> Result<Option<T>, CodecError> {
         let (id, mut body) = split_frame(bytes)?;
         if Some(id) == self.own_id {
             return self
                 .direct
                 .read_deser(&mut body)
+                .map(Some)
                 .map_err(|e| decode_error(id, e));
         }
         let cached = self.paths.read().expect("paths poisoned").get(&id).cloned();
-        let path = match cached {
-            Some(path) => path,
-            None => self.load(id).await?,
-        };
-        match &*path {
+        match cached {
+            Some(path) => self.read(&path, id, body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read(&self, path: &ReadPath, id: u32, mut body: &[u8]) -> Result<T, CodecError> {
+        match path {
             ReadPath::Direct(reader) => reader
                 .read_deser(&mut body)
                 .map_err(|e| decode_error(id, e)),
-            ReadPath::Evolve { resolve, rewrite } => {
-                // Rare path (data of another schema version): resolve through `Value`, then
-                // re-encode in the reader's schema, since the direct deserializer cannot
-                // resolve schemas itself.
-                let value = resolve
+            ReadPath::Evolve {
+                writer,
+                writer_names,
+                read,
+            } => {
+                // Rare path (data of another schema version). apache-avro's own resolution
+                // picks union branches structurally, so `evolve` resolves by name instead.
+                let value = read
                     .read_value(&mut body)
                     .map_err(|e| decode_error(id, e))?;
-                let bytes = rewrite
+                let schemas = evolve::Schemas {
+                    writer_names: writer_names.get_names(),
+                    reader_names: self.reader_names.get_names(),
+                    reader_list: vec![self.reader_schema],
+                };
+                let value = evolve::resolve(value, writer, self.reader_schema, &schemas)
+                    .map_err(|reason| CodecError::Decode { id, reason })?;
+                let bytes = self
+                    .rewrite
                     .write_value_to_vec(value)
                     .map_err(|e| decode_error(id, e))?;
                 self.direct
@@ -167,13 +204,9 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
             ReadPath::Direct(direct_reader(writer)?)
         } else {
             ReadPath::Evolve {
-                resolve: GenericDatumReader::builder(writer)
-                    .reader_schema(self.reader_schema)
-                    .build()
-                    .map_err(|e| CodecError::InvalidSchema(e.to_string()))?,
-                rewrite: GenericDatumWriter::builder(self.reader_schema)
-                    .build()
-                    .map_err(|e| CodecError::InvalidSchema(e.to_string()))?,
+                writer,
+                writer_names: ResolvedSchema::try_from(writer).map_err(invalid)?,
+                read: direct_reader(writer)?,
             }
         };
         let path = Arc::new(path);
@@ -189,6 +222,10 @@ fn direct_reader(schema: &'static Schema) -> Result<GenericDatumReader<'static>,
     GenericDatumReader::builder(schema)
         .build()
         .map_err(|e| CodecError::InvalidSchema(e.to_string()))
+}
+
+fn invalid(e: apache_avro::Error) -> CodecError {
+    CodecError::InvalidSchema(e.to_string())
 }
 
 fn decode_error(id: u32, e: apache_avro::Error) -> CodecError {

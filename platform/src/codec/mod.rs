@@ -9,6 +9,7 @@
 //! data written with another (older or newer) schema.
 
 mod avro;
+mod evolve;
 mod registry;
 
 pub use avro::{AvroDecoder, AvroEncoder};

@@ -1,0 +1,91 @@
+//! The registry's own metrics, registered beside the platform's in the service's Prometheus
+//! registry (so they render on `/metrics` as `feedline_registry_*`).
+
+use std::sync::Arc;
+
+use feedline::Metrics;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+
+#[derive(Debug)]
+pub struct RegistryMetrics {
+    /// Registrations by outcome: `new_version` or `existing`.
+    pub registrations: IntCounterVec,
+    /// Read requests by endpoint.
+    pub lookups: IntCounterVec,
+    /// Error responses by Confluent error code.
+    pub errors: IntCounterVec,
+    /// Log records applied, and those ignored because an earlier record won.
+    pub records_applied: IntCounter,
+    pub records_rejected: IntCounter,
+    /// Write transactions by outcome: `committed`, `fenced` (another instance wrote in
+    /// between), `failed`.
+    pub transactions: IntCounterVec,
+    pub write_seconds: HistogramVec,
+    /// Ids currently bound to a schema.
+    pub schemas: IntGauge,
+}
+
+impl RegistryMetrics {
+    pub fn new(metrics: &Metrics) -> Arc<Self> {
+        let registry = metrics.registry();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("unique counter");
+            c
+        };
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("unique counter");
+            c
+        };
+        let write_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "registry_write_seconds",
+                "time from a write request to its answer, log round trip included",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["command"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(write_seconds.clone()))
+            .expect("unique histogram");
+        let schemas = IntGauge::new("registry_schemas", "ids currently bound to a schema")
+            .expect("valid gauge");
+        registry
+            .register(Box::new(schemas.clone()))
+            .expect("unique gauge");
+        Arc::new(RegistryMetrics {
+            registrations: counter(
+                "registry_registrations_total",
+                "schema registrations by outcome",
+                &["outcome"],
+            ),
+            lookups: counter(
+                "registry_lookups_total",
+                "read requests by endpoint",
+                &["endpoint"],
+            ),
+            errors: counter(
+                "registry_errors_total",
+                "error responses by error code",
+                &["code"],
+            ),
+            records_applied: single(
+                "registry_records_applied_total",
+                "_schemas records applied to the in-memory state",
+            ),
+            records_rejected: single(
+                "registry_records_rejected_total",
+                "_schemas records ignored because an earlier record won",
+            ),
+            transactions: counter(
+                "registry_transactions_total",
+                "write transactions by outcome",
+                &["outcome"],
+            ),
+            write_seconds,
+            schemas,
+        })
+    }
+}
