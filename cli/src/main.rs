@@ -1,5 +1,7 @@
 //! `feedline`: the command line for a feedline deployment.
 
+mod schema;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,6 +21,9 @@ struct Cli {
     /// Kafka bootstrap servers (overrides config).
     #[arg(long, global = true)]
     bootstrap_servers: Option<String>,
+    /// Schema registry URL (overrides config).
+    #[arg(long, global = true)]
+    registry_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +33,48 @@ enum Command {
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Avro schemas in the registry, and the compatibility gate.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Check every contract in --dir against the registry; exit 1 naming what would break.
+    ///
+    /// Example: feedline schema check --dir schemas/avro
+    Check {
+        #[arg(long, default_value = "schemas/avro")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Register every topic's envelope schema from --dir under <topic>-value.
+    ///
+    /// Example: feedline schema register --dir schemas/avro
+    Register {
+        #[arg(long, default_value = "schemas/avro")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List subjects with their latest version and id.
+    ///
+    /// Example: feedline schema list --output json
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print one version of a subject.
+    ///
+    /// Example: feedline schema get order-events-value --version latest
+    Get {
+        subject: String,
+        #[arg(long, default_value = "latest")]
+        version: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +101,7 @@ enum TopicsCommand {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -63,7 +110,8 @@ enum Output {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -71,14 +119,38 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// `Ok(false)` is a clean "no" (the gate found a breaking change): exit 1 without an error.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut settings =
         Settings::load("", cli.config.as_deref()).context("failed to load configuration")?;
     if let Some(servers) = cli.bootstrap_servers {
         settings.kafka.bootstrap_servers = servers;
     }
+    if let Some(url) = cli.registry_url {
+        settings.registry.url = url;
+    }
     match cli.command {
-        Command::Topics(TopicsCommand::List { output }) => list_topics(&settings, output),
+        Command::Schema(SchemaCommand::Check { dir, output }) => {
+            schema::check(&settings, &dir, output).await
+        }
+        Command::Schema(SchemaCommand::Register { dir, output }) => {
+            schema::register(&settings, &dir, output)
+                .await
+                .map(|()| true)
+        }
+        Command::Schema(SchemaCommand::List { output }) => {
+            schema::list(&settings, output).await.map(|()| true)
+        }
+        Command::Schema(SchemaCommand::Get {
+            subject,
+            version,
+            output,
+        }) => schema::get(&settings, &subject, &version, output)
+            .await
+            .map(|()| true),
+        Command::Topics(TopicsCommand::List { output }) => {
+            list_topics(&settings, output).map(|()| true)
+        }
         Command::Topics(TopicsCommand::Create {
             name,
             partitions,
@@ -100,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for spec in specs {
                 println!("{}", spec.name);
             }
-            Ok(())
+            Ok(true)
         }
     }
 }

@@ -156,6 +156,75 @@ impl SchemaResolver for RegistryClient {
     }
 }
 
+/// One version of a subject, as the registry returns it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct SubjectVersion {
+    pub subject: String,
+    pub version: i64,
+    pub id: u32,
+    pub schema: String,
+}
+
+/// The registry's verdict on a candidate schema.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct Compatibility {
+    pub is_compatible: bool,
+    #[serde(default)]
+    pub messages: Vec<String>,
+}
+
+/// Registry operations beyond the codec's needs: what the CLI and the gate use.
+impl RegistryClient {
+    pub async fn subjects(&self) -> Result<Vec<String>, CodecError> {
+        let url = format!("{}/subjects", self.url);
+        self.call(|| self.http.get(&url), |_| None).await
+    }
+
+    /// `version` is a number or `latest`; `None` when the subject or version does not exist.
+    pub async fn version(
+        &self,
+        subject: &str,
+        version: &str,
+    ) -> Result<Option<SubjectVersion>, CodecError> {
+        let url = format!("{}/subjects/{subject}/versions/{version}", self.url);
+        match self.call(|| self.http.get(&url), |_| Some(NOT_FOUND)).await {
+            Ok(v) => Ok(Some(v)),
+            Err(CodecError::Registry { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks `schema` against the subject's latest version under the subject's
+    /// compatibility level; `None` when the subject does not exist yet (nothing to break).
+    pub async fn check(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Option<Compatibility>, CodecError> {
+        let url = format!(
+            "{}/compatibility/subjects/{subject}/versions/latest?verbose=true",
+            self.url
+        );
+        let payload = serde_json::json!({ "schema": schema });
+        let request = || {
+            self.http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .json(&payload)
+        };
+        match self.call(request, |_| Some(NOT_FOUND)).await {
+            Ok(v) => Ok(Some(v)),
+            Err(CodecError::Registry { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+const NOT_FOUND: CodecError = CodecError::Registry {
+    status: 404,
+    message: String::new(),
+};
+
 /// Schemas held in memory, ids handed out in registration order: for tests and benchmarks
 /// that must not depend on a registry.
 #[derive(Debug, Default)]
