@@ -11,17 +11,11 @@ use figment::providers::{Env, Format, Toml};
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
-const SECTIONS: &[&str] = &[
-    "service_name",
-    "kafka",
-    "consumer",
-    "registry",
-    "database",
-    "http",
-];
+const TOP_LEVEL: &[&str] = &["service_name"];
 
 /// Environment variable naming an optional config file.
 pub const CONFIG_FILE_ENV: &str = "FEEDLINE_CONFIG";
@@ -36,8 +30,9 @@ pub enum ConfigError {
     MissingFile(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The settings every service shares. A service's own settings live in a section named
+/// after it (`[gateway]`, ...), read with [`Settings::section`].
+#[derive(Clone, Deserialize)]
 pub struct Settings {
     pub service_name: String,
     pub kafka: KafkaSettings,
@@ -45,6 +40,23 @@ pub struct Settings {
     pub registry: RegistrySettings,
     pub database: DatabaseSettings,
     pub http: HttpSettings,
+    /// Every layer merged, kept for the service sections.
+    #[serde(skip)]
+    figment: Option<Figment>,
+}
+
+// By hand: the merged layers hold every secret in clear text and must not be printed.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("service_name", &self.service_name)
+            .field("kafka", &self.kafka)
+            .field("consumer", &self.consumer)
+            .field("registry", &self.registry)
+            .field("database", &self.database)
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -137,12 +149,11 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // Only variables of known sections: FEEDLINE_CACHE and friends belong to the scripts.
+        // Only `FEEDLINE_SECTION__KEY` variables (and the top-level keys): FEEDLINE_CACHE and
+        // friends belong to the scripts.
         let env = Env::prefixed("FEEDLINE_").split("__").filter(|key| {
             let key = key.as_str();
-            SECTIONS
-                .iter()
-                .any(|s| key == *s || key.starts_with(&format!("{s}.")))
+            key.contains('.') || TOP_LEVEL.contains(&key)
         });
         figment = figment.merge(env);
         Self::from_figment(figment)
@@ -158,9 +169,21 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
+        settings.figment = Some(figment);
         Ok(settings)
+    }
+
+    /// A service's own section (`[gateway]`, ...), from the same layers as the rest.
+    /// A missing section deserializes from nothing, so `#[serde(default)]` fields apply.
+    pub fn section<X: DeserializeOwned>(&self, name: &str) -> Result<X, ConfigError> {
+        match &self.figment {
+            Some(figment) if figment.contains(name) => {
+                figment.extract_inner(name).map_err(|e| Box::new(e).into())
+            }
+            _ => Figment::new().extract().map_err(|e| Box::new(e).into()),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -303,6 +326,22 @@ mod tests {
     fn wrong_type_names_the_key() {
         let err = Settings::from_toml("[kafka]\nlinger_ms = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("linger_ms"), "{err}");
+    }
+
+    #[test]
+    fn service_sections_are_typed_and_layered() {
+        #[derive(Debug, Deserialize)]
+        struct Gateway {
+            token_ttl_secs: u64,
+            #[serde(default)]
+            issuer: Option<String>,
+        }
+        let settings = Settings::from_toml("[gateway]\ntoken_ttl_secs = 60").unwrap();
+        let gateway: Gateway = settings.section("gateway").unwrap();
+        assert_eq!(gateway.token_ttl_secs, 60);
+        assert_eq!(gateway.issuer, None);
+        let err = settings.section::<Gateway>("missing").unwrap_err();
+        assert!(err.to_string().contains("token_ttl_secs"), "{err}");
     }
 
     #[test]

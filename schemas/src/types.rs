@@ -24,6 +24,15 @@ macro_rules! envelope {
             pub payload: $payload,
         }
 
+        impl Envelope for $name {
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+            fn correlation_id(&self) -> &str {
+                &self.correlation_id
+            }
+        }
+
         impl $name {
             /// A new message with a fresh `event_id`, stamped now.
             pub fn new(
@@ -43,6 +52,14 @@ macro_rules! envelope {
             }
         }
     };
+}
+
+/// What every envelope has, whatever its topic.
+pub trait Envelope {
+    /// Unique per message: the key of `processed_events`.
+    fn event_id(&self) -> &str;
+    /// Shared by every message of one business flow.
+    fn correlation_id(&self) -> &str;
 }
 
 fn now_millis() -> i64 {

@@ -105,3 +105,29 @@ mod tests {
         assert!(matches!(magic, CodecError::BadMagic(b'{')) && magic.is_poison());
     }
 }
+
+/// Decodes every message of a batch for a [`crate::Handler`]: poison messages (bad framing,
+/// unknown schema, undecodable bytes) are rejected into `outcome` and so go to the DLQ;
+/// a registry that cannot be reached fails the batch for a retry. Returns the decoded
+/// values with their index in `batch`.
+pub async fn decode_batch<T, F, Fut>(
+    batch: &[rdkafka::message::OwnedMessage],
+    outcome: &mut crate::Outcome,
+    decode: F,
+) -> Result<Vec<(usize, T)>, crate::HandlerError>
+where
+    F: Fn(&rdkafka::message::OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CodecError>>,
+{
+    let mut decoded = Vec::with_capacity(batch.len());
+    for (index, msg) in batch.iter().enumerate() {
+        match decode(msg).await {
+            Ok(value) => decoded.push((index, value)),
+            Err(e) if e.is_poison() => {
+                outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))
+            }
+            Err(e) => return Err(crate::HandlerError::Retry(e.into())),
+        }
+    }
+    Ok(decoded)
+}
