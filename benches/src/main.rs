@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feedline::admin::{Admin, TopicSpec};
 use feedline::{Metrics, Outgoing, Producer, Settings};
@@ -35,6 +36,9 @@ enum Scenario {
         /// Messages in flight at once (acknowledgements awaited in windows of this size).
         #[arg(long, default_value_t = 10_000)]
         window: usize,
+        /// Kafka's own producer perf test, as a command; empty to skip that baseline.
+        #[arg(long, default_value = "infra/kafka.sh tool producer-perf-test")]
+        perf_test: String,
     },
 }
 
@@ -50,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
             count,
             size,
             window,
-        } => produce(&settings, count, size, window).await,
+            perf_test,
+        } => produce(&settings, count, size, window, &perf_test).await,
     }
 }
 
@@ -59,6 +64,7 @@ async fn produce(
     count: usize,
     size: usize,
     window: usize,
+    perf_test: &str,
 ) -> anyhow::Result<()> {
     let topic = format!("bench-produce-{}", uuid::Uuid::new_v4().simple());
     Admin::new(&settings.kafka)?
@@ -120,15 +126,26 @@ async fn produce(
     })
     .await?;
 
+    let java_rate = if perf_test.is_empty() {
+        None
+    } else {
+        Some(kafka_perf_test(perf_test, settings, &topic, count, size)?)
+    };
+
     println!();
-    println!("| scenario | msgs/s | MB/s | ratio to raw rdkafka |");
+    println!("produce, {count} messages of {size} B, acks=all, idempotent, lz4, linger 5 ms");
+    println!("| producer | msgs/s | MB/s | ratio to raw rdkafka |");
     println!("|---|---:|---:|---:|");
-    for (name, rate) in [
+    let mut rows = vec![
         ("raw rdkafka (baseline)", raw_rate),
         ("feedline producer", feedline_rate),
-    ] {
+    ];
+    if let Some(rate) = java_rate {
+        rows.push(("kafka-producer-perf-test (Java client)", rate));
+    }
+    for (name, rate) in rows {
         println!(
-            "| produce {size} B, acks=all, idempotent | {name}: {rate:.0} | {:.1} | {:.2} |",
+            "| {name} | {rate:.0} | {:.1} | {:.2} |",
             rate * size as f64 / 1e6,
             rate / raw_rate
         );
@@ -137,6 +154,46 @@ async fn produce(
         .delete_topics(&[&topic])
         .await?;
     Ok(())
+}
+
+/// Runs Kafka's own `ProducerPerformance` with the same size, acks, idempotence,
+/// compression and linger, and returns its records/s.
+fn kafka_perf_test(
+    command: &str,
+    settings: &Settings,
+    topic: &str,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<f64> {
+    let mut parts = command.split_whitespace();
+    let program = parts.next().context("empty perf-test command")?;
+    let kafka = &settings.kafka;
+    let output = std::process::Command::new(program)
+        .args(parts)
+        .args(["--topic", topic, "--num-records", &count.to_string()])
+        .args(["--record-size", &size.to_string(), "--throughput", "-1"])
+        .arg("--producer-props")
+        .arg(format!("bootstrap.servers={}", kafka.bootstrap_servers))
+        .args(["acks=all", "enable.idempotence=true"])
+        .arg(format!("compression.type={}", kafka.producer_config().get("compression.type").unwrap_or("none")))
+        .arg(format!("linger.ms={}", kafka.linger_ms))
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The summary line: "N records sent, R records/sec (M MB/sec), ..."
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("records sent"))
+        .with_context(|| format!("no summary from perf test: {stdout} {}", String::from_utf8_lossy(&output.stderr)))?;
+    let rate = summary
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<f64>().ok())
+        .with_context(|| format!("cannot parse perf test summary: {summary}"))?;
+    eprintln!("kafka-producer-perf-test: {summary}");
+    Ok(rate)
 }
 
 /// Runs a warm-up of `warm` messages, then `count` timed; returns messages per second.
