@@ -1,6 +1,7 @@
 //! The idempotent producer: a send completes when the broker acknowledged it (`acks=all`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -70,13 +71,6 @@ impl ProduceError {
         matches!(self, ProduceError::Retryable { .. })
     }
 
-    fn kind(&self) -> &'static str {
-        if self.is_retryable() {
-            "retryable"
-        } else {
-            "fatal"
-        }
-    }
 }
 
 /// Tells transient broker conditions (worth a retry) from errors that will repeat.
@@ -115,15 +109,44 @@ pub fn is_retryable(error: &KafkaError) -> bool {
 /// A message librdkafka accepted, whose broker acknowledgement is still to come.
 pub struct PendingDelivery {
     delivery: DeliveryFuture,
-    topic: String,
     started: Instant,
-    metrics: Arc<Metrics>,
+    counters: Arc<TopicCounters>,
+}
+
+/// One topic's series, resolved once: a label look-up per message would cost more than
+/// the rest of the send.
+struct TopicCounters {
+    topic: String,
+    produced: prometheus::IntCounter,
+    seconds: prometheus::Histogram,
+    retryable: prometheus::IntCounter,
+    fatal: prometheus::IntCounter,
+}
+
+impl TopicCounters {
+    fn new(metrics: &Metrics, topic: &str) -> Self {
+        TopicCounters {
+            topic: topic.to_owned(),
+            produced: metrics.produced.with_label_values(&[topic]),
+            seconds: metrics.produce_seconds.with_label_values(&[topic]),
+            retryable: metrics.produce_errors.with_label_values(&[topic, "retryable"]),
+            fatal: metrics.produce_errors.with_label_values(&[topic, "fatal"]),
+        }
+    }
+
+    fn count_error(&self, err: &ProduceError) {
+        if err.is_retryable() {
+            self.retryable.inc()
+        } else {
+            self.fatal.inc()
+        }
+    }
 }
 
 impl std::fmt::Debug for PendingDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingDelivery")
-            .field("topic", &self.topic)
+            .field("topic", &self.counters.topic)
             .finish_non_exhaustive()
     }
 }
@@ -131,7 +154,8 @@ impl std::fmt::Debug for PendingDelivery {
 impl PendingDelivery {
     /// Waits for the broker's answer and counts it.
     pub async fn acknowledged(self) -> Result<Delivered, ProduceError> {
-        let topic = &self.topic;
+        let counters = &self.counters;
+        let topic = &counters.topic;
         let result = match self.delivery.await {
             Ok(Ok(d)) => Ok(Delivered {
                 partition: d.partition,
@@ -142,17 +166,12 @@ impl PendingDelivery {
         };
         match &result {
             Ok(_) => {
-                self.metrics.produced.with_label_values(&[topic]).inc();
-                self.metrics
-                    .produce_seconds
-                    .with_label_values(&[topic])
+                counters.produced.inc();
+                counters
+                    .seconds
                     .observe(self.started.elapsed().as_secs_f64());
             }
-            Err(e) => self
-                .metrics
-                .produce_errors
-                .with_label_values(&[topic.as_str(), e.kind()])
-                .inc(),
+            Err(e) => counters.count_error(e),
         }
         result
     }
@@ -163,6 +182,7 @@ impl PendingDelivery {
 pub struct Producer {
     inner: FutureProducer<FeedlineContext>,
     metrics: Arc<Metrics>,
+    topics: Arc<RwLock<HashMap<String, Arc<TopicCounters>>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -176,7 +196,11 @@ impl Producer {
         let inner = settings
             .producer_config()
             .create_with_context(FeedlineContext::new(metrics.clone()))?;
-        Ok(Producer { inner, metrics })
+        Ok(Producer {
+            inner,
+            metrics,
+            topics: Arc::default(),
+        })
     }
 
     /// Sends one message and waits for the broker's acknowledgement.
@@ -208,7 +232,7 @@ impl Producer {
             );
             record = record.headers(headers);
         }
-        let topic = msg.topic.to_owned();
+        let counters = self.counters(msg.topic);
         let delivery = loop {
             match self.inner.send_result(record) {
                 Ok(delivery) => break delivery,
@@ -220,25 +244,29 @@ impl Producer {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => {
-                    let err = ProduceError::new(&topic, e);
-                    self.count_error(&topic, &err);
+                    let err = ProduceError::new(msg.topic, e);
+                    counters.count_error(&err);
                     return Err(err);
                 }
             }
         };
         Ok(PendingDelivery {
             delivery,
-            topic,
             started,
-            metrics: self.metrics.clone(),
+            counters,
         })
     }
 
-    fn count_error(&self, topic: &str, err: &ProduceError) {
-        self.metrics
-            .produce_errors
-            .with_label_values(&[topic, err.kind()])
-            .inc();
+    fn counters(&self, topic: &str) -> Arc<TopicCounters> {
+        if let Some(c) = self.topics.read().expect("topics poisoned").get(topic) {
+            return c.clone();
+        }
+        self.topics
+            .write()
+            .expect("topics poisoned")
+            .entry(topic.to_owned())
+            .or_insert_with(|| Arc::new(TopicCounters::new(&self.metrics, topic)))
+            .clone()
     }
 
     /// Waits until every queued message was acknowledged or failed.

@@ -84,28 +84,6 @@ pub fn write_header(out: &mut Vec<u8>, id: u32) {
     out.extend_from_slice(&id.to_be_bytes());
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frame_round_trip() {
-        let mut out = Vec::new();
-        write_header(&mut out, 0x01020304);
-        out.extend_from_slice(b"body");
-        assert_eq!(out[..5], [0, 1, 2, 3, 4]);
-        assert_eq!(split_frame(&out).unwrap(), (0x01020304, &b"body"[..]));
-    }
-
-    #[test]
-    fn bad_frames_are_poison() {
-        let short = split_frame(&[0, 1]).unwrap_err();
-        assert!(matches!(short, CodecError::TooShort(2)) && short.is_poison());
-        let magic = split_frame(b"{\"json\": true}").unwrap_err();
-        assert!(matches!(magic, CodecError::BadMagic(b'{')) && magic.is_poison());
-    }
-}
-
 /// Decodes every message of a batch for a [`crate::Handler`]: poison messages (bad framing,
 /// unknown schema, undecodable bytes) are rejected into `outcome` and so go to the DLQ;
 /// a registry that cannot be reached fails the batch for a retry. Returns the decoded
@@ -130,4 +108,26 @@ where
         }
     }
     Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let mut out = Vec::new();
+        write_header(&mut out, 0x01020304);
+        out.extend_from_slice(b"body");
+        assert_eq!(out[..5], [0, 1, 2, 3, 4]);
+        assert_eq!(split_frame(&out).unwrap(), (0x01020304, &b"body"[..]));
+    }
+
+    #[test]
+    fn bad_frames_are_poison() {
+        let short = split_frame(&[0, 1]).unwrap_err();
+        assert!(matches!(short, CodecError::TooShort(2)) && short.is_poison());
+        let magic = split_frame(b"{\"json\": true}").unwrap_err();
+        assert!(matches!(magic, CodecError::BadMagic(b'{')) && magic.is_poison());
+    }
 }
