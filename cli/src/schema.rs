@@ -18,9 +18,8 @@ fn envelopes_on_disk(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> 
         if path.extension().is_some_and(|e| e == "avsc") {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            apache_avro::Schema::parse_str(&text).map_err(|e| {
-                anyhow::anyhow!("{} is not a valid Avro schema: {e}", path.display())
-            })?;
+            serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
             texts.push(text);
         }
     }
@@ -30,6 +29,13 @@ fn envelopes_on_disk(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> 
             dir.display()
         );
     }
+    // Records refer to each other by name, so they parse together or not at all.
+    apache_avro::Schema::parse_list(&texts).map_err(|e| {
+        anyhow::anyhow!(
+            "the .avsc files in {} are not valid Avro schemas: {e}",
+            dir.display()
+        )
+    })?;
     let composed = contracts::compose(texts.iter().map(String::as_str))?;
     TOPIC_ENVELOPES
         .iter()
@@ -55,11 +61,14 @@ pub async fn check(settings: &Settings, dir: &Path, output: Output) -> anyhow::R
             .check(&subject, &schema)
             .await
             .with_context(|| format!("cannot check {subject} at {}", settings.registry.url))?;
-        let (ok, messages, status) = match verdict {
+        let (ok, mut messages, status) = match verdict {
             None => (true, Vec::new(), "new subject"),
             Some(v) if v.is_compatible => (true, v.messages, "compatible"),
             Some(v) => (false, v.messages, "INCOMPATIBLE"),
         };
+        if !ok && let Some(latest) = client.version(&subject, "latest").await? {
+            messages.extend(field_changes(&latest.schema, &schema));
+        }
         all_ok &= ok;
         match output {
             Output::Text => {
@@ -141,4 +150,91 @@ pub async fn get(
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
     }
     Ok(())
+}
+
+/// Names the fields behind an incompatibility: per record (matched by full name), fields
+/// added without a default (new readers cannot read old data) and fields removed that had
+/// no default (old readers cannot read new data).
+fn field_changes(old: &str, new: &str) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (
+        serde_json::from_str::<serde_json::Value>(old),
+        serde_json::from_str::<serde_json::Value>(new),
+    ) else {
+        return Vec::new();
+    };
+    let (old, new) = (records(&old), records(&new));
+    let mut out = Vec::new();
+    for (name, new_fields) in &new {
+        let Some(old_fields) = old.get(name) else {
+            continue;
+        };
+        for (field, has_default) in new_fields {
+            if !has_default && !old_fields.iter().any(|(f, _)| f == field) {
+                out.push(format!("field {name}.{field} was added without a default: readers of the new schema cannot read old data"));
+            }
+        }
+        for (field, had_default) in old_fields {
+            if !had_default && !new_fields.iter().any(|(f, _)| f == field) {
+                out.push(format!("field {name}.{field} was removed and had no default: readers of the old schema cannot read new data"));
+            }
+        }
+    }
+    out
+}
+
+/// Every record of a schema: full name → (field name, has a default).
+fn records(schema: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<(String, bool)>> {
+    fn walk(
+        node: &serde_json::Value,
+        namespace: Option<&str>,
+        out: &mut std::collections::BTreeMap<String, Vec<(String, bool)>>,
+    ) {
+        match node {
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, namespace, out)),
+            serde_json::Value::Object(map) => {
+                let ns = map.get("namespace").and_then(|n| n.as_str()).or(namespace);
+                if map.get("type").and_then(|t| t.as_str()) == Some("record") {
+                    let name = map.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                    let full = match ns {
+                        Some(ns) if !name.contains('.') => format!("{ns}.{name}"),
+                        _ => name.to_owned(),
+                    };
+                    let fields = map
+                        .get("fields")
+                        .and_then(|f| f.as_array())
+                        .cloned()
+                        .unwrap_or_default();
+                    out.insert(
+                        full,
+                        fields
+                            .iter()
+                            .map(|f| {
+                                let name = f
+                                    .get("name")
+                                    .and_then(|n| n.as_str())
+                                    .unwrap_or("?")
+                                    .to_owned();
+                                (name, f.get("default").is_some())
+                            })
+                            .collect(),
+                    );
+                    for f in &fields {
+                        if let Some(t) = f.get("type") {
+                            walk(t, ns, out);
+                        }
+                    }
+                } else {
+                    for key in ["type", "items", "values"] {
+                        if let Some(child) = map.get(key) {
+                            walk(child, ns, out);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(schema, None, &mut out);
+    out
 }

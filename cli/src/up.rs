@@ -1,0 +1,231 @@
+//! `feedline up`: the whole system on one machine. Starts the local infrastructure (unless
+//! told not to), then the registry and every service in this process under one shutdown
+//! root, registers the schemas, seeds demo customers and places a stream of demo orders
+//! through the gateway. Ctrl-C stops everything, then the infrastructure it started.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use feedline::codec::RegistryClient;
+use feedline::{CancellationToken, Settings, TaskGroup};
+use serde_json::{Value, json};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Do not start Kafka and PostgreSQL (use the configured ones).
+    #[arg(long)]
+    no_infra: bool,
+    /// Demo orders per second through the gateway; 0 for none.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Demo customers to register first.
+    #[arg(long, default_value_t = 20)]
+    customers: u32,
+}
+
+/// Which infrastructure parts this run started, so only those are stopped.
+struct Infra {
+    dir: PathBuf,
+    started: Vec<&'static str>,
+}
+
+impl Infra {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut started = Vec::new();
+        for part in ["kafka", "postgres"] {
+            let script = dir.join(format!("{part}.sh"));
+            let running = std::process::Command::new("bash")
+                .arg(&script)
+                .arg("status")
+                .output()
+                .with_context(|| format!("cannot run {}", script.display()))?
+                .status
+                .success();
+            if !running {
+                started.push(part);
+            }
+        }
+        eprintln!("starting Kafka and PostgreSQL (infra/up.sh)...");
+        let status = std::process::Command::new("bash")
+            .arg(dir.join("up.sh"))
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("infra/up.sh failed; see the messages above");
+        }
+        Ok(Infra {
+            dir: dir.to_owned(),
+            started,
+        })
+    }
+
+    fn stop(&self) {
+        for part in &self.started {
+            let _ = std::process::Command::new("bash")
+                .arg(self.dir.join(format!("{part}.sh")))
+                .arg("stop")
+                .status();
+        }
+    }
+}
+
+pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
+    let infra = if args.no_infra {
+        None
+    } else {
+        let dir = Path::new("infra");
+        if !dir.join("up.sh").exists() {
+            bail!("infra/up.sh not found: run `feedline up` from the repository root, or pass --no-infra");
+        }
+        Some(Infra::start(dir)?)
+    };
+    let result = run_system(config, &args).await;
+    if let Some(infra) = infra {
+        eprintln!("stopping the infrastructure this run started...");
+        infra.stop();
+    }
+    result.map(|()| true)
+}
+
+fn load(defaults: &str, config: Option<&Path>) -> anyhow::Result<Settings> {
+    Settings::load(defaults, config).context("failed to load configuration")
+}
+
+async fn run_system(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    feedline::shutdown::cancel_on_signal(token.clone());
+    let mut tasks = TaskGroup::new(token.clone());
+
+    let registry = feedline_registry::spawn(load(feedline_registry::DEFAULTS, config)?, token.clone()).await?;
+    tasks.spawn("registry", async move { registry.handle.await? });
+    let settings = load("", config)?;
+    let ids = feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
+        .await
+        .context("failed to register the schemas")?;
+    eprintln!("registered {} schemas", ids.len());
+
+    let orders = feedline_orders::spawn(load(feedline_orders::DEFAULTS, config)?, token.clone()).await?;
+    let customers = feedline_customers::spawn(load(feedline_customers::DEFAULTS, config)?, token.clone()).await?;
+    let view = feedline_order_view::spawn(load(feedline_order_view::DEFAULTS, config)?, token.clone()).await?;
+    let gateway = feedline_gateway::spawn(load(feedline_gateway::DEFAULTS, config)?, token.clone()).await?;
+    let addrs = [
+        ("registry", registry_addr(&settings)),
+        ("gateway", gateway.0),
+        ("orders", orders.0),
+        ("customers", customers.0),
+        ("order-view", view.0),
+    ];
+    for (name, (_, handle)) in [
+        ("orders", orders),
+        ("customers", customers),
+        ("order-view", view),
+        ("gateway", gateway),
+    ] {
+        tasks.spawn(name, async move { handle.await? });
+    }
+    print_banner(&addrs, gateway_addr(&addrs));
+    if args.rate > 0 {
+        let base = format!("http://{}", gateway_addr(&addrs));
+        let (rate, customers) = (args.rate, args.customers);
+        let demo_token = token.clone();
+        tasks.spawn("demo", async move { demo(base, customers, rate, demo_token).await });
+    }
+    tasks.join(Duration::from_secs(8)).await
+}
+
+fn registry_addr(settings: &Settings) -> SocketAddr {
+    settings
+        .registry
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8081)))
+}
+
+fn gateway_addr(addrs: &[(&str, SocketAddr)]) -> SocketAddr {
+    addrs.iter().find(|(n, _)| *n == "gateway").map(|(_, a)| *a).expect("gateway address")
+}
+
+fn print_banner(addrs: &[(&str, SocketAddr)], gateway: SocketAddr) {
+    println!();
+    println!("feedline is up.");
+    println!("  dashboard   http://{gateway}/");
+    println!("  live feed   http://{gateway}/feed   (Bearer token with scope feed:read)");
+    println!("  API docs    http://{gateway}/openapi.json");
+    for (name, addr) in addrs {
+        println!("  {name:<11} http://{addr}/metrics");
+    }
+    println!("  a token:    curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret http://{gateway}/auth/token");
+    println!("Press Ctrl-C to stop everything.");
+    println!();
+}
+
+/// Registers demo customers, then places orders at `rate` per second with random totals,
+/// cancelling one in ten, and prints a summary line every five seconds.
+async fn demo(base: String, customers: u32, rate: u32, token: CancellationToken) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let bearer = demo_token(&http, &base).await?;
+    let mut ids = Vec::new();
+    for i in 0..customers {
+        let body = json!({"name": format!("Demo customer {}", i + 1), "credit_limit": format!("{}.00", 200 + 50 * (i % 8))});
+        let created: Value = post(&http, &base, "/customers", &bearer, &body).await?;
+        ids.push(created["customer_id"].as_str().context("customer_id in the answer")?.to_owned());
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    let (mut placed, mut failed) = (0u64, 0u64);
+    let mut last_order = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            _ = report.tick() => {
+                println!("demo: {placed} orders placed ({failed} refused)");
+            }
+            _ = tick.tick() => {
+                let customer = &ids[rand::random_range(0..ids.len())];
+                let total = format!("{}.{:02}", rand::random_range(5..80), rand::random_range(0..100));
+                match post(&http, &base, "/orders", &bearer, &json!({"customer_id": customer, "total": total})).await {
+                    Ok(answer) => {
+                        placed += 1;
+                        if placed % 10 == 0 && let Some(id) = last_order.take() {
+                            let _ = post(&http, &base, &format!("/orders/{id}/cancel"), &bearer, &json!({})).await;
+                        }
+                        last_order = answer["order_id"].as_str().map(str::to_owned);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(error = format!("{e:#}"), "demo order refused");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn demo_token(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let answer: Value = http
+        .post(format!("{base}/auth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
+        .send()
+        .await?
+        .error_for_status()
+        .context("the gateway refused the demo client")?
+        .json()
+        .await?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access_token in the answer")
+}
+
+async fn post(http: &reqwest::Client, base: &str, path: &str, bearer: &str, body: &Value) -> anyhow::Result<Value> {
+    let response = http.post(format!("{base}{path}")).bearer_auth(bearer).json(body).send().await?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{path} answered {status}: {answer}");
+    }
+    Ok(answer)
+}
