@@ -1,6 +1,5 @@
 //! `feedline`: the command line for a feedline deployment.
 
-mod schema;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feedline::Settings;
+use feedline_cli::{Output, schema};
 use feedline::admin::{Admin, TopicSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -100,11 +100,6 @@ enum TopicsCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum Output {
-    Text,
-    Json,
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use feedline::codec::RegistryClient;
-use feedline::{CancellationToken, Settings, TaskGroup};
+use feedline::{CancellationToken, Settings};
 use serde_json::{Value, json};
+
+use crate::system::System;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -89,66 +90,23 @@ pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
     result.map(|()| true)
 }
 
-fn load(defaults: &str, config: Option<&Path>) -> anyhow::Result<Settings> {
-    Settings::load(defaults, config).context("failed to load configuration")
-}
-
 async fn run_system(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     feedline::shutdown::cancel_on_signal(token.clone());
-    let mut tasks = TaskGroup::new(token.clone());
-
-    let registry = feedline_registry::spawn(load(feedline_registry::DEFAULTS, config)?, token.clone()).await?;
-    tasks.spawn("registry", async move { registry.handle.await? });
-    let settings = load("", config)?;
-    let ids = feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
-        .await
-        .context("failed to register the schemas")?;
-    eprintln!("registered {} schemas", ids.len());
-
-    let orders = feedline_orders::spawn(load(feedline_orders::DEFAULTS, config)?, token.clone()).await?;
-    let customers = feedline_customers::spawn(load(feedline_customers::DEFAULTS, config)?, token.clone()).await?;
-    let view = feedline_order_view::spawn(load(feedline_order_view::DEFAULTS, config)?, token.clone()).await?;
-    let gateway = feedline_gateway::spawn(load(feedline_gateway::DEFAULTS, config)?, token.clone()).await?;
-    let addrs = [
-        ("registry", registry_addr(&settings)),
-        ("gateway", gateway.0),
-        ("orders", orders.0),
-        ("customers", customers.0),
-        ("order-view", view.0),
-    ];
-    for (name, (_, handle)) in [
-        ("orders", orders),
-        ("customers", customers),
-        ("order-view", view),
-        ("gateway", gateway),
-    ] {
-        tasks.spawn(name, async move { handle.await? });
-    }
-    print_banner(&addrs, gateway_addr(&addrs));
+    let load = |defaults: &str| -> anyhow::Result<Settings> {
+        Settings::load(defaults, config).context("failed to load configuration")
+    };
+    let mut system = System::start(load, token.clone()).await?;
+    print_banner(&system.addresses(), system.gateway);
     if args.rate > 0 {
-        let base = format!("http://{}", gateway_addr(&addrs));
+        let base = format!("http://{}", system.gateway);
         let (rate, customers) = (args.rate, args.customers);
-        let demo_token = token.clone();
-        tasks.spawn("demo", async move { demo(base, customers, rate, demo_token).await });
+        system.spawn("demo", demo(base, customers, rate, token.clone()));
     }
-    tasks.join(Duration::from_secs(8)).await
+    system.join(Duration::from_secs(8)).await
 }
 
-fn registry_addr(settings: &Settings) -> SocketAddr {
-    settings
-        .registry
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8081)))
-}
-
-fn gateway_addr(addrs: &[(&str, SocketAddr)]) -> SocketAddr {
-    addrs.iter().find(|(n, _)| *n == "gateway").map(|(_, a)| *a).expect("gateway address")
-}
-
-fn print_banner(addrs: &[(&str, SocketAddr)], gateway: SocketAddr) {
+fn print_banner(addrs: &[(&'static str, SocketAddr)], gateway: SocketAddr) {
     println!();
     println!("feedline is up.");
     println!("  dashboard   http://{gateway}/");

@@ -168,6 +168,13 @@ impl Settings {
         )
     }
 
+    /// These settings with `overrides` (TOML) on top of every layer: how a launcher that
+    /// starts several services tells each where the others listen.
+    pub fn with_overrides(&self, overrides: &str) -> Result<Self, ConfigError> {
+        let base = self.figment.clone().unwrap_or_default();
+        Self::from_figment(base.merge(Toml::string(overrides)))
+    }
+
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
@@ -342,6 +349,18 @@ mod tests {
         assert_eq!(gateway.issuer, None);
         let err = settings.section::<Gateway>("missing").unwrap_err();
         assert!(err.to_string().contains("token_ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn overrides_go_on_top_of_every_layer() {
+        let settings = Settings::from_toml("[http]\nport = 8081\n[gateway]\nurl = \"a\"").unwrap();
+        let moved = settings
+            .with_overrides("[http]\nport = 0\n[gateway]\nurl = \"b\"")
+            .unwrap();
+        assert_eq!(moved.http.port, 0);
+        assert_eq!(moved.kafka.bootstrap_servers, settings.kafka.bootstrap_servers);
+        let gateway: std::collections::HashMap<String, String> = moved.section("gateway").unwrap();
+        assert_eq!(gateway["url"], "b");
     }
 
     #[test]

@@ -70,7 +70,6 @@ impl ProduceError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProduceError::Retryable { .. })
     }
-
 }
 
 /// Tells transient broker conditions (worth a retry) from errors that will repeat.
@@ -129,7 +128,9 @@ impl TopicCounters {
             topic: topic.to_owned(),
             produced: metrics.produced.with_label_values(&[topic]),
             seconds: metrics.produce_seconds.with_label_values(&[topic]),
-            retryable: metrics.produce_errors.with_label_values(&[topic, "retryable"]),
+            retryable: metrics
+                .produce_errors
+                .with_label_values(&[topic, "retryable"]),
             fatal: metrics.produce_errors.with_label_values(&[topic, "fatal"]),
         }
     }

@@ -1,0 +1,96 @@
+//! The whole of feedline in one process: the registry and every service under one shutdown
+//! root. `feedline up` runs it on the default ports; the end-to-end tests on port 0 with a
+//! fresh topic prefix and fresh databases.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use feedline::codec::RegistryClient;
+use feedline::{CancellationToken, Settings, TaskGroup};
+
+/// Where each part listens, and the tasks running them.
+#[derive(Debug)]
+pub struct System {
+    pub registry: SocketAddr,
+    pub gateway: SocketAddr,
+    pub orders: SocketAddr,
+    pub customers: SocketAddr,
+    pub order_view: SocketAddr,
+    tasks: TaskGroup,
+}
+
+impl System {
+    /// Starts the registry, registers the schemas, then the services. `load(defaults)` gives
+    /// a service's settings from its built-in defaults (plus whatever layers the caller adds:
+    /// a config file and the environment for `feedline up`, test overrides for the tests).
+    pub async fn start(
+        load: impl Fn(&str) -> anyhow::Result<Settings>,
+        token: CancellationToken,
+    ) -> anyhow::Result<System> {
+        let mut tasks = TaskGroup::new(token.clone());
+        let registry = feedline_registry::spawn(load(feedline_registry::DEFAULTS)?, token.clone())
+            .await
+            .context("failed to start the schema registry")?;
+        let registry_addr = registry.addr;
+        tasks.spawn("registry", async move { registry.handle.await? });
+        let registry_url = format!("[registry]\nurl = \"http://{registry_addr}\"\n");
+
+        let settings = load("")?.with_overrides(&registry_url)?;
+        feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
+            .await
+            .context("failed to register the schemas")?;
+
+        let with_registry = |defaults: &str| -> anyhow::Result<Settings> {
+            Ok(load(defaults)?.with_overrides(&registry_url)?)
+        };
+        let (orders, handle) =
+            feedline_orders::spawn(with_registry(feedline_orders::DEFAULTS)?, token.clone()).await?;
+        tasks.spawn("orders", async move { handle.await? });
+        let (customers, handle) =
+            feedline_customers::spawn(with_registry(feedline_customers::DEFAULTS)?, token.clone())
+                .await?;
+        tasks.spawn("customers", async move { handle.await? });
+        let (order_view, handle) =
+            feedline_order_view::spawn(with_registry(feedline_order_view::DEFAULTS)?, token.clone())
+                .await?;
+        tasks.spawn("order-view", async move { handle.await? });
+        let gateway_settings = with_registry(feedline_gateway::DEFAULTS)?.with_overrides(&format!(
+            "[gateway]\norder_view_url = \"http://{order_view}\"\n"
+        ))?;
+        let (gateway, handle) = feedline_gateway::spawn(gateway_settings, token.clone()).await?;
+        tasks.spawn("gateway", async move { handle.await? });
+        Ok(System {
+            registry: registry_addr,
+            gateway,
+            orders,
+            customers,
+            order_view,
+            tasks,
+        })
+    }
+
+    /// Every part's name and address.
+    pub fn addresses(&self) -> [(&'static str, SocketAddr); 5] {
+        [
+            ("gateway", self.gateway),
+            ("registry", self.registry),
+            ("orders", self.orders),
+            ("customers", self.customers),
+            ("order-view", self.order_view),
+        ]
+    }
+
+    /// Adds a task to the system's group (it is cancelled with the rest).
+    pub fn spawn<F>(&mut self, name: &str, task: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks.spawn(name, task);
+    }
+
+    /// Runs until the token is cancelled or a part fails, then drains.
+    pub async fn join(self, drain: Duration) -> anyhow::Result<()> {
+        self.tasks.join(drain).await
+    }
+}
