@@ -175,7 +175,13 @@ fn kafka_perf_test(
         .arg("--producer-props")
         .arg(format!("bootstrap.servers={}", kafka.bootstrap_servers))
         .args(["acks=all", "enable.idempotence=true"])
-        .arg(format!("compression.type={}", kafka.producer_config().get("compression.type").unwrap_or("none")))
+        .arg(format!(
+            "compression.type={}",
+            kafka
+                .producer_config()
+                .get("compression.type")
+                .unwrap_or("none")
+        ))
         .arg(format!("linger.ms={}", kafka.linger_ms))
         .output()
         .with_context(|| format!("cannot run {program}"))?;
@@ -185,7 +191,12 @@ fn kafka_perf_test(
         .lines()
         .rev()
         .find(|l| l.contains("records sent"))
-        .with_context(|| format!("no summary from perf test: {stdout} {}", String::from_utf8_lossy(&output.stderr)))?;
+        .with_context(|| {
+            format!(
+                "no summary from perf test: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
     let rate = summary
         .split(", ")
         .nth(1)
