@@ -229,9 +229,9 @@ fn describe_error(e: &CompatibilityError, at: &str, path: &[&str], r: &str, w: &
         } => format!(
             "NAME_MISMATCH{at}: the type named '{writer_name}' in {w} is named '{reader_name}' in {r}"
         ),
-        CompatibilityError::MissingSymbols => format!(
-            "MISSING_ENUM_SYMBOLS{at}: {r} has none of the enum symbols of {w}"
-        ),
+        CompatibilityError::MissingSymbols => {
+            format!("MISSING_ENUM_SYMBOLS{at}: {r} has none of the enum symbols of {w}")
+        }
         CompatibilityError::MissingUnionElements
         | CompatibilityError::SchemaMismatchAllUnionElements => format!(
             "MISSING_UNION_BRANCH{at}: no type of the union in {r} can read what {w} writes"
@@ -269,10 +269,7 @@ mod tests {
     }
 
     fn prev(schema: &Schema) -> Vec<Previous<'_>> {
-        vec![Previous {
-            version: 1,
-            schema,
-        }]
+        vec![Previous { version: 1, schema }]
     }
 
     #[test]
@@ -289,9 +286,8 @@ mod tests {
     fn backward_needs_defaults_for_new_fields() {
         let v1 = record(r#"{"name":"id","type":"long"}"#);
         let no_default = record(r#"{"name":"id","type":"long"},{"name":"email","type":"string"}"#);
-        let with_default = record(
-            r#"{"name":"id","type":"long"},{"name":"email","type":"string","default":""}"#,
-        );
+        let with_default =
+            record(r#"{"name":"id","type":"long"},{"name":"email","type":"string","default":""}"#);
         let messages = check(Level::Backward, &no_default, &prev(&v1));
         assert!(messages[0].contains("'email'"), "{messages:?}");
         assert!(messages[0].contains("READER_FIELD_MISSING_DEFAULT_VALUE"));
@@ -307,7 +303,10 @@ mod tests {
         let v1 = record(r#"{"name":"id","type":"long"}"#);
         let v2 = record(r#"{"name":"id","type":"string"}"#);
         let messages = check(Level::Backward, &v2, &prev(&v1));
-        assert!(messages[0].starts_with("TYPE_MISMATCH at field 'id'"), "{messages:?}");
+        assert!(
+            messages[0].starts_with("TYPE_MISMATCH at field 'id'"),
+            "{messages:?}"
+        );
         assert!(messages[0].contains("long") && messages[0].contains("string"));
     }
 

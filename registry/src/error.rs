@@ -83,7 +83,9 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             code::SUBJECT_SOFT_DELETED,
-            format!("Subject '{subject}' was soft deleted.Set permanent=true to delete permanently"),
+            format!(
+                "Subject '{subject}' was soft deleted.Set permanent=true to delete permanently"
+            ),
         )
     }
 

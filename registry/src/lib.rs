@@ -1,6 +1,42 @@
 //! Schema registry compatible with the Confluent REST API, storing schemas in Kafka.
+//!
+//! Every change is a record in the compacted `_schemas` topic; every instance rebuilds its
+//! state by reading that topic from the start and keeps tailing it, so instances are
+//! stateless and any number of them can serve the same topic (see [`store`] for how their
+//! writes stay consistent).
+//!
+//! - [`api`]: routes, handlers, extractors (Confluent's error format for every rejection)
+//! - [`error`]: the Confluent error type
+//! - [`store`]: the log reader and the transactional writer
+//! - [`state`]: the in-memory model and `apply`
+//! - [`ops`]: writes planned as records, and the checks reads share with them
+//! - [`schema`], [`compat`]: Avro parsing, canonical form, compatibility
+//! - [`record`]: the topic's record layout
 
-use feedline::{CancellationToken, Metrics, Settings};
+pub mod api;
+pub mod compat;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod record;
+pub mod schema;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use feedline::admin::{Admin, TopicSpec};
+use feedline::{CancellationToken, Metrics, Settings, TaskGroup};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::metrics::RegistryMetrics;
+use crate::ops::Command;
+use crate::state::State;
+use crate::store::{Reader, Writer};
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
 pub const DEFAULTS: &str = r#"
@@ -10,8 +46,104 @@ port = 8081
 
 "#;
 
+/// The topic's base name; the configured prefix goes in front.
+pub const TOPIC: &str = "_schemas";
+
+/// How long shutdown waits for the tasks to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long start-up may take to read the log up to its end.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// A running registry: where it listens, and the task that ends when it stopped.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    state: store::SharedState,
+}
+
+impl Running {
+    /// A snapshot of everything this instance knows, for comparing instances in tests.
+    pub fn fingerprint(&self) -> String {
+        self.state.read().expect("state poisoned").fingerprint()
+    }
+}
+
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Metrics::new(&settings.service_name);
-    feedline::service::serve_ops(&settings, metrics, token).await
+    let running = spawn(settings, token).await?;
+    running.handle.await.context("registry task panicked")?
+}
+
+/// Starts the registry: creates `_schemas` if needed, reads it to its end, then serves HTTP
+/// on `http.host:http.port` (port 0 picks a free one, see [`Running::addr`]).
+pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Running> {
+    let topic = settings.kafka.name(TOPIC);
+    let platform_metrics = Metrics::new(&settings.service_name);
+    let metrics = RegistryMetrics::new(&platform_metrics);
+
+    // One partition: the log's order is the registry's order.
+    Admin::new(&settings.kafka)
+        .context("failed to create the kafka admin client")?
+        .ensure_topics(&[TopicSpec::new(&topic, 1).compacted()])
+        .await
+        .with_context(|| format!("failed to create topic {topic}"))?;
+
+    let state = Arc::new(RwLock::new(State::default()));
+    let (reader, progress) = Reader::new(
+        &settings.kafka,
+        &topic,
+        Arc::clone(&state),
+        Arc::clone(&metrics),
+        Arc::clone(&platform_metrics),
+    )
+    .context("failed to create the _schemas reader")?;
+    let (writer, writes) = Writer::new(
+        &settings.kafka,
+        &topic,
+        Arc::clone(&state),
+        progress,
+        Arc::clone(&metrics),
+        Arc::clone(&platform_metrics),
+    );
+
+    let mut tasks = TaskGroup::new(token.clone());
+    tasks.spawn("schemas-reader", reader.run(token.clone()));
+    tasks.spawn("schemas-writer", writer.run(token.clone()));
+
+    // Serve nothing before the log is read: a fresh instance must not answer "not found"
+    // for schemas that exist.
+    let caught_up = tokio::time::timeout(CATCH_UP, writes.submit(Command::Sync)).await;
+    if let Err(e) = caught_up
+        .map_err(|_| anyhow::anyhow!("timed out after {CATCH_UP:?}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+    {
+        token.cancel();
+        let _ = tasks.join(DRAIN).await;
+        return Err(e.context(format!("failed to read {topic} at start-up")));
+    }
+
+    let addr = settings.http_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind {addr}"))?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(api::App {
+        state: Arc::clone(&state),
+        writer: writes,
+        metrics,
+    });
+    let router = api::router(app, platform_metrics);
+    let http_token = token.clone();
+    tasks.spawn("http", async move {
+        feedline::http::serve(listener, router, http_token)
+            .await
+            .context("http server failed")
+    });
+    tracing::info!(%addr, %topic, "schema registry serving");
+    Ok(Running {
+        addr,
+        handle: tokio::spawn(tasks.join(DRAIN)),
+        state,
+    })
 }

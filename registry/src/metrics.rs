@@ -17,8 +17,9 @@ pub struct RegistryMetrics {
     /// Log records applied, and those ignored because an earlier record won.
     pub records_applied: IntCounter,
     pub records_rejected: IntCounter,
-    /// Write transactions by outcome: `committed`, `fenced` (another instance wrote in
-    /// between), `failed`.
+    /// Write batches by outcome: `committed`, `nothing_to_write` (all answered from the
+    /// state, e.g. rejected), `fenced` (another instance wrote in between, retried), `failed`
+    /// (retried).
     pub transactions: IntCounterVec,
     pub write_seconds: HistogramVec,
     /// Ids currently bound to a schema.
@@ -30,12 +31,16 @@ impl RegistryMetrics {
         let registry = metrics.registry();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
             c
         };
         let single = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
             c
         };
         let write_seconds = HistogramVec::new(
@@ -43,7 +48,9 @@ impl RegistryMetrics {
                 "registry_write_seconds",
                 "time from a write request to its answer, log round trip included",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["command"],
         )
         .expect("valid histogram");

@@ -42,9 +42,7 @@ impl VersionSpec {
             return Ok(VersionSpec::Latest);
         }
         match text.parse::<i64>() {
-            Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => {
-                Ok(VersionSpec::Number(n as u32))
-            }
+            Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(VersionSpec::Number(n as u32)),
             _ => Err(ApiError::invalid_version(text)),
         }
     }
@@ -78,17 +76,28 @@ impl VersionSpec {
 /// A change to the registry, carried out by the writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Register { subject: String, schema: NewSchema },
-    DeleteSubject { subject: String, permanent: bool },
+    Register {
+        subject: String,
+        schema: NewSchema,
+    },
+    DeleteSubject {
+        subject: String,
+        permanent: bool,
+    },
     DeleteVersion {
         subject: String,
         version: VersionSpec,
         permanent: bool,
     },
-    SetConfig { subject: Option<String>, level: Level },
-    DeleteConfig { subject: Option<String> },
-    /// Writes nothing but a NOOP record: returns once this instance has read the log up to
-    /// now (used at start-up).
+    SetConfig {
+        subject: Option<String>,
+        level: Level,
+    },
+    DeleteConfig {
+        subject: Option<String>,
+    },
+    /// Changes nothing: returns once this instance has read everything committed to the log
+    /// so far (used at start-up).
     Sync,
 }
 
@@ -156,8 +165,10 @@ pub fn plan(state: &State, command: &Command) -> Result<Planned, ApiError> {
                 outcome: Outcome::Config(previous),
             })
         }
+        // Nothing to write: the writer only plans once its state holds everything committed
+        // before its producer epoch (see `store`), which is what a sync asks for.
         Command::Sync => Ok(Planned {
-            records: vec![Record::Noop],
+            records: vec![],
             outcome: Outcome::Synced,
         }),
     }
@@ -277,8 +288,14 @@ fn plan_delete_version(
 /// (tombstone) one existing version.
 fn version_record(state: &State, subject: &str, version: u32, permanent: bool) -> Record {
     let value = (!permanent).then(|| {
-        let v = state.subject(subject).expect("planned on this state").versions[&version];
-        let stored = &state.schema(v.id).expect("versions point at bound ids").schema;
+        let v = state
+            .subject(subject)
+            .expect("planned on this state")
+            .versions[&version];
+        let stored = &state
+            .schema(v.id)
+            .expect("versions point at bound ids")
+            .schema;
         SchemaValue {
             subject: subject.to_owned(),
             version,
@@ -386,12 +403,16 @@ pub fn parse_new(state: &State, text: &str, references: &[Reference]) -> Result<
 
 /// Parses the schema stored under `id`.
 fn parse_stored(state: &State, id: u32) -> Result<Schema, String> {
-    let entry = state.schema(id).ok_or_else(|| format!("schema id {id} is gone"))?;
+    let entry = state
+        .schema(id)
+        .ok_or_else(|| format!("schema id {id} is gone"))?;
     if entry.schema.schema_type != schema::AVRO {
-        return Err(format!("{} schemas cannot be checked", entry.schema.schema_type));
+        return Err(format!(
+            "{} schemas cannot be checked",
+            entry.schema.schema_type
+        ));
     }
-    let texts =
-        reference_texts(state, &entry.schema.references).map_err(|e| e.message.clone())?;
+    let texts = reference_texts(state, &entry.schema.references).map_err(|e| e.message.clone())?;
     schema::parse_avro(&entry.schema.schema, &texts).map_err(|e: SchemaError| e.to_string())
 }
 
@@ -414,7 +435,11 @@ pub fn check_level(
     let versions: Vec<(u32, u32)> = match only {
         Some(n) => s.versions.get(&n).map(|v| (n, v.id)).into_iter().collect(),
         None if level.is_transitive() => s.live().map(|(n, v)| (n, v.id)).collect(),
-        None => s.latest_live().map(|(n, v)| (n, v.id)).into_iter().collect(),
+        None => s
+            .latest_live()
+            .map(|(n, v)| (n, v.id))
+            .into_iter()
+            .collect(),
     };
     let mut parsed = Vec::with_capacity(versions.len());
     let mut messages = Vec::new();
@@ -530,7 +555,11 @@ mod tests {
         let v2 = V1.replace("User", "Other");
         assert!(matches!(
             register(&mut state, "a", &v2).unwrap(),
-            Outcome::Registered { id: 2, version: 1, .. }
+            Outcome::Registered {
+                id: 2,
+                version: 1,
+                ..
+            }
         ));
     }
 }

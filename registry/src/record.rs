@@ -198,19 +198,13 @@ impl Record {
                 }),
                 None,
             ),
-            Record::Other(keytype) => (
-                to_vec(&BareKeyOut {
-                    keytype,
-                    magic: 0,
-                }),
-                None,
-            ),
+            Record::Other(keytype) => (to_vec(&BareKeyOut { keytype, magic: 0 }), None),
         }
     }
 
     pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, RecordError> {
-        let key: KeyIn =
-            serde_json::from_slice(key.ok_or(RecordError::MissingKey)?).map_err(RecordError::Key)?;
+        let key: KeyIn = serde_json::from_slice(key.ok_or(RecordError::MissingKey)?)
+            .map_err(RecordError::Key)?;
         // Confluent writes some tombstones as an empty payload rather than a null one.
         let value = value.filter(|v| !v.is_empty());
         let subject = |keytype: &str, subject: Option<String>| {
@@ -311,7 +305,10 @@ mod tests {
         ];
         for record in records {
             let (key, value) = record.encode();
-            assert_eq!(Record::decode(Some(&key), value.as_deref()).unwrap(), record);
+            assert_eq!(
+                Record::decode(Some(&key), value.as_deref()).unwrap(),
+                record
+            );
         }
     }
 
@@ -319,8 +316,7 @@ mod tests {
     fn confluent_written_values_decode() {
         let key = br#"{"keytype":"SCHEMA","subject":"t-value","version":1,"magic":1}"#;
         let value = br#"{"subject":"t-value","version":1,"id":1,"schema":"\"string\"","deleted":false,"schemaTagsToAdd":null}"#;
-        let Record::Schema { value: Some(v), .. } =
-            Record::decode(Some(key), Some(value)).unwrap()
+        let Record::Schema { value: Some(v), .. } = Record::decode(Some(key), Some(value)).unwrap()
         else {
             panic!("not a schema record");
         };

@@ -57,12 +57,45 @@ pub fn parse_json(text: &str) -> Result<Value, SchemaError> {
 pub fn parse_avro(text: &str, references: &[String]) -> Result<Schema, SchemaError> {
     parse_json(text)?;
     let avro = |e: apache_avro::Error| SchemaError::Avro(e.to_string());
-    if references.is_empty() {
-        return Schema::parse_str(text).map_err(avro);
-    }
-    let (mut schema, schemata) = Schema::parse_str_with_list(text, references).map_err(avro)?;
-    schema.denormalize(&schemata).map_err(avro)?;
+    let schema = if references.is_empty() {
+        Schema::parse_str(text).map_err(avro)?
+    } else {
+        let (mut schema, schemata) = Schema::parse_str_with_list(text, references).map_err(avro)?;
+        schema.denormalize(&schemata).map_err(avro)?;
+        schema
+    };
+    check_union_defaults(&schema)?;
     Ok(schema)
+}
+
+/// The Avro spec wants a union field's default to match the union's first type, and the Java
+/// implementation (so Confluent's registry) rejects schemas where it does not; apache-avro
+/// accepts them. Checked for the case that matters in practice: `null` defaults and unions
+/// starting with `null`.
+fn check_union_defaults(schema: &Schema) -> Result<(), SchemaError> {
+    match schema {
+        Schema::Record(record) => {
+            for field in &record.fields {
+                if let (Schema::Union(union), Some(default)) = (&field.schema, &field.default) {
+                    let first_is_null = matches!(union.variants().first(), Some(Schema::Null));
+                    if first_is_null != default.is_null() {
+                        return Err(SchemaError::Avro(format!(
+                            "the default of union field `{}` in `{}` must match the union's first type ({})",
+                            field.name,
+                            record.name.fullname(None),
+                            if first_is_null { "null" } else { "not null" },
+                        )));
+                    }
+                }
+                check_union_defaults(&field.schema)?;
+            }
+            Ok(())
+        }
+        Schema::Array(array) => check_union_defaults(&array.items),
+        Schema::Map(map) => check_union_defaults(&map.types),
+        Schema::Union(union) => union.variants().iter().try_for_each(check_union_defaults),
+        _ => Ok(()),
+    }
 }
 
 /// The identity of a schema's text (see the module docs). Text that is not JSON (only ever
@@ -310,13 +343,26 @@ mod tests {
 
     #[test]
     fn avro_errors_say_what_is_wrong() {
-        assert!(matches!(parse_avro("{\"type\":", &[]), Err(SchemaError::Json(_))));
+        assert!(matches!(
+            parse_avro("{\"type\":", &[]),
+            Err(SchemaError::Json(_))
+        ));
         assert!(matches!(parse_avro("  ", &[]), Err(SchemaError::Empty)));
         assert!(matches!(
-            parse_avro(r#"{"type":"record","name":"X","fields":[{"name":"a","type":"nope"}]}"#, &[]),
+            parse_avro(
+                r#"{"type":"record","name":"X","fields":[{"name":"a","type":"nope"}]}"#,
+                &[]
+            ),
             Err(SchemaError::Avro(_))
         ));
         assert!(parse_avro(USER, &[]).is_ok());
+        let bad_default = r#"{"type":"record","name":"X","fields":[{"name":"n","type":["null","string"],"default":"x"}]}"#;
+        let message = parse_avro(bad_default, &[]).unwrap_err().to_string();
+        assert!(message.contains("union field `n`"), "{message}");
+        let good_default = bad_default.replace(r#""default":"x""#, r#""default":null"#);
+        assert!(parse_avro(&good_default, &[]).is_ok());
+        let string_first = r#"{"type":"record","name":"X","fields":[{"name":"n","type":["string","null"],"default":null}]}"#;
+        assert!(parse_avro(string_first, &[]).is_err());
         assert_eq!(
             check_type(Some("PROTOBUF")).unwrap_err().to_string(),
             "schema type PROTOBUF is not supported; this registry supports AVRO only"

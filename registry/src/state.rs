@@ -268,13 +268,17 @@ impl State {
         });
         entry.usages.insert((subject.to_owned(), version));
         self.by_content.entry(content).or_insert(value.id);
-        self.subjects.entry(subject.to_owned()).or_default().versions.insert(
-            version,
-            Version {
-                id: value.id,
-                deleted: value.deleted,
-            },
-        );
+        self.subjects
+            .entry(subject.to_owned())
+            .or_default()
+            .versions
+            .insert(
+                version,
+                Version {
+                    id: value.id,
+                    deleted: value.deleted,
+                },
+            );
         self.max_id = self.max_id.max(value.id);
         Ok(())
     }
@@ -326,6 +330,10 @@ impl State {
         self.subjects.iter()
     }
 
+    pub fn schema_count(&self) -> usize {
+        self.schemas.len()
+    }
+
     pub fn max_id(&self) -> u32 {
         self.max_id
     }
@@ -353,13 +361,18 @@ impl State {
         content: &Content,
         deleted: bool,
     ) -> Option<(u32, Version)> {
-        self.subjects.get(subject)?.versions.iter().rev().find_map(|(n, v)| {
-            let same = self
-                .schemas
-                .get(&v.id)
-                .is_some_and(|e| e.schema.content == *content);
-            (same && (deleted || !v.deleted)).then_some((*n, *v))
-        })
+        self.subjects
+            .get(subject)?
+            .versions
+            .iter()
+            .rev()
+            .find_map(|(n, v)| {
+                let same = self
+                    .schemas
+                    .get(&v.id)
+                    .is_some_and(|e| e.schema.content == *content);
+                (same && (deleted || !v.deleted)).then_some((*n, *v))
+            })
     }
 
     /// Ids of live schemas that reference `subject` version `version`.
