@@ -1,6 +1,5 @@
 //! `feedline`: the command line for a feedline deployment.
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feedline::Settings;
-use feedline_cli::{Output, schema};
 use feedline::admin::{Admin, TopicSpec};
+use feedline_cli::{Output, schema};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 #[derive(Debug, Parser)]
@@ -99,7 +98,6 @@ enum TopicsCommand {
         replication: i32,
     },
 }
-
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -358,7 +358,10 @@ mod tests {
             .with_overrides("[http]\nport = 0\n[gateway]\nurl = \"b\"")
             .unwrap();
         assert_eq!(moved.http.port, 0);
-        assert_eq!(moved.kafka.bootstrap_servers, settings.kafka.bootstrap_servers);
+        assert_eq!(
+            moved.kafka.bootstrap_servers,
+            settings.kafka.bootstrap_servers
+        );
         let gateway: std::collections::HashMap<String, String> = moved.section("gateway").unwrap();
         assert_eq!(gateway["url"], "b");
     }
