@@ -1,17 +1,166 @@
-//! Identity provider and API gateway: validates requests and publishes Avro commands.
+//! Identity provider and API gateway: issues access tokens, validates requests, publishes
+//! Avro commands and passes queries and the live feed through to order-view.
+//!
+//! - [`token`]: `POST /auth/token` (OAuth 2.0 client credentials)
+//! - [`auth`], [`jwt`]: scopes, clients, HS256 tokens, the bearer-token extractor
+//! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
+//! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
+//! - [`money`]: amounts converted exactly to cents
+//! - [`error`]: the one JSON error shape, and the extractors that produce it
+//! - [`dashboard`], [`openapi`]: the static page and the API description
+//! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
-use feedline::{CancellationToken, Metrics, Settings};
+pub mod app;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod dashboard;
+pub mod error;
+pub mod jwt;
+pub mod metrics;
+pub mod money;
+pub mod openapi;
+pub mod orderview;
+pub mod proxy;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use feedline::admin::Admin;
+use feedline::codec::RegistryClient;
+use feedline::{CancellationToken, Metrics, Producer, Settings};
+use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::auth::{Auth, Clients};
+use crate::commands::CommandTopic;
+use crate::config::GatewayConfig;
+use crate::jwt::TokenKeys;
+use crate::metrics::GatewayMetrics;
+use crate::orderview::OrderView;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
+/// The demo client (`demo` / `demo-secret`) and the signing secret are for local runs:
+/// production sets `gateway.jwt_secret` and disables the demo client
+/// (`[gateway.clients.demo] enabled = false`); both are warned about at start.
 pub const DEFAULTS: &str = r#"
 service_name = "gateway"
 [http]
 port = 8080
 
+[gateway]
+order_view_url = "http://127.0.0.1:8093"
+jwt_secret = "feedline-dev-only-jwt-secret-do-not-use-in-production"
+token_ttl_secs = 3600
+max_wait_secs = 30
+proxy_timeout_ms = 10000
+ensure_topics = true
+
+[gateway.clients.demo]
+# sha256("demo-secret")
+secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
+scopes = ["orders:write", "customers:write", "feed:read"]
 "#;
+
+/// How long a producer flush may hold shutdown: every command was already acknowledged
+/// before its answer, so there is normally nothing left.
+const FLUSH: Duration = Duration::from_secs(5);
 
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Metrics::new(&settings.service_name);
-    feedline::service::serve_ops(&settings, metrics, token).await
+    let (_, handle) = spawn(settings, token).await?;
+    handle.await.context("gateway task panicked")?
+}
+
+/// Starts the gateway: ensures the topics, registers the command schemas and prepares
+/// their encoders, then serves HTTP on `http.host:http.port` (port 0 picks a free one)
+/// until `token` is cancelled, finishing in-flight requests.
+pub async fn spawn(
+    settings: Settings,
+    token: CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    let config = GatewayConfig::from_settings(&settings)?;
+    if config.uses_dev_secret() {
+        tracing::warn!(
+            "gateway.jwt_secret is the built-in development secret: anyone can forge tokens; set FEEDLINE_GATEWAY__JWT_SECRET"
+        );
+    }
+    if config.demo_client_enabled() {
+        tracing::warn!(
+            "the demo client with the published secret is enabled; disable it with [gateway.clients.demo] enabled = false"
+        );
+    }
+
+    let platform_metrics = Metrics::new(&settings.service_name);
+    let metrics = GatewayMetrics::new(&platform_metrics);
+
+    if config.ensure_topics {
+        Admin::new(&settings.kafka)
+            .context("failed to create the kafka admin client")?
+            .ensure_topics(&feedline_schemas::topic_specs(&settings.kafka))
+            .await
+            .context("failed to create the topics")?;
+    }
+
+    // Registered once here; the hot path only serializes.
+    let registry = RegistryClient::new(&settings.registry);
+    let orders = CommandTopic {
+        topic: settings.kafka.name(ORDER_COMMANDS),
+        encoder: feedline_schemas::encoder(&registry, &settings.kafka, ORDER_COMMANDS)
+            .await
+            .context("failed to register the order-commands schema")?,
+    };
+    let customers = CommandTopic {
+        topic: settings.kafka.name(CUSTOMER_COMMANDS),
+        encoder: feedline_schemas::encoder(&registry, &settings.kafka, CUSTOMER_COMMANDS)
+            .await
+            .context("failed to register the customer-commands schema")?,
+    };
+    let producer = Producer::new(&settings.kafka, platform_metrics.clone())
+        .context("failed to create the kafka producer")?;
+
+    let state = Arc::new(AppState {
+        auth: Auth {
+            keys: TokenKeys::new(&config.jwt_secret),
+            clients: Clients::new(&config.clients),
+            token_ttl_secs: config.token_ttl_secs,
+        },
+        metrics,
+        producer: producer.clone(),
+        producer_name: config.producer_name(),
+        orders,
+        customers,
+        order_view: OrderView::new(&config.order_view_url, config.proxy_timeout()),
+        max_wait: config.max_wait(),
+        shutdown: token.clone(),
+    });
+    let router = app::router(state.clone(), platform_metrics);
+
+    let addr = settings.http_addr()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind {addr}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        producer = %state.producer_name,
+        order_view = %config.order_view_url,
+        "gateway serving"
+    );
+    let handle = tokio::spawn(async move {
+        feedline::http::serve(listener, router, token)
+            .await
+            .context("http server failed")?;
+        if let Err(e) = producer.flush(FLUSH).await {
+            tracing::warn!(error = %e, "producer flush at shutdown failed");
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    });
+    Ok((addr, handle))
 }

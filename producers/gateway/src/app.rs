@@ -1,0 +1,118 @@
+//! The shared state and the route table. Routes are added through [`Routes::add`], which
+//! records each (method, path) as it registers it: that record is what the OpenAPI test
+//! holds the document against, so the two cannot drift apart unnoticed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, on};
+use feedline::{CancellationToken, Metrics, Producer};
+use feedline_schemas::types::{CustomerCommand, OrderCommand};
+
+use crate::auth::Auth;
+use crate::commands::{self, CommandTopic};
+use crate::metrics::{self as gateway_metrics, GatewayMetrics};
+use crate::orderview::OrderView;
+use crate::{dashboard, error, openapi, proxy, token};
+
+/// Requests carry a few hundred bytes of JSON; anything near this is not a command.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Everything a handler may need, built once at start.
+#[derive(Debug)]
+pub struct AppState {
+    pub auth: Auth,
+    pub metrics: Arc<GatewayMetrics>,
+    pub producer: Producer,
+    /// `gateway-<replica>`, the `producer` of every command.
+    pub producer_name: String,
+    pub orders: CommandTopic<OrderCommand>,
+    pub customers: CommandTopic<CustomerCommand>,
+    pub order_view: OrderView,
+    pub max_wait: Duration,
+    /// Ends waits and live feeds at shutdown, so the graceful drain does not hang on them.
+    pub shutdown: CancellationToken,
+}
+
+/// One route of the API, as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: Method,
+    pub path: &'static str,
+}
+
+struct Routes {
+    router: Router<Arc<AppState>>,
+    table: Vec<RouteInfo>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push(RouteInfo { method, path });
+        self
+    }
+}
+
+/// The API routes (without state) and their table.
+pub fn api() -> (Router<Arc<AppState>>, Vec<RouteInfo>) {
+    let routes = Routes {
+        router: Router::new(),
+        table: Vec::new(),
+    }
+    .add(Method::GET, "/", dashboard::page)
+    .add(Method::GET, "/openapi.json", openapi::document)
+    .add(Method::POST, "/auth/token", token::issue)
+    .add(Method::POST, "/orders", commands::place_order)
+    .add(Method::GET, "/orders", proxy::list)
+    .add(Method::GET, "/orders/{id}", proxy::item)
+    .add(Method::POST, "/orders/{id}/cancel", commands::cancel_order)
+    .add(Method::POST, "/customers", commands::register_customer)
+    .add(Method::GET, "/customers/{id}", proxy::item)
+    .add(Method::GET, "/customers/{id}/orders", proxy::item)
+    .add(
+        Method::PUT,
+        "/customers/{id}/credit-limit",
+        commands::change_credit_limit,
+    )
+    .add(Method::GET, "/feed", proxy::feed);
+    (routes.router, routes.table)
+}
+
+/// Every route the gateway serves: the API plus the platform's `/metrics` and `/health`.
+pub fn route_table() -> Vec<RouteInfo> {
+    let mut table = api().1;
+    table.extend(OPS_ROUTES.iter().map(|path| RouteInfo {
+        method: Method::GET,
+        path,
+    }));
+    table
+}
+
+/// What `feedline::http::ops_router` serves.
+const OPS_ROUTES: [&str; 2] = ["/metrics", "/health"];
+
+/// The whole service: API, ops routes, JSON errors for unknown routes and methods, request
+/// metrics on everything.
+pub fn router(state: Arc<AppState>, platform_metrics: Arc<Metrics>) -> Router {
+    let metrics = state.metrics.clone();
+    let (api, _) = api();
+    api.with_state(state)
+        .merge(feedline::http::ops_router(platform_metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            gateway_metrics::track,
+        ))
+}

@@ -1,0 +1,135 @@
+//! The gateway's own metrics, registered beside the platform's in the service's Prometheus
+//! registry (so they render on `/metrics` as `feedline_gateway_*`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use feedline::Metrics;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    /// Requests by route template (`/orders/{id}`, or `unmatched`), method and status.
+    pub requests: IntCounterVec,
+    /// Time to the response head (for the live feed: until the stream started).
+    pub request_seconds: HistogramVec,
+    /// Commands the broker acknowledged, by command.
+    pub commands_published: IntCounterVec,
+    /// Commands that could not be published, by command.
+    pub command_failures: IntCounterVec,
+    /// Access tokens issued, by client.
+    pub tokens_issued: IntCounterVec,
+    /// Token requests refused (`invalid_client`, `invalid_scope`, ...) and API requests
+    /// refused (`missing`, `malformed`, `bad_signature`, `expired`, `insufficient_scope`).
+    pub auth_failures: IntCounterVec,
+    /// `?wait=` outcomes: `completed`, `timeout`, `shutdown`.
+    pub wait_outcomes: IntCounterVec,
+    /// Calls to order-view that failed: `unreachable`, `timeout`.
+    pub upstream_errors: IntCounterVec,
+}
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl GatewayMetrics {
+    pub fn new(metrics: &Metrics) -> Arc<Self> {
+        let registry = metrics.registry();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_seconds",
+                "time from request to response head",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(request_seconds.clone()))
+            .expect("unique histogram");
+        Arc::new(GatewayMetrics {
+            requests: counter(
+                "gateway_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
+            ),
+            request_seconds,
+            commands_published: counter(
+                "gateway_commands_published_total",
+                "commands acknowledged by the broker",
+                &["command"],
+            ),
+            command_failures: counter(
+                "gateway_command_failures_total",
+                "commands not accepted because the broker did not acknowledge them",
+                &["command"],
+            ),
+            tokens_issued: counter(
+                "gateway_tokens_issued_total",
+                "access tokens issued",
+                &["client"],
+            ),
+            auth_failures: counter(
+                "gateway_auth_failures_total",
+                "refused token requests and refused API requests, by reason",
+                &["reason"],
+            ),
+            wait_outcomes: counter(
+                "gateway_wait_outcomes_total",
+                "requests that waited for a final state, by outcome",
+                &["outcome"],
+            ),
+            upstream_errors: counter(
+                "gateway_upstream_errors_total",
+                "failed calls to order-view, by kind",
+                &["kind"],
+            ),
+        })
+    }
+}
+
+/// Middleware: counts and times every request under its route template, so ids in paths
+/// never become label values.
+pub async fn track(
+    State(metrics): State<Arc<GatewayMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Only the standard methods as label values: a client can invent any number of others.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .with_label_values(&[&route, method, response.status().as_str()])
+        .inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,186 @@
+//! Queries and the live feed belong to order-view; the gateway checks the token and passes
+//! the request through: status, headers and body unchanged, the body streamed (never
+//! buffered), so the SSE feed flows event by event.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+
+use crate::app::AppState;
+use crate::auth::{Authorized, FeedRead, FeedStream};
+use crate::error::ApiError;
+use crate::orderview::UpstreamError;
+
+/// Request headers worth passing on. Not `Authorization`: the token is the gateway's
+/// business, and order-view sits behind it.
+const FORWARDED_REQUEST: &[&str] = &[
+    "accept",
+    "accept-language",
+    "cache-control",
+    "if-none-match",
+    "if-modified-since",
+    "last-event-id",
+    "x-correlation-id",
+    "x-request-id",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the length, which the re-streamed body
+/// carries by itself.
+const DROPPED_RESPONSE: &[&str] = &[
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "keep-alive",
+];
+
+/// A path whose every parameter is a UUID (`/orders/{id}`, `/customers/{id}/orders`).
+/// Checked here so a malformed id is a 400 naming the parameter whether or not order-view
+/// is up, instead of a round trip (or a 502).
+#[derive(Debug)]
+pub struct UuidPath(pub Vec<(String, uuid::Uuid)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for UuidPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
+        params
+            .into_iter()
+            .map(|(name, value)| match uuid::Uuid::parse_str(&value) {
+                Ok(id) => Ok((name, id)),
+                Err(_) => Err(ApiError::invalid_parameter(
+                    &name,
+                    format!("{name} must be a UUID, got {value:?}"),
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(UuidPath)
+    }
+}
+
+/// `GET /orders/{id}`, `/customers/{id}`, `/customers/{id}/orders`.
+pub async fn item(
+    State(app): State<Arc<AppState>>,
+    _auth: Authorized<FeedRead>,
+    _ids: UuidPath,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    forward(&app, &path_and_query(&uri), &headers, false).await
+}
+
+/// `GET /orders`.
+pub async fn list(
+    State(app): State<Arc<AppState>>,
+    _auth: Authorized<FeedRead>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    forward(&app, &path_and_query(&uri), &headers, false).await
+}
+
+/// `GET /feed`: Server-Sent Events, streamed through. `Last-Event-ID` and the query string
+/// go along.
+pub async fn feed(
+    State(app): State<Arc<AppState>>,
+    _auth: Authorized<FeedStream>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    forward(&app, &path_and_query(&uri), &headers, true).await
+}
+
+/// The path and query to ask order-view for, without `access_token`: a token is the
+/// gateway's business and must not end up in order-view's logs.
+fn path_and_query(uri: &Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_owned();
+    };
+    // Pairs are kept as sent (no re-encoding); only the token goes.
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("access_token"))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+async fn forward(
+    app: &AppState,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    let view = &app.order_view;
+    let mut request = view.http().get(view.url(path_and_query));
+    for name in FORWARDED_REQUEST {
+        for value in headers.get_all(*name) {
+            request = request.header(*name, value);
+        }
+    }
+    if !stream {
+        request = request.timeout(view.timeout());
+    }
+    let upstream = request.send().await.map_err(|e| {
+        let error = UpstreamError::from_reqwest(e);
+        app.metrics
+            .upstream_errors
+            .with_label_values(&[error.kind()])
+            .inc();
+        tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
+        match error {
+            UpstreamError::Timeout => ApiError::new(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "order-view did not answer in time",
+            ),
+            other => ApiError::upstream_unavailable(other.to_string()),
+        }
+    })?;
+
+    let mut response = Response::builder().status(upstream.status());
+    for (name, value) in upstream.headers() {
+        if !DROPPED_RESPONSE.contains(&name.as_str()) {
+            response = response.header(name, value);
+        }
+    }
+    // The feed never ends by itself; shutdown ends it, so the graceful drain can finish.
+    let body = upstream
+        .bytes_stream()
+        .take_until(app.shutdown.clone().cancelled_owned());
+    response
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::internal(format!("cannot build the proxied response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_token_is_stripped_from_the_query() {
+        let uri: Uri = "/feed?order_id=a%20b&access_token=x.y.z&since=3"
+            .parse()
+            .unwrap();
+        assert_eq!(path_and_query(&uri), "/feed?order_id=a%20b&since=3");
+        let only: Uri = "/feed?access_token=x".parse().unwrap();
+        assert_eq!(path_and_query(&only), "/feed");
+        let none: Uri = "/orders".parse().unwrap();
+        assert_eq!(path_and_query(&none), "/orders");
+        let kept: Uri = "/orders?status=APPROVED&limit=5".parse().unwrap();
+        assert_eq!(path_and_query(&kept), "/orders?status=APPROVED&limit=5");
+    }
+}

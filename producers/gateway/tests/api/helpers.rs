@@ -1,0 +1,330 @@
+//! Shared test setup: each test gets its own topic prefix on the real broker (started by
+//! `infra/up.sh`), its own schema registry (the workspace's `registry/` crate, in-process on
+//! port 0) and a gateway spawned on port 0 by [`TestApp::spawn`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feedline::codec::{AvroDecoder, RegistryClient};
+use feedline::{CancellationToken, Settings};
+use feedline_gateway::jwt::{Claims, TokenKeys};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// The signing secret of every test gateway, so tests can mint their own tokens.
+pub const JWT_SECRET: &str = "test-only-jwt-secret-of-more-than-32-bytes";
+/// A client that may only place and cancel orders.
+pub const LIMITED_ID: &str = "limited";
+pub const LIMITED_SECRET: &str = "limited-secret";
+
+pub fn kafka_bootstrap() -> String {
+    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn random_prefix() -> String {
+    format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// A local address where nothing listens.
+pub async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// What differs between test gateways.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// order-view's URL; by default a port where nothing listens.
+    pub order_view_url: Option<String>,
+    /// The gateway's Kafka (the registry always uses the real broker).
+    pub kafka_bootstrap: Option<String>,
+    pub ensure_topics: bool,
+    pub message_timeout_ms: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            order_view_url: None,
+            kafka_bootstrap: None,
+            ensure_topics: true,
+            message_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A gateway and its registry, stopped when dropped.
+pub struct TestApp {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    token: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A response, read whole: status, headers, text and (when JSON) body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// Asserts an error answer in the gateway's shape: status, JSON content type,
+    /// `error.code`, `error.message` and (if given) `error.field`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, field: Option<&str>) {
+        assert_eq!(self.status.as_u16(), status, "{self:#?}");
+        assert!(
+            self.header("content-type").starts_with("application/json"),
+            "{self:#?}"
+        );
+        let error = &self.body["error"];
+        assert_eq!(error["code"], code, "{self:#?}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{self:#?}"
+        );
+        if let Some(field) = field {
+            assert_eq!(error["field"], field, "{self:#?}");
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        feedline::telemetry::init();
+        let prefix = random_prefix();
+        let token = CancellationToken::new();
+        let registry_url = start_registry(&prefix, token.clone()).await;
+        let order_view_url = match options.order_view_url {
+            Some(url) => url,
+            None => closed_port().await,
+        };
+        let settings = Settings::from_toml(&format!(
+            r#"
+            service_name = "gateway"
+            [kafka]
+            bootstrap_servers = "{bootstrap}"
+            topic_prefix = "{prefix}"
+            default_partitions = 3
+            linger_ms = 1
+            message_timeout_ms = {timeout}
+            [registry]
+            url = "{registry_url}"
+            [http]
+            host = "127.0.0.1"
+            port = 0
+            [gateway]
+            order_view_url = "{order_view_url}"
+            jwt_secret = "{JWT_SECRET}"
+            replica = "test"
+            ensure_topics = {ensure}
+            [gateway.clients.{LIMITED_ID}]
+            secret_sha256 = "{limited}"
+            scopes = ["orders:write"]
+            "#,
+            bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),
+            timeout = options.message_timeout_ms,
+            ensure = options.ensure_topics,
+            limited = feedline_gateway::auth::hash_secret(LIMITED_SECRET),
+        ))
+        .expect("test settings");
+        let (addr, handle) = tokio::time::timeout(
+            Duration::from_secs(30),
+            feedline_gateway::spawn(settings.clone(), token.clone()),
+        )
+        .await
+        .expect("gateway started in time")
+        .expect("gateway started");
+        TestApp {
+            url: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            settings,
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the gateway and checks it stopped cleanly and in time.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("gateway stopped in time")
+            .expect("gateway task joined")
+            .expect("gateway stopped cleanly");
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// A token of the demo client, for `scope` (all its scopes when `None`).
+    pub async fn token(&self, scope: Option<&str>) -> String {
+        self.token_for("demo", "demo-secret", scope).await
+    }
+
+    pub async fn token_for(&self, id: &str, secret: &str, scope: Option<&str>) -> String {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        let answer = self
+            .send(self.http.post(self.at("/auth/token")).form(&form))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:#?}");
+        answer.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends and reads the whole answer; a 5xx other than the ones a test expects fails
+    /// there, in the test.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        Answer::read(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.send(self.http.post(self.at(path)).bearer_auth(token).json(body))
+            .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Reads `count` messages of the (unprefixed) `topic` from the beginning and decodes
+    /// them with the registry: `(key, value)` pairs.
+    pub async fn read_commands<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+        count: usize,
+    ) -> Vec<(String, T)> {
+        let full = self.settings.kafka.name(topic);
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set(
+                "group.id",
+                format!("{}reader", self.settings.kafka.topic_prefix),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&full]).unwrap();
+        let schema = feedline_schemas::envelope_schema(topic).expect("a contract");
+        let decoder: AvroDecoder<T, RegistryClient> = AvroDecoder::new(
+            Arc::new(RegistryClient::new(&self.settings.registry)),
+            schema,
+            None,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while out.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out reading {full}: {} of {count}", out.len()))
+                .unwrap();
+            let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+            let value = decoder.decode(message.payload().unwrap()).await.unwrap();
+            out.push((key, value));
+        }
+        out
+    }
+}
+
+/// Starts a registry on `prefix`'s `_schemas` topic, stopped with `token`; its URL.
+async fn start_registry(prefix: &str, token: CancellationToken) -> String {
+    let settings = Settings::from_toml(&format!(
+        r#"
+        service_name = "registry"
+        [kafka]
+        bootstrap_servers = "{}"
+        topic_prefix = "{prefix}"
+        linger_ms = 0
+        [http]
+        host = "127.0.0.1"
+        port = 0
+        "#,
+        kafka_bootstrap()
+    ))
+    .expect("registry settings");
+    let running = tokio::time::timeout(
+        Duration::from_secs(30),
+        feedline_registry::spawn(settings, token),
+    )
+    .await
+    .expect("registry started in time")
+    .expect("registry started");
+    format!("http://{}", running.addr)
+}
+
+/// Signs `claims` with `secret`: how tests forge, tamper with and expire tokens.
+pub fn sign(secret: &[u8], claims: &Claims) -> String {
+    TokenKeys::from_bytes(secret).sign(claims)
+}
+
+pub fn claims(scope: &str, exp_in: i64) -> Claims {
+    let now = feedline_gateway::jwt::now();
+    Claims {
+        sub: "demo".into(),
+        iat: now,
+        exp: now + exp_in,
+        scope: scope.into(),
+        jti: uuid::Uuid::new_v4().to_string(),
+    }
+}

@@ -1,0 +1,11 @@
+//! The gateway's integration tests, one binary (one link) for all: a real Kafka broker
+//! (`infra/up.sh`), a real schema registry in-process, the gateway on port 0, and for the
+//! proxy and wait plumbing only, a stub of order-view.
+
+mod auth;
+mod bad_input;
+mod commands;
+mod helpers;
+mod proxy;
+mod static_content;
+mod stub_order_view;
