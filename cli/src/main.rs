@@ -7,31 +7,72 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feedline::Settings;
-use feedline::admin::{Admin, TopicSpec};
-use feedline_cli::{Output, schema};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use feedline_cli::cluster::{Cluster, seconds};
+use feedline_cli::consume::ConsumeArgs;
+use feedline_cli::dlq::DlqCommand;
+use feedline_cli::groups::GroupsCommand;
+use feedline_cli::produce::ProduceArgs;
+use feedline_cli::topics::TopicsCommand;
+use feedline_cli::{Output, consume, dlq, groups, produce, schema, topics};
+
+const EXAMPLES: &str = "\
+Examples:
+  feedline topics list
+  feedline consume order-events --from-beginning --meta --count 5
+  echo '{...}' | feedline produce customer-commands --key-field payload.customer_id
+  feedline groups describe orders
+  feedline dlq inspect order-events
+
+Configuration: flags, then FEEDLINE_* environment variables (FEEDLINE_KAFKA__BOOTSTRAP_SERVERS,
+FEEDLINE_REGISTRY__URL, ...), then the --config file, then built-in defaults.
+Exit status: 0 success, 1 failure (one `error:` line on stderr), 2 usage error.";
+
+const GLOBAL: &str = "Connection (every command)";
 
 #[derive(Debug, Parser)]
-#[command(name = "feedline", version, about = "Operate a feedline deployment")]
+#[command(
+    name = "feedline",
+    version,
+    about = "Operate a feedline deployment: publish and read Avro topics as JSON, inspect topics, groups and dead letters",
+    after_help = EXAMPLES
+)]
 struct Cli {
     /// Config file (TOML); FEEDLINE_* environment variables override it.
-    #[arg(long, global = true, env = "FEEDLINE_CONFIG")]
+    #[arg(long, global = true, env = "FEEDLINE_CONFIG", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers (overrides config).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     bootstrap_servers: Option<String>,
     /// Schema registry URL (overrides config).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     registry_url: Option<String>,
+    /// Seconds any one Kafka request (metadata, offsets) may take before the command fails.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system here: Kafka and PostgreSQL (infra/), the registry, every
+    /// service, the schemas, demo customers and a stream of demo orders. Ctrl-C stops all.
+    ///
+    /// Example: feedline up --rate 50
+    Up(feedline_cli::up::UpArgs),
+    /// Publish JSON values to a topic, encoded as Avro with its registered schema.
+    Produce(ProduceArgs),
+    /// Print a topic's messages as JSON, decoded with the schemas their ids name.
+    Consume(ConsumeArgs),
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Consumer groups: members, committed offsets, lag.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Dead-letter queues: inspect and redrive.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Avro schemas in the registry, and the compatibility gate.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -76,31 +117,9 @@ enum SchemaCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum TopicsCommand {
-    /// List topics with their partition counts.
-    ///
-    /// Example: feedline topics list --output json
-    List {
-        #[arg(long, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// Create the system's topics (or the named one) if missing.
-    ///
-    /// Examples: feedline topics create; feedline topics create clicks --partitions 12
-    Create {
-        /// Topic to create; without it, every topic feedline's services use.
-        name: Option<String>,
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-        /// Replication factor; -1 lets the broker decide.
-        #[arg(long, default_value_t = -1)]
-        replication: i32,
-    },
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
@@ -112,7 +131,26 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `Ok(false)` is a clean "no" (the gate found a breaking change): exit 1 without an error.
+/// `feedline ... | head` closes stdout early: that ends the command quietly, as it ends
+/// `cat`, instead of a panic from `println!` with a backtrace.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// `Ok(false)` is a clean "no" (the gate found a breaking change, some values were not
+/// sent): exit 1 without an error line.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut settings =
         Settings::load("", cli.config.as_deref()).context("failed to load configuration")?;
@@ -122,78 +160,45 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if let Some(url) = cli.registry_url {
         settings.registry.url = url;
     }
+    if let Command::Up(args) = cli.command {
+        return feedline_cli::up::up(cli.config.as_deref(), args).await;
+    }
+    let cluster = Cluster::new(settings, cli.timeout);
+    let settings = &cluster.settings;
     match cli.command {
+        Command::Produce(args) => produce::run(&cluster, args).await,
+        Command::Consume(args) => consume::run(&cluster, args).await,
+        Command::Topics(command) => topics::run(&cluster, command).await,
+        Command::Groups(command) => groups::run(&cluster, command).await,
+        Command::Dlq(command) => dlq::run(&cluster, command).await,
+        Command::Up(_) => unreachable!("handled before the cluster is set up"),
         Command::Schema(SchemaCommand::Check { dir, output }) => {
-            schema::check(&settings, &dir, output).await
+            schema::check(settings, &dir, output).await
         }
         Command::Schema(SchemaCommand::Register { dir, output }) => {
-            schema::register(&settings, &dir, output)
+            schema::register(settings, &dir, output)
                 .await
                 .map(|()| true)
         }
         Command::Schema(SchemaCommand::List { output }) => {
-            schema::list(&settings, output).await.map(|()| true)
+            schema::list(settings, output).await.map(|()| true)
         }
         Command::Schema(SchemaCommand::Get {
             subject,
             version,
             output,
-        }) => schema::get(&settings, &subject, &version, output)
+        }) => schema::get(settings, &subject, &version, output)
             .await
             .map(|()| true),
-        Command::Topics(TopicsCommand::List { output }) => {
-            list_topics(&settings, output).map(|()| true)
-        }
-        Command::Topics(TopicsCommand::Create {
-            name,
-            partitions,
-            replication,
-        }) => {
-            let specs = match name {
-                Some(name) => vec![TopicSpec::new(name, partitions).replication(replication)],
-                None => feedline_schemas::topic_specs(&settings.kafka),
-            };
-            Admin::new(&settings.kafka)?
-                .ensure_topics(&specs)
-                .await
-                .with_context(|| {
-                    format!(
-                        "failed to create topics on {}",
-                        settings.kafka.bootstrap_servers
-                    )
-                })?;
-            for spec in specs {
-                println!("{}", spec.name);
-            }
-            Ok(true)
-        }
     }
 }
 
-fn list_topics(settings: &Settings, output: Output) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = settings.kafka.client_config().create()?;
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.bootstrap_servers))?;
-    let mut topics: Vec<(String, usize)> = metadata
-        .topics()
-        .iter()
-        .map(|t| (t.name().to_owned(), t.partitions().len()))
-        .collect();
-    topics.sort();
-    match output {
-        Output::Json => {
-            let list: Vec<_> = topics
-                .iter()
-                .map(|(name, partitions)| serde_json::json!({"name": name, "partitions": partitions}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
-        }
-        Output::Text => {
-            for (name, partitions) in topics {
-                println!("{name}\t{partitions}");
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
-    Ok(())
 }

@@ -45,19 +45,22 @@ impl System {
             Ok(load(defaults)?.with_overrides(&registry_url)?)
         };
         let (orders, handle) =
-            feedline_orders::spawn(with_registry(feedline_orders::DEFAULTS)?, token.clone()).await?;
+            feedline_orders::spawn(with_registry(feedline_orders::DEFAULTS)?, token.clone())
+                .await?;
         tasks.spawn("orders", async move { handle.await? });
         let (customers, handle) =
             feedline_customers::spawn(with_registry(feedline_customers::DEFAULTS)?, token.clone())
                 .await?;
         tasks.spawn("customers", async move { handle.await? });
-        let (order_view, handle) =
-            feedline_order_view::spawn(with_registry(feedline_order_view::DEFAULTS)?, token.clone())
-                .await?;
+        let (order_view, handle) = feedline_order_view::spawn(
+            with_registry(feedline_order_view::DEFAULTS)?,
+            token.clone(),
+        )
+        .await?;
         tasks.spawn("order-view", async move { handle.await? });
-        let gateway_settings = with_registry(feedline_gateway::DEFAULTS)?.with_overrides(&format!(
-            "[gateway]\norder_view_url = \"http://{order_view}\"\n"
-        ))?;
+        let gateway_settings = with_registry(feedline_gateway::DEFAULTS)?.with_overrides(
+            &format!("[gateway]\norder_view_url = \"http://{order_view}\"\n"),
+        )?;
         let (gateway, handle) = feedline_gateway::spawn(gateway_settings, token.clone()).await?;
         tasks.spawn("gateway", async move { handle.await? });
         Ok(System {

@@ -78,7 +78,9 @@ pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
     } else {
         let dir = Path::new("infra");
         if !dir.join("up.sh").exists() {
-            bail!("infra/up.sh not found: run `feedline up` from the repository root, or pass --no-infra");
+            bail!(
+                "infra/up.sh not found: run `feedline up` from the repository root, or pass --no-infra"
+            );
         }
         Some(Infra::start(dir)?)
     };
@@ -115,21 +117,33 @@ fn print_banner(addrs: &[(&'static str, SocketAddr)], gateway: SocketAddr) {
     for (name, addr) in addrs {
         println!("  {name:<11} http://{addr}/metrics");
     }
-    println!("  a token:    curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret http://{gateway}/auth/token");
+    println!(
+        "  a token:    curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret http://{gateway}/auth/token"
+    );
     println!("Press Ctrl-C to stop everything.");
     println!();
 }
 
 /// Registers demo customers, then places orders at `rate` per second with random totals,
 /// cancelling one in ten, and prints a summary line every five seconds.
-async fn demo(base: String, customers: u32, rate: u32, token: CancellationToken) -> anyhow::Result<()> {
+async fn demo(
+    base: String,
+    customers: u32,
+    rate: u32,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let bearer = demo_token(&http, &base).await?;
     let mut ids = Vec::new();
     for i in 0..customers {
         let body = json!({"name": format!("Demo customer {}", i + 1), "credit_limit": format!("{}.00", 200 + 50 * (i % 8))});
         let created: Value = post(&http, &base, "/customers", &bearer, &body).await?;
-        ids.push(created["customer_id"].as_str().context("customer_id in the answer")?.to_owned());
+        ids.push(
+            created["customer_id"]
+                .as_str()
+                .context("customer_id in the answer")?
+                .to_owned(),
+        );
     }
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     let mut report = tokio::time::interval(Duration::from_secs(5));
@@ -178,8 +192,19 @@ async fn demo_token(http: &reqwest::Client, base: &str) -> anyhow::Result<String
         .context("no access_token in the answer")
 }
 
-async fn post(http: &reqwest::Client, base: &str, path: &str, bearer: &str, body: &Value) -> anyhow::Result<Value> {
-    let response = http.post(format!("{base}{path}")).bearer_auth(bearer).json(body).send().await?;
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    bearer: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let response = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(bearer)
+        .json(body)
+        .send()
+        .await?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
