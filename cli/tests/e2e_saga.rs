@@ -470,8 +470,21 @@ async fn many_concurrent_orders_each_reach_one_final_state_and_the_books_balance
 async fn a_feed_client_that_reconnects_with_last_event_id_misses_nothing() {
     let sys = start().await;
     let customer = sys.customer("Grace Hopper", "1000.00").await;
+    // A new client gets live changes: place an order and read until it settled.
     let mut feed = sys.feed(&format!("?customer_id={customer}"), None).await;
-    let first = collect(&mut feed, "the registration", |seen| !seen.is_empty()).await;
+    let (status, body) = sys
+        .post("/orders", json!({"customer_id": customer, "total": "1.00"}))
+        .await;
+    assert_eq!(status, 202);
+    let first_order = body["order_id"].as_str().unwrap().to_owned();
+    let first = collect(&mut feed, "the first order settled", |seen| {
+        seen.iter().any(|e| {
+            e.event == "order"
+                && e.json()["id"] == first_order.as_str()
+                && e.json()["status"] == "APPROVED"
+        })
+    })
+    .await;
     let last = first.last().unwrap().id.unwrap();
     drop(feed);
 

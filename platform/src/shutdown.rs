@@ -86,6 +86,11 @@ fn record(
             tracing::error!(task = %name, error = format!("{e:#}"), "task failed");
             Err(e.context(format!("task {name} failed")))
         }
+        // Aborted by the drain timeout or a runtime shutting down: not a failure of the task.
+        Err(e) if e.is_cancelled() => {
+            tracing::warn!("task aborted before it finished");
+            Ok(())
+        }
         Err(e) => {
             tracing::error!(error = %e, "task panicked");
             Err(anyhow::anyhow!("task panicked: {e}"))
