@@ -73,6 +73,8 @@ impl Infra {
 }
 
 pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
+    // Warnings and the shutdown sequence only: the banner and the demo lines are the output.
+    feedline::telemetry::init_with_default("warn,feedline::shutdown=info");
     let infra = if args.no_infra {
         None
     } else {
