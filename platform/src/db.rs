@@ -2,6 +2,7 @@
 
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
@@ -42,4 +43,33 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error>
 pub async fn install_platform_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(PLATFORM_SCHEMA).execute(pool).await?;
     Ok(())
+}
+
+/// Runs a service's migrations and installs the platform tables, under the advisory lock
+/// `lock_key` (one per service): replicas starting together would otherwise race, and
+/// concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's catalog. Safe
+/// to run at every start, by any number of replicas.
+pub async fn prepare(
+    pool: &PgPool,
+    mut migrator: Migrator,
+    lock_key: i64,
+) -> Result<(), MigrateError> {
+    let mut lock = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key)
+        .execute(&mut *lock)
+        .await?;
+    let result = async {
+        // Tolerates migrations of a newer release already applied (rolling upgrades).
+        migrator.set_ignore_missing(true);
+        migrator.run(&mut *lock).await?;
+        install_platform_schema(pool).await?;
+        Ok(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_key)
+        .execute(&mut *lock)
+        .await?;
+    result
 }

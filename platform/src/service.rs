@@ -1,15 +1,24 @@
-//! What every service binary shares: the launch sequence of a thin `main.rs`, and the
-//! operational HTTP endpoint.
+//! What every service binary shares: the launch sequence of a thin `main.rs`, the
+//! operational HTTP endpoint, and the running part of a consumer service.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::consumer::{Consumer, Handler};
 use crate::metrics::Metrics;
+use crate::outbox::OutboxRelay;
+use crate::producer::Producer;
+use crate::shutdown::TaskGroup;
 
 /// Loads config (`service_defaults`, then `FEEDLINE_CONFIG`, then `FEEDLINE_*`), starts
 /// logging, wires SIGTERM/Ctrl-C to the shutdown root and runs the service until it ends.
@@ -44,4 +53,91 @@ pub async fn serve_ops(
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
     crate::http::serve(listener, crate::http::ops_router(metrics), token).await?;
     Ok(())
+}
+
+/// A service built around one consumer: the consumer, the outbox relay when it writes
+/// events through a PostgreSQL outbox, and an HTTP server. What is left to each service is
+/// its start-up (database, topics, contracts) and its handler.
+#[derive(Debug)]
+pub struct ConsumerService<H> {
+    /// The consumer group, full name (with the prefix).
+    pub group: String,
+    /// The topics consumed, full names.
+    pub topics: Vec<String>,
+    pub handler: H,
+    pub metrics: Arc<Metrics>,
+    /// The database whose outbox the relay publishes; `None` for a service without one.
+    pub outbox: Option<PgPool>,
+    /// What the HTTP server answers; `None` for `/metrics` and `/health` only.
+    pub router: Option<Router>,
+}
+
+impl<H: Handler> ConsumerService<H> {
+    /// Creates the producer (dead letters and the outbox's events) and the consumer, binds
+    /// the HTTP port (`http.port = 0` picks a free one) and returns the bound address with
+    /// the task running everything until `token` is cancelled or one part fails.
+    pub async fn spawn(
+        self,
+        settings: &Settings,
+        token: CancellationToken,
+    ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+        let (addr, run) = self.start(settings, token).await?;
+        Ok((addr, tokio::spawn(run)))
+    }
+
+    /// [`ConsumerService::spawn`], for a caller with more to do once everything stopped:
+    /// the future runs the service.
+    pub async fn start(
+        self,
+        settings: &Settings,
+        token: CancellationToken,
+    ) -> anyhow::Result<(
+        SocketAddr,
+        impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    )> {
+        let kafka = &settings.kafka;
+        let producer = Producer::new(kafka, self.metrics.clone())
+            .context("failed to create the kafka producer")?;
+        let consumer = Consumer::new(
+            kafka,
+            &settings.consumer,
+            &self.group,
+            &self.topics,
+            self.handler,
+            producer.clone(),
+            self.metrics.clone(),
+        )
+        .context("failed to create the kafka consumer")?;
+
+        let addr = settings.http_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to bind {addr}"))?;
+        let addr = listener.local_addr()?;
+
+        let mut tasks = TaskGroup::new(token.clone());
+        let consumer_token = token.clone();
+        tasks.spawn("consumer", async move {
+            consumer
+                .run(consumer_token)
+                .await
+                .context("consumer failed")
+        });
+        if let Some(pool) = self.outbox {
+            let relay = OutboxRelay::new(pool, producer, self.metrics.clone());
+            tasks.spawn("outbox-relay", relay.run(token.clone()));
+        }
+        let router = self
+            .router
+            .unwrap_or_else(|| crate::http::ops_router(self.metrics));
+        tasks.spawn("http", async move {
+            crate::http::serve(listener, router, token)
+                .await
+                .context("http server failed")
+        });
+        tracing::info!(%addr, group = %self.group, service = %settings.service_name, "running");
+        // The consumer may take its drain timeout to finish a batch, then commits and leaves.
+        let drain = settings.consumer.drain_timeout() + Duration::from_secs(5);
+        Ok((addr, tasks.join(drain)))
+    }
 }

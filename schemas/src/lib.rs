@@ -6,11 +6,13 @@ pub mod contracts;
 pub mod types;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use feedline::admin::TopicSpec;
-use feedline::codec::{AvroEncoder, CodecError, SchemaResolver};
+use feedline::admin::{Admin, AdminError, TopicSpec};
+use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, SchemaResolver};
 use feedline::config::KafkaSettings;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use contracts::envelope_schema;
 
@@ -57,6 +59,11 @@ pub fn topic_specs(kafka: &KafkaSettings) -> Vec<TopicSpec> {
         .collect()
 }
 
+/// Creates whichever of [`topic_specs`] are missing; existing topics are left as they are.
+pub async fn ensure_topics(kafka: &KafkaSettings) -> Result<(), AdminError> {
+    Admin::new(kafka)?.ensure_topics(&topic_specs(kafka)).await
+}
+
 /// Registers every topic's envelope schema under `<prefix><topic>-value` and returns the
 /// ids by (unprefixed) topic. Services call it at start; registering again is a no-op.
 pub async fn register_all<R: SchemaResolver>(
@@ -83,6 +90,55 @@ pub async fn encoder<T: Serialize, R: SchemaResolver>(
     let schema = envelope_schema(topic)
         .ok_or_else(|| CodecError::InvalidSchema(format!("no contract for topic {topic}")))?;
     AvroEncoder::new(resolver, &value_subject(&kafka.name(topic)), schema).await
+}
+
+/// Every contract registered with the schema registry: what a service builds its decoders
+/// and encoders from at start-up.
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    registry: Arc<RegistryClient>,
+    kafka: KafkaSettings,
+    ids: HashMap<&'static str, u32>,
+}
+
+impl Contracts {
+    /// Registers every topic's envelope (see [`register_all`]) and keeps the ids.
+    pub async fn register(
+        registry: Arc<RegistryClient>,
+        kafka: &KafkaSettings,
+    ) -> Result<Self, CodecError> {
+        let ids = register_all(&*registry, kafka).await?;
+        Ok(Contracts {
+            registry,
+            kafka: kafka.clone(),
+            ids,
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<RegistryClient> {
+        &self.registry
+    }
+
+    /// The registered id of `topic`'s envelope (unprefixed name).
+    pub fn id(&self, topic: &str) -> Option<u32> {
+        self.ids.get(topic).copied()
+    }
+
+    /// A decoder of `topic`'s envelope (unprefixed name); data written with the registered
+    /// reader schema takes the direct path.
+    pub fn decoder<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+    ) -> Result<AvroDecoder<T, RegistryClient>, CodecError> {
+        let schema = envelope_schema(topic)
+            .ok_or_else(|| CodecError::InvalidSchema(format!("no contract for topic {topic}")))?;
+        AvroDecoder::new(self.registry.clone(), schema, self.id(topic))
+    }
+
+    /// An encoder of `topic`'s envelope (unprefixed name), see [`encoder`].
+    pub async fn encoder<T: Serialize>(&self, topic: &str) -> Result<AvroEncoder<T>, CodecError> {
+        encoder(&*self.registry, &self.kafka, topic).await
+    }
 }
 
 #[cfg(test)]

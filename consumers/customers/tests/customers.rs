@@ -1,13 +1,11 @@
 //! The customer service against the real broker, registry and PostgreSQL, playing the
 //! gateway (commands) and the order service (order events) by hand.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, ORDER_EVENTS};
+use feedline_testkit::*;
 use sqlx::PgPool;
 use uuid::Uuid;
 

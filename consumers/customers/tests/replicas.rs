@@ -2,14 +2,12 @@
 //! orders are still coming: every order gets exactly one credit decision, no reservation
 //! is applied twice, nothing is lost.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::*;
 use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_COMMANDS, ORDER_EVENTS};
+use feedline_testkit::*;
 use rand::Rng;
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -25,11 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use feedline::admin::Admin;
 use feedline::codec::RegistryClient;
-use feedline::{CancellationToken, Consumer, Metrics, Producer, Settings, TaskGroup};
+use feedline::service::ConsumerService;
+use feedline::{CancellationToken, Metrics, Settings};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
@@ -137,9 +136,7 @@ pub async fn spawn(
         .context("failed to read the read model's generation")?;
     let group = format!("{}.{generation}", settings.kafka.name("order-view"));
 
-    Admin::new(&settings.kafka)
-        .context("failed to create the kafka admin client")?
-        .ensure_topics(&feedline_schemas::topic_specs(&settings.kafka))
+    feedline_schemas::ensure_topics(&settings.kafka)
         .await
         .context("failed to create the topics")?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
@@ -164,25 +161,6 @@ pub async fn spawn(
     )
     .await
     .context("failed to read the change log")?;
-    let topics = handler.topics().to_vec();
-    let producer = Producer::new(&settings.kafka, platform.clone())
-        .context("failed to create the dead-letter producer")?;
-    let consumer = Consumer::new(
-        &settings.kafka,
-        &settings.consumer,
-        &group,
-        &topics,
-        handler,
-        producer,
-        platform.clone(),
-    )
-    .context("failed to create the consumer")?;
-
-    let addr = settings.http_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("failed to bind {addr}"))?;
-    let addr = listener.local_addr()?;
     let app = Arc::new(api::App {
         store: store.clone(),
         cache,
@@ -191,27 +169,17 @@ pub async fn spawn(
         keep_alive: Duration::from_secs(view.feed_keep_alive_secs),
         token: token.clone(),
     });
-    let router = api::router(app, platform);
-
-    let mut tasks = TaskGroup::new(token.clone());
-    let consumer_token = token.clone();
-    tasks.spawn("consumer", async move {
-        consumer
-            .run(consumer_token)
-            .await
-            .context("consumer failed")
-    });
-    let http_token = token.clone();
-    tasks.spawn("http", async move {
-        feedline::http::serve(listener, router, http_token)
-            .await
-            .context("http server failed")
-    });
-    tracing::info!(%addr, %group, "order-view serving");
-    // The consumer may take the drain timeout to finish its batch, then commits and leaves.
-    let drain = settings.consumer.drain_timeout() + Duration::from_secs(5);
+    let service = ConsumerService {
+        group,
+        topics: handler.topics().to_vec(),
+        handler,
+        metrics: platform.clone(),
+        outbox: None,
+        router: Some(api::router(app, platform)),
+    };
+    let (addr, running) = service.start(&settings, token).await?;
     let handle = tokio::spawn(async move {
-        let result = tasks.join(drain).await;
+        let result = running.await;
         store.close().await;
         result
     });

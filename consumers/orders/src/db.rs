@@ -7,42 +7,25 @@ use uuid::Uuid;
 
 use crate::order::{Order, Status};
 
-/// Serializes schema set-up between replicas starting together: concurrent
-/// `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's catalog.
+/// The advisory lock that serializes schema set-up between replicas starting together.
 const SETUP_LOCK: i64 = 0x0fee_d100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("orders database: {0}")]
     Sql(#[from] sqlx::Error),
-    #[error("orders migrations: {0}")]
+    #[error("orders schema set-up: {0}")]
     Migrate(#[from] MigrateError),
     #[error("order {id} has an unknown status {status:?}")]
     BadStatus { id: Uuid, status: String },
 }
 
 /// Runs this service's migrations and installs the platform tables (outbox,
-/// processed_events). Safe to run at every start, by any number of replicas.
+/// processed_events), see [`feedline::db::prepare`].
 pub async fn prepare(pool: &PgPool) -> Result<(), DbError> {
-    let mut lock = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(SETUP_LOCK)
-        .execute(&mut *lock)
-        .await?;
-    let result = async {
-        let mut migrator: Migrator = sqlx::migrate!();
-        // Tolerates migrations of a newer release already applied (rolling upgrades).
-        migrator.set_ignore_missing(true);
-        migrator.run(&mut *lock).await?;
-        feedline::db::install_platform_schema(pool).await?;
-        Ok::<_, DbError>(())
-    }
-    .await;
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SETUP_LOCK)
-        .execute(&mut *lock)
-        .await?;
-    result
+    let migrator: Migrator = sqlx::migrate!();
+    feedline::db::prepare(pool, migrator, SETUP_LOCK).await?;
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]

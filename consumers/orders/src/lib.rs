@@ -13,19 +13,14 @@ pub mod handler;
 pub mod metrics;
 pub mod order;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use feedline::admin::Admin;
-use feedline::codec::{AvroDecoder, RegistryClient};
-use feedline::outbox::OutboxRelay;
-use feedline::{CancellationToken, Consumer, Metrics, Producer, Settings, TaskGroup};
-use feedline_schemas::{CREDIT_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, envelope_schema};
-use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use feedline::codec::RegistryClient;
+use feedline::service::ConsumerService;
+use feedline::{CancellationToken, Metrics, Settings};
+use feedline_schemas::{CREDIT_EVENTS, Contracts, ORDER_COMMANDS, ORDER_EVENTS};
 use tokio::task::JoinHandle;
 
 use crate::handler::{OrdersHandler, Topics};
@@ -69,14 +64,11 @@ pub async fn spawn(
         .await
         .context("failed to prepare the orders database")?;
 
-    Admin::new(kafka)
-        .context("failed to create the kafka admin client")?
-        .ensure_topics(&feedline_schemas::topic_specs(kafka))
+    feedline_schemas::ensure_topics(kafka)
         .await
         .context("failed to create the topics")?;
 
-    let registry = Arc::new(RegistryClient::new(&settings.registry));
-    let ids = feedline_schemas::register_all(&*registry, kafka)
+    let contracts = Contracts::register(Arc::new(RegistryClient::new(&settings.registry)), kafka)
         .await
         .context("failed to register the schemas")?;
     let handler = OrdersHandler {
@@ -86,70 +78,30 @@ pub async fn spawn(
             credit: kafka.name(CREDIT_EVENTS),
             events: kafka.name(ORDER_EVENTS),
         },
-        commands: decoder(&registry, &ids, ORDER_COMMANDS)?,
-        credit: decoder(&registry, &ids, CREDIT_EVENTS)?,
-        encoder: feedline_schemas::encoder(&*registry, kafka, ORDER_EVENTS)
+        commands: contracts.decoder(ORDER_COMMANDS)?,
+        credit: contracts.decoder(CREDIT_EVENTS)?,
+        encoder: contracts
+            .encoder(ORDER_EVENTS)
             .await
             .context("failed to build the order-events encoder")?,
         producer: format!("{}-{}", settings.service_name, replica_id()),
         metrics: order_metrics,
     };
-    let consumed = [
-        handler.topics.commands.clone(),
-        handler.topics.credit.clone(),
-    ];
 
-    let producer =
-        Producer::new(kafka, metrics.clone()).context("failed to create the kafka producer")?;
-    let consumer = Consumer::new(
-        kafka,
-        &settings.consumer,
-        &kafka.name(GROUP),
-        &consumed,
+    ConsumerService {
+        group: kafka.name(GROUP),
+        // Read before `handler` moves in.
+        topics: vec![
+            handler.topics.commands.clone(),
+            handler.topics.credit.clone(),
+        ],
         handler,
-        producer.clone(),
-        metrics.clone(),
-    )
-    .context("failed to create the kafka consumer")?;
-    let relay = OutboxRelay::new(pool, producer, metrics.clone());
-
-    let addr = settings.http_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("failed to bind {addr}"))?;
-    let addr = listener.local_addr()?;
-
-    let mut tasks = TaskGroup::new(token.clone());
-    let consumer_token = token.clone();
-    tasks.spawn("consumer", async move {
-        consumer
-            .run(consumer_token)
-            .await
-            .context("order consumer failed")
-    });
-    tasks.spawn("outbox-relay", relay.run(token.clone()));
-    let router = feedline::http::ops_router(metrics);
-    tasks.spawn("http", async move {
-        feedline::http::serve(listener, router, token)
-            .await
-            .context("http server failed")
-    });
-    tracing::info!(%addr, "order service running");
-    // The consumer may take its drain timeout to finish a batch, then commits and leaves.
-    let drain = settings.consumer.drain_timeout() + Duration::from_secs(5);
-    Ok((addr, tokio::spawn(tasks.join(drain))))
-}
-
-/// A decoder of `topic`'s envelope (unprefixed name); data written with the registered
-/// reader schema takes the direct path.
-fn decoder<T: DeserializeOwned>(
-    registry: &Arc<RegistryClient>,
-    ids: &HashMap<&'static str, u32>,
-    topic: &str,
-) -> anyhow::Result<AvroDecoder<T, RegistryClient>> {
-    let schema = envelope_schema(topic).with_context(|| format!("no contract for {topic}"))?;
-    AvroDecoder::new(registry.clone(), schema, ids.get(topic).copied())
-        .with_context(|| format!("failed to build the {topic} decoder"))
+        metrics,
+        outbox: Some(pool),
+        router: None,
+    }
+    .spawn(&settings, token)
+    .await
 }
 
 /// A random id per process, so events name the replica that produced them.

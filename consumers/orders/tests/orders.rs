@@ -1,14 +1,12 @@
 //! The order service against the real broker, registry and PostgreSQL, playing the gateway
 //! (commands) and the customer service (credit decisions) by hand.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use feedline::dlq::header as dlqh;
 use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, ORDER_COMMANDS, ORDER_EVENTS};
+use feedline_testkit::*;
 use rdkafka::Message;
 use sqlx::PgPool;
 use uuid::Uuid;

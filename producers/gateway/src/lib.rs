@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use feedline::admin::Admin;
 use feedline::codec::RegistryClient;
 use feedline::{CancellationToken, Metrics, Producer, Settings};
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
@@ -100,9 +99,7 @@ pub async fn spawn(
     let metrics = GatewayMetrics::new(&platform_metrics);
 
     if config.ensure_topics {
-        Admin::new(&settings.kafka)
-            .context("failed to create the kafka admin client")?
-            .ensure_topics(&feedline_schemas::topic_specs(&settings.kafka))
+        feedline_schemas::ensure_topics(&settings.kafka)
             .await
             .context("failed to create the topics")?;
     }

@@ -11,18 +11,17 @@ use feedline::codec::{AvroEncoder, RegistryClient};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
 use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_EVENTS, ORDER_EVENTS};
+// Not every test binary uses every helper (`dead_code` above does not cover imports).
+#[allow(unused_imports)]
+pub use feedline_testkit::{header, kafka_bootstrap, random_prefix, start_registry};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
 /// How long any wait in these tests may take.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-pub fn kafka_bootstrap() -> String {
-    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
 
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -44,31 +43,10 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn start() -> Self {
         feedline::telemetry::init();
-        let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let registry_settings = Settings::from_toml(&format!(
-            r#"
-            service_name = "registry"
-            [kafka]
-            bootstrap_servers = "{}"
-            topic_prefix = "{prefix}"
-            linger_ms = 0
-            [http]
-            port = 0
-            "#,
-            kafka_bootstrap()
-        ))
-        .expect("registry settings");
-        let registry_token = CancellationToken::new();
-        let running = tokio::time::timeout(
-            Duration::from_secs(60),
-            feedline_registry::spawn(registry_settings, registry_token.clone()),
-        )
-        .await
-        .expect("registry started in time")
-        .expect("registry started");
-        let registry_url = format!("http://{}", running.addr);
+        let prefix = random_prefix();
         // The registry runs until the token is cancelled (on drop).
-        drop(running.handle);
+        let registry_token = CancellationToken::new();
+        let registry_url = start_registry(&prefix, registry_token.clone()).await;
 
         let settings = Self::base_settings(&prefix, &registry_url, "sqlite::memory:", "");
         let client = RegistryClient::new(&settings.registry);
@@ -244,14 +222,6 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         self.registry_token.cancel();
     }
-}
-
-pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| std::str::from_utf8(v).unwrap())
 }
 
 pub fn payload(m: &OwnedMessage) -> &[u8] {

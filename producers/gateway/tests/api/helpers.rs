@@ -8,6 +8,7 @@ use std::time::Duration;
 use feedline::codec::{AvroDecoder, RegistryClient};
 use feedline::{CancellationToken, Settings};
 use feedline_gateway::jwt::{Claims, TokenKeys};
+use feedline_testkit::{kafka_bootstrap, random_prefix, start_registry};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 use reqwest::StatusCode;
@@ -21,14 +22,6 @@ pub const JWT_SECRET: &str = "test-only-jwt-secret-of-more-than-32-bytes";
 /// A client that may only place and cancel orders.
 pub const LIMITED_ID: &str = "limited";
 pub const LIMITED_SECRET: &str = "limited-secret";
-
-pub fn kafka_bootstrap() -> String {
-    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-pub fn random_prefix() -> String {
-    format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 /// A local address where nothing listens.
 pub async fn closed_port() -> String {
@@ -285,32 +278,6 @@ impl TestApp {
         }
         out
     }
-}
-
-/// Starts a registry on `prefix`'s `_schemas` topic, stopped with `token`; its URL.
-async fn start_registry(prefix: &str, token: CancellationToken) -> String {
-    let settings = Settings::from_toml(&format!(
-        r#"
-        service_name = "registry"
-        [kafka]
-        bootstrap_servers = "{}"
-        topic_prefix = "{prefix}"
-        linger_ms = 0
-        [http]
-        host = "127.0.0.1"
-        port = 0
-        "#,
-        kafka_bootstrap()
-    ))
-    .expect("registry settings");
-    let running = tokio::time::timeout(
-        Duration::from_secs(30),
-        feedline_registry::spawn(settings, token),
-    )
-    .await
-    .expect("registry started in time")
-    .expect("registry started");
-    format!("http://{}", running.addr)
 }
 
 /// Signs `claims` with `secret`: how tests forge, tamper with and expire tokens.

@@ -1,9 +1,10 @@
 //! Shared test setup against the real broker and PostgreSQL (started by `infra/up.sh`): each
 //! test gets a random topic prefix, its own schema registry (in-process, on the prefix's
 //! `_schemas` topic), a fresh database per service, and readers of the real topics.
-#![allow(dead_code)]
+//!
+//! The consumer services' tests use [`TestEnv`] whole; other crates' tests take the pieces
+//! ([`random_prefix`], [`start_registry`], [`metric`], [`header`], ...) under their own setup.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, RegistryClient};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
-use feedline_schemas::envelope_schema;
+use feedline_schemas::Contracts;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -41,41 +42,31 @@ pub struct TestEnv {
     pub prefix: String,
     pub partitions: i32,
     pub registry_url: String,
-    pub registry: Arc<RegistryClient>,
-    pub schema_ids: HashMap<&'static str, u32>,
+    pub contracts: Contracts,
     pub producer: Producer,
     base: Settings,
     _registry: DropGuard,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv")
+            .field("prefix", &self.prefix)
+            .field("registry_url", &self.registry_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestEnv {
     /// Starts a registry on a fresh prefix; service topics get `partitions` partitions.
     pub async fn start(partitions: i32) -> Self {
         feedline::telemetry::init();
-        let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..10]);
-        let registry_settings = Settings::from_toml(&format!(
-            r#"
-            service_name = "registry"
-            [kafka]
-            bootstrap_servers = "{}"
-            topic_prefix = "{prefix}"
-            linger_ms = 0
-            "#,
-            kafka_bootstrap()
-        ))
-        .expect("registry settings");
+        let prefix = random_prefix();
         let token = CancellationToken::new();
-        let running = tokio::time::timeout(
-            PATIENCE,
-            feedline_registry::spawn(registry_settings, token.clone()),
-        )
-        .await
-        .expect("registry started in time")
-        .expect("registry started");
-        let registry_url = format!("http://{}", running.addr);
+        let registry_url = start_registry(&prefix, token.clone()).await;
         let base = Self::settings_for(&prefix, partitions, &registry_url, "test", "postgres://x/y");
         let registry = Arc::new(RegistryClient::new(&base.registry));
-        let schema_ids = feedline_schemas::register_all(&*registry, &base.kafka)
+        let contracts = Contracts::register(registry, &base.kafka)
             .await
             .expect("schemas registered");
         let producer = Producer::new(&base.kafka, Metrics::new("test")).expect("producer");
@@ -83,8 +74,7 @@ impl TestEnv {
             prefix,
             partitions,
             registry_url,
-            registry,
-            schema_ids,
+            contracts,
             producer,
             base,
             _registry: token.drop_guard(),
@@ -141,18 +131,11 @@ impl TestEnv {
     }
 
     pub async fn encoder<T: Serialize>(&self, topic: &str) -> AvroEncoder<T> {
-        feedline_schemas::encoder(&*self.registry, &self.base.kafka, topic)
-            .await
-            .expect("encoder")
+        self.contracts.encoder(topic).await.expect("encoder")
     }
 
     pub fn decoder<T: DeserializeOwned>(&self, topic: &str) -> AvroDecoder<T, RegistryClient> {
-        AvroDecoder::new(
-            self.registry.clone(),
-            envelope_schema(topic).expect("a contract"),
-            self.schema_ids.get(topic).copied(),
-        )
-        .expect("decoder")
+        self.contracts.decoder(topic).expect("decoder")
     }
 
     /// Encodes `value` for `topic` (unprefixed) and sends it, keyed by `key`.
@@ -205,6 +188,39 @@ impl TestEnv {
     }
 }
 
+/// A topic prefix of its own for one test: `t` and 10 hex digits and a dash.
+pub fn random_prefix() -> String {
+    format!("t{}-", &Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Starts a schema registry in-process on port 0, on `prefix`'s `_schemas` topic; it runs
+/// until `token` is cancelled. Returns its URL.
+pub async fn start_registry(prefix: &str, token: CancellationToken) -> String {
+    let settings = Settings::from_toml(&format!(
+        r#"
+        service_name = "registry"
+        [kafka]
+        bootstrap_servers = "{}"
+        topic_prefix = "{prefix}"
+        linger_ms = 0
+        [http]
+        host = "127.0.0.1"
+        port = 0
+        "#,
+        kafka_bootstrap()
+    ))
+    .expect("registry settings");
+    // Creating the `_schemas` topic and reading it back can take a while on a cold broker.
+    let running = tokio::time::timeout(
+        Duration::from_secs(60),
+        feedline_registry::spawn(settings, token),
+    )
+    .await
+    .expect("registry started in time")
+    .expect("registry started");
+    format!("http://{}", running.addr)
+}
+
 /// A fresh, empty database; returns its URL. Never dropped: a failed test leaves its data
 /// for a look, and CI machines are throwaway.
 pub async fn fresh_database() -> String {
@@ -237,6 +253,14 @@ pub struct Service {
     pub addr: SocketAddr,
     pub token: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -323,6 +347,14 @@ pub struct Reader {
     pub messages: Vec<OwnedMessage>,
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("read", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reader {
     fn new(topic: &str) -> Self {
         let consumer: StreamConsumer = ClientConfig::new()
@@ -373,6 +405,14 @@ pub struct Events<T> {
     decoder: AvroDecoder<T, RegistryClient>,
     /// (key, envelope) in the order read.
     pub events: Vec<(String, T)>,
+}
+
+impl<T> std::fmt::Debug for Events<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("read", &self.events.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: DeserializeOwned> Events<T> {
