@@ -1,226 +1,205 @@
-//! `feedline-bench`: load tests against a running broker. Every scenario measures a baseline
-//! in the same run, because these machines are noisy: ratios hold where absolutes drift.
+//! `feedline-bench`: load tests against a running broker and database. Every scenario
+//! measures a baseline in the same run, because these machines are noisy: ratios hold where
+//! absolutes drift. Each run prints a Markdown table and writes
+//! `benches/results/<scenario>-<timestamp>.json`; `--report` rewrites the generated part of
+//! `benches/REPORT.md` from the latest result of each scenario.
 //!
-//! Example: cargo run --release -p feedline-benches -- produce --count 200000 --size 200
+//! Examples:
+//!   cargo run --release -p feedline-benches -- produce --count 500000
+//!   cargo run --release -p feedline-benches -- e2e --rate 1000 --duration 30
+//!   cargo run -p feedline-benches -- all --smoke
 
-use std::time::{Duration, Instant};
+mod common;
+mod consume;
+mod produce;
+mod report;
+mod system;
 
-use anyhow::Context;
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
-use feedline::admin::{Admin, TopicSpec};
-use feedline::{Metrics, Outgoing, Producer, Settings};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use feedline::Settings;
+
+use crate::common::RunResult;
 
 #[derive(Debug, Parser)]
 #[command(name = "feedline-bench", about = "Load-test a feedline pipeline")]
 struct Cli {
     #[arg(
         long,
+        global = true,
         default_value = "127.0.0.1:9092",
         env = "FEEDLINE_KAFKA__BOOTSTRAP_SERVERS"
     )]
     bootstrap_servers: String,
+    /// PostgreSQL the scenarios create their fresh databases in.
+    #[arg(
+        long,
+        global = true,
+        default_value = "postgres://feedline:feedline@127.0.0.1:5432/feedline",
+        env = "FEEDLINE_BENCH_DATABASE_URL"
+    )]
+    database_url: String,
+    /// Tiny sizes, seconds per scenario: proves every scenario produces its figures (CI).
+    #[arg(long, global = true)]
+    smoke: bool,
+    /// Open loop: this many operations per second on a fixed schedule. Without it, closed
+    /// loop (as fast as the system answers).
+    #[arg(long, global = true)]
+    rate: Option<f64>,
+    /// Seconds of measurement (e2e and saga).
+    #[arg(long, global = true)]
+    duration: Option<u64>,
+    /// Seconds of warm-up before measuring (e2e and saga; produce warms up with a tenth of
+    /// its count).
+    #[arg(long, global = true)]
+    warmup: Option<u64>,
+    /// TOML layered over every in-process service's settings (e2e, saga), for example
+    /// "[kafka]\nlinger_ms = 0\n[consumer]\nbatch_wait_ms = 0" to trade throughput for latency.
+    #[arg(long, global = true, default_value = "")]
+    service_config: String,
+    /// Where the JSON results go.
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    results: PathBuf,
+    /// After the run (or alone), rewrite the generated tables of benches/REPORT.md from
+    /// the latest JSON of each scenario.
+    #[arg(long, global = true)]
+    report: bool,
     #[command(subcommand)]
-    scenario: Scenario,
+    scenario: Option<Scenario>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Scenario {
-    /// Closed-loop produce: feedline's producer against raw rdkafka with the same settings.
+    /// Encoded envelopes through feedline's producer vs raw rdkafka vs Kafka's perf test.
     Produce {
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 500_000)]
         count: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 200)]
-        size: usize,
-        /// Messages in flight at once (acknowledgements awaited in windows of this size).
+        /// Messages in flight at once.
         #[arg(long, default_value_t = 10_000)]
         window: usize,
         /// Kafka's own producer perf test, as a command; empty to skip that baseline.
         #[arg(long, default_value = "infra/kafka.sh tool producer-perf-test")]
         perf_test: String,
     },
+    /// A pre-filled topic consumed: no-op handler vs PostgreSQL upserts vs order-view's SQLite.
+    Consume {
+        /// Events pre-filled (three per order).
+        #[arg(long, default_value_t = 200_000)]
+        count: usize,
+    },
+    /// The whole system in-process: gateway accept (202) → the change on the live feed.
+    E2e {
+        /// Concurrent clients of the closed-loop (maximum) run.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// The whole saga at full speed: orders/s reaching a final state, and memory.
+    Saga {
+        #[arg(long, default_value_t = 128)]
+        clients: usize,
+    },
+    /// Every scenario, one after the other.
+    All,
+}
+
+/// How hard and how long: the options every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub smoke: bool,
+    pub rate: Option<f64>,
+    pub duration: Option<u64>,
+    pub warmup: Option<u64>,
+    pub database_url: String,
+    pub service_config: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let report_path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"));
+    let Some(scenario) = cli.scenario.clone() else {
+        anyhow::ensure!(
+            cli.report,
+            "name a scenario (produce, consume, e2e, saga, all) or pass --report"
+        );
+        return report::rewrite(&cli.results, &report_path);
+    };
     let settings = Settings::from_toml(&format!(
         "[kafka]\nbootstrap_servers = \"{}\"\nstatistics_interval_ms = 0",
         cli.bootstrap_servers
     ))?;
-    match cli.scenario {
-        Scenario::Produce {
-            count,
-            size,
-            window,
-            perf_test,
-        } => produce(&settings, count, size, window, &perf_test).await,
-    }
-}
-
-async fn produce(
-    settings: &Settings,
-    count: usize,
-    size: usize,
-    window: usize,
-    perf_test: &str,
-) -> anyhow::Result<()> {
-    let topic = format!("bench-produce-{}", uuid::Uuid::new_v4().simple());
-    Admin::new(&settings.kafka)?
-        .ensure_topics(&[TopicSpec::new(&topic, 6)])
-        .await?;
-    // Random upper-case letters, as Kafka's perf-test sends, so compression gets no free ride.
-    let payload: Vec<u8> = (0..size)
-        .map(|_| b'A' + rand::random_range(0..26u8))
-        .collect();
-    let keys: Vec<String> = (0..1024).map(|i| format!("customer-{i}")).collect();
-
-    // Baseline: the same librdkafka configuration, driven directly.
-    let raw: FutureProducer = settings.kafka.producer_config().create()?;
-    let warm = count / 10;
-    let raw_rate = timed("raw rdkafka", count, warm, |n| {
-        let raw = raw.clone();
-        let (topic, payload, keys) = (&topic, &payload, &keys);
-        async move {
-            let mut pending = Vec::with_capacity(window);
-            for i in 0..n {
-                let record = FutureRecord::to(topic)
-                    .key(&keys[i % keys.len()])
-                    .payload(payload);
-                pending.push(raw.send_result(record).map_err(|(e, _)| e)?);
-                if pending.len() == window {
-                    for d in pending.drain(..) {
-                        d.await?.map_err(|(e, _)| e)?;
-                    }
-                }
-            }
-            for d in pending {
-                d.await?.map_err(|(e, _)| e)?;
-            }
-            anyhow::Ok(())
-        }
-    })
-    .await?;
-
-    let producer = Producer::new(&settings.kafka, Metrics::new("bench"))?;
-    let feedline_rate = timed("feedline producer", count, warm, |n| {
-        let producer = producer.clone();
-        let (topic, payload, keys) = (&topic, &payload, &keys);
-        async move {
-            let mut pending = Vec::with_capacity(window);
-            for i in 0..n {
-                let msg = Outgoing::new(topic, Some(keys[i % keys.len()].as_bytes()), payload);
-                pending.push(producer.enqueue(msg).await?);
-                if pending.len() == window {
-                    for d in pending.drain(..) {
-                        d.acknowledged().await?;
-                    }
-                }
-            }
-            for d in pending {
-                d.acknowledged().await?;
-            }
-            anyhow::Ok(())
-        }
-    })
-    .await?;
-
-    let java_rate = if perf_test.is_empty() {
-        None
-    } else {
-        Some(kafka_perf_test(perf_test, settings, &topic, count, size)?)
+    let load = Load {
+        smoke: cli.smoke,
+        rate: cli.rate,
+        duration: cli.duration,
+        warmup: cli.warmup,
+        database_url: cli.database_url.clone(),
+        service_config: cli.service_config.replace("\\n", "\n"),
     };
-
-    println!();
-    println!("produce, {count} messages of {size} B, acks=all, idempotent, lz4, linger 5 ms");
-    println!("| producer | msgs/s | MB/s | ratio to raw rdkafka |");
-    println!("|---|---:|---:|---:|");
-    let mut rows = vec![
-        ("raw rdkafka (baseline)", raw_rate),
-        ("feedline producer", feedline_rate),
-    ];
-    if let Some(rate) = java_rate {
-        rows.push(("kafka-producer-perf-test (Java client)", rate));
+    let scenarios = match scenario {
+        Scenario::All => vec![
+            Scenario::Produce {
+                count: 500_000,
+                window: 10_000,
+                perf_test: "infra/kafka.sh tool producer-perf-test".into(),
+            },
+            Scenario::Consume { count: 200_000 },
+            Scenario::E2e { clients: 64 },
+            Scenario::Saga { clients: 128 },
+        ],
+        one => vec![one],
+    };
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        let name = format!("{scenario:?}");
+        let outcome = run(&settings, &load, scenario).await;
+        match outcome {
+            Ok(result) if result.has_figures() => {
+                result.emit(&cli.results)?;
+            }
+            Ok(result) => {
+                result.emit(&cli.results)?;
+                failed.push(format!("{}: no figures", result.scenario));
+            }
+            Err(e) => {
+                eprintln!("scenario {name} failed: {e:#}");
+                failed.push(format!("{name}: {e:#}"));
+            }
+        }
     }
-    for (name, rate) in rows {
-        println!(
-            "| {name} | {rate:.0} | {:.1} | {:.2} |",
-            rate * size as f64 / 1e6,
-            rate / raw_rate
-        );
+    if cli.report {
+        report::rewrite(&cli.results, &report_path)?;
     }
-    Admin::new(&settings.kafka)?
-        .delete_topics(&[&topic])
-        .await?;
+    anyhow::ensure!(failed.is_empty(), "scenarios without figures: {failed:?}");
     Ok(())
 }
 
-/// Runs Kafka's own `ProducerPerformance` with the same size, acks, idempotence,
-/// compression and linger, and returns its records/s.
-fn kafka_perf_test(
-    command: &str,
-    settings: &Settings,
-    topic: &str,
-    count: usize,
-    size: usize,
-) -> anyhow::Result<f64> {
-    let mut parts = command.split_whitespace();
-    let program = parts.next().context("empty perf-test command")?;
-    let kafka = &settings.kafka;
-    let output = std::process::Command::new(program)
-        .args(parts)
-        .args(["--topic", topic, "--num-records", &count.to_string()])
-        .args(["--record-size", &size.to_string(), "--throughput", "-1"])
-        .arg("--producer-props")
-        .arg(format!("bootstrap.servers={}", kafka.bootstrap_servers))
-        .args(["acks=all", "enable.idempotence=true"])
-        .arg(format!(
-            "compression.type={}",
-            kafka
-                .producer_config()
-                .get("compression.type")
-                .unwrap_or("none")
-        ))
-        .arg(format!("linger.ms={}", kafka.linger_ms))
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    // The summary line: "N records sent, R records/sec (M MB/sec), ..."
-    let summary = stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains("records sent"))
-        .with_context(|| {
-            format!(
-                "no summary from perf test: {stdout} {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?;
-    let rate = summary
-        .split(", ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse::<f64>().ok())
-        .with_context(|| format!("cannot parse perf test summary: {summary}"))?;
-    eprintln!("kafka-producer-perf-test: {summary}");
-    Ok(rate)
-}
-
-/// Runs a warm-up of `warm` messages, then `count` timed; returns messages per second.
-async fn timed<F, Fut>(name: &str, count: usize, warm: usize, run: F) -> anyhow::Result<f64>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    run(warm).await?;
-    let started = Instant::now();
-    run(count).await?;
-    let elapsed = started.elapsed().max(Duration::from_micros(1));
-    let rate = count as f64 / elapsed.as_secs_f64();
-    eprintln!(
-        "{name}: {count} messages in {:.2} s = {rate:.0} msgs/s",
-        elapsed.as_secs_f64()
-    );
-    Ok(rate)
+async fn run(settings: &Settings, load: &Load, scenario: Scenario) -> anyhow::Result<RunResult> {
+    let smoke = load.smoke;
+    match scenario {
+        Scenario::Produce {
+            count,
+            window,
+            perf_test,
+        } => {
+            let args = produce::ProduceArgs {
+                count: if smoke { 2_000 } else { count },
+                window,
+                // The JVM perf test takes seconds to start; CI proves the Rust paths.
+                perf_test: if smoke { String::new() } else { perf_test },
+            };
+            produce::run(settings, load, &args).await
+        }
+        Scenario::Consume { count } => {
+            consume::run(settings, load, if smoke { 3_000 } else { count }).await
+        }
+        Scenario::E2e { clients } => {
+            system::e2e(settings, load, if smoke { 4 } else { clients }).await
+        }
+        Scenario::Saga { clients } => {
+            system::saga(settings, load, if smoke { 4 } else { clients }).await
+        }
+        Scenario::All => unreachable!("expanded above"),
+    }
 }

@@ -1,0 +1,643 @@
+//! `consume`: a topic pre-filled with N encoded events (per order: `OrderCreated`,
+//! `CreditReserved`, `OrderApproved`), read three times through the platform's consumer
+//! runtime, each by a fresh consumer group:
+//! (a) a no-op handler (the baseline: fetch, batch, offsets);
+//! (b) decode + one PostgreSQL transaction per batch: `processed_events` dedup and a
+//!     set-based `INSERT .. SELECT FROM unnest(..) ON CONFLICT DO UPDATE` into an orders-like
+//!     table, as the order service writes;
+//! (c) the real order-view handler (decode, apply, one SQLite transaction per batch, cache,
+//!     live-feed publish) on a fresh SQLite file.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use feedline::codec::{AvroDecoder, RegistryClient, decode_batch};
+use feedline::{
+    CancellationToken, Consumer, Handler, HandlerError, Metrics, Outcome, Outgoing, Producer,
+    Settings,
+};
+use feedline_order_view::cache::Cache;
+use feedline_order_view::feed::FeedHub;
+use feedline_order_view::handler::{Decoders, ViewHandler};
+use feedline_order_view::metrics::ViewMetrics;
+use feedline_order_view::store::Store;
+use feedline_schemas::types::*;
+use feedline_schemas::{CREDIT_EVENTS, ORDER_EVENTS, envelope_schema};
+use hdrhistogram::Histogram;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::Load;
+use crate::common::{
+    self, LATENCY_COLUMNS, Machine, Meter, Percentiles, RunResult, Series, Table, Target,
+};
+use crate::system;
+
+pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Result<RunResult> {
+    let token = CancellationToken::new();
+    let _stop = token.clone().drop_guard();
+    let prefix = format!("bench{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let settings = settings.with_overrides(&format!(
+        "[kafka]\ntopic_prefix = \"{prefix}\"\n[consumer]\nbatch_max = 5000\n"
+    ))?;
+    let registry = system::start_registry(&settings, token.clone()).await?;
+    let settings =
+        settings.with_overrides(&format!("[registry]\nurl = \"http://{registry}\"\n"))?;
+    feedline::admin::Admin::new(&settings.kafka)?
+        .ensure_topics(&feedline_schemas::topic_specs(&settings.kafka))
+        .await?;
+    let client = RegistryClient::new(&settings.registry);
+    let orders = count.div_ceil(3);
+    let total = prefill(&settings, &client, orders).await?;
+    eprintln!(
+        "consume: {total} events pre-filled on {prefix}order-events and {prefix}credit-events"
+    );
+
+    let topics = vec![
+        settings.kafka.name(ORDER_EVENTS),
+        settings.kafka.name(CREDIT_EVENTS),
+    ];
+    let noop = phase(&settings, "no-op handler", &topics, total, Noop, &token).await?;
+
+    let (pg, db_name, admin) = fresh_postgres(&load.database_url).await?;
+    let pg_handler = PgHandler::new(
+        pg.clone(),
+        Arc::new(RegistryClient::new(&settings.registry)),
+    )?;
+    let postgres = phase(
+        &settings,
+        "postgres upsert",
+        &topics,
+        total,
+        pg_handler,
+        &token,
+    )
+    .await;
+    pg.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    let postgres = postgres?;
+
+    let file =
+        std::env::temp_dir().join(format!("bench-view-{}.db", uuid::Uuid::new_v4().simple()));
+    let view = view_handler(&settings, &file, &token).await?;
+    let view_topics = view.topics().to_vec();
+    let sqlite = phase(
+        &settings,
+        "order-view sqlite",
+        &view_topics,
+        total,
+        view,
+        &token,
+    )
+    .await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    let sqlite = sqlite?;
+    token.cancel();
+
+    let mut result = RunResult::new(
+        "consume",
+        load.smoke,
+        Machine::describe(),
+        json!({"events": total, "orders": orders, "partitions": settings.kafka.default_partitions,
+               "batch_max": settings.consumer.batch_max, "batch_wait_ms": settings.consumer.batch_wait_ms}),
+    );
+    let mut columns = vec!["events/s", "ratio to no-op"];
+    columns.extend(LATENCY_COLUMNS);
+    let mut table = Table::new(
+        format!(
+            "consume: {total} pre-filled events (3 per order, 2 topics), one consumer, batches up to {}; latency = handling one batch",
+            settings.consumer.batch_max
+        ),
+        &columns,
+    );
+    for (name, p) in [
+        (
+            "no-op handler through the consumer runtime (baseline)",
+            &noop,
+        ),
+        (
+            "decode + PostgreSQL: processed_events + unnest upsert, 1 tx/batch",
+            &postgres,
+        ),
+        (
+            "decode + order-view's real handler: SQLite, 1 tx/batch, cache, feed",
+            &sqlite,
+        ),
+    ] {
+        let mut v = vec![Some(p.rate), Some(p.rate / noop.rate)];
+        v.extend(p.batch.cells());
+        table.row(name, v);
+    }
+    result.tables.push(table);
+    result.ratios.push((
+        "PostgreSQL / no-op, events/s".into(),
+        postgres.rate / noop.rate,
+    ));
+    result.ratios.push((
+        "SQLite (order-view) / no-op, events/s".into(),
+        sqlite.rate / noop.rate,
+    ));
+    result.targets.push(Target::new(
+        "events/s into PostgreSQL",
+        100_000.0,
+        postgres.rate,
+        "events/s",
+        true,
+    ));
+    result.targets.push(Target::new(
+        "events/s into SQLite (order-view)",
+        200_000.0,
+        sqlite.rate,
+        "events/s",
+        true,
+    ));
+    result.notes.push(format!(
+        "Mean batch: no-op {:.0}, PostgreSQL {:.0}, SQLite {:.0} events. Rates are timed from the first batch's hand-over to the handler to the last batch's commit (group join excluded).",
+        noop.mean_batch, postgres.mean_batch, sqlite.mean_batch
+    ));
+    for (name, p) in [
+        ("no-op", &noop),
+        ("postgres", &postgres),
+        ("sqlite", &sqlite),
+    ] {
+        result.series.push(Series {
+            name: format!("{name} events/s"),
+            per_second: p.series.clone(),
+        });
+    }
+    Ok(result)
+}
+
+/// Produces `orders` × (OrderCreated, CreditReserved, OrderApproved); returns the event count.
+async fn prefill(
+    settings: &Settings,
+    client: &RegistryClient,
+    orders: usize,
+) -> anyhow::Result<usize> {
+    let order_enc =
+        feedline_schemas::encoder::<OrderEvent, _>(client, &settings.kafka, ORDER_EVENTS).await?;
+    let credit_enc =
+        feedline_schemas::encoder::<CreditEvent, _>(client, &settings.kafka, CREDIT_EVENTS).await?;
+    let producer = Producer::new(&settings.kafka, Metrics::new("bench-prefill"))?;
+    let (order_topic, credit_topic) = (
+        settings.kafka.name(ORDER_EVENTS),
+        settings.kafka.name(CREDIT_EVENTS),
+    );
+    let customers: Vec<String> = (0..1000)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let meter = Meter::start("prefill");
+    let mut pending = Vec::with_capacity(30_000);
+    for i in 0..orders {
+        let customer = customers[i % customers.len()].clone();
+        let order = uuid::Uuid::new_v4().to_string();
+        let total = 1_000 + (i % 5_000) as i64;
+        let created = OrderEvent::new(
+            "orders-bench",
+            order.clone(),
+            None,
+            OrderEventPayload::OrderCreated(OrderCreated {
+                order_id: order.clone(),
+                customer_id: customer.clone(),
+                total_cents: total,
+            }),
+        );
+        let reserved = CreditEvent::new(
+            "customers-bench",
+            order.clone(),
+            Some(created.event_id.clone()),
+            CreditEventPayload::CreditReserved(CreditReserved {
+                order_id: order.clone(),
+                customer_id: customer.clone(),
+                amount_cents: total,
+                credit_reserved_cents: total,
+                credit_limit_cents: 10_000_000,
+            }),
+        );
+        let approved = OrderEvent::new(
+            "orders-bench",
+            order.clone(),
+            Some(reserved.event_id.clone()),
+            OrderEventPayload::OrderApproved(OrderApproved {
+                order_id: order.clone(),
+                customer_id: customer.clone(),
+                total_cents: total,
+            }),
+        );
+        for (topic, bytes) in [
+            (&order_topic, order_enc.encode(&created)?),
+            (&credit_topic, credit_enc.encode(&reserved)?),
+            (&order_topic, order_enc.encode(&approved)?),
+        ] {
+            pending.push(
+                producer
+                    .enqueue(Outgoing::new(topic, Some(customer.as_bytes()), &bytes))
+                    .await?,
+            );
+        }
+        if pending.len() >= 30_000 {
+            meter.add(pending.len() as u64);
+            for p in pending.drain(..) {
+                p.acknowledged().await?;
+            }
+        }
+    }
+    meter.add(pending.len() as u64);
+    for p in pending {
+        p.acknowledged().await?;
+    }
+    meter.finish();
+    Ok(orders * 3)
+}
+
+#[derive(Debug)]
+struct Phase {
+    rate: f64,
+    batch: Percentiles,
+    mean_batch: f64,
+    series: Vec<f64>,
+}
+
+/// Shared between a counting wrapper and the phase that waits for it.
+#[derive(Debug)]
+struct Progress {
+    meter: Meter,
+    /// When the first batch was handed to the handler, and its size.
+    first: Mutex<Option<(Instant, u64)>>,
+    last: Mutex<Option<Instant>>,
+    batches: Mutex<(Histogram<u64>, u64)>,
+}
+
+struct Counting<H> {
+    inner: H,
+    progress: Arc<Progress>,
+}
+
+impl<H: Handler> Handler for Counting<H> {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        let started = Instant::now();
+        let outcome = self.inner.handle(batch).await?;
+        let now = Instant::now();
+        let p = &self.progress;
+        {
+            let mut b = p.batches.lock().expect("poisoned");
+            common::record(&mut b.0, now - started);
+            b.1 += batch.len() as u64;
+        }
+        p.first
+            .lock()
+            .expect("poisoned")
+            .get_or_insert((started, batch.len() as u64));
+        *p.last.lock().expect("poisoned") = Some(now);
+        p.meter.add(batch.len() as u64);
+        if !outcome.rejected().is_empty() {
+            return Err(HandlerError::Fatal(anyhow::anyhow!(
+                "bench events rejected: {:?}",
+                outcome.rejected()
+            )));
+        }
+        Ok(outcome)
+    }
+}
+
+async fn phase<H: Handler>(
+    settings: &Settings,
+    name: &str,
+    topics: &[String],
+    total: usize,
+    handler: H,
+    token: &CancellationToken,
+) -> anyhow::Result<Phase> {
+    let progress = Arc::new(Progress {
+        meter: Meter::start(name),
+        first: Mutex::new(None),
+        last: Mutex::new(None),
+        batches: Mutex::new((common::histogram(), 0)),
+    });
+    let metrics = Metrics::new("bench-consume");
+    let group = settings
+        .kafka
+        .name(&format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    let consumer = Consumer::new(
+        &settings.kafka,
+        &settings.consumer,
+        &group,
+        topics,
+        Counting {
+            inner: handler,
+            progress: progress.clone(),
+        },
+        Producer::new(&settings.kafka, metrics.clone())?,
+        metrics,
+    )?;
+    let stop = token.child_token();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60 + total as u64 / 5_000);
+    while progress.meter.total() < total as u64 {
+        anyhow::ensure!(!running.is_finished(), "{name}: the consumer stopped early");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name}: only {} of {total} events consumed",
+            progress.meter.total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    running.await?.context("consumer failed")?;
+    let series = progress.meter.finish();
+    let (first_at, _) = progress
+        .first
+        .lock()
+        .expect("poisoned")
+        .context("no batch")?;
+    let last = progress
+        .last
+        .lock()
+        .expect("poisoned")
+        .context("no batch")?;
+    // From the first batch's hand-over to the last batch's commit: the group join and the
+    // first fetch are not the handler's throughput.
+    let measured = progress.meter.total();
+    let elapsed = (last - first_at).max(Duration::from_micros(1));
+    let rate = measured as f64 / elapsed.as_secs_f64();
+    let b = progress.batches.lock().expect("poisoned");
+    let batch = Percentiles::of(&b.0);
+    eprintln!(
+        "{name}: {measured} events in {:.2} s from the first batch = {rate:.0}/s",
+        elapsed.as_secs_f64()
+    );
+    Ok(Phase {
+        rate,
+        mean_batch: b.1 as f64 / b.0.len().max(1) as f64,
+        batch,
+        series,
+    })
+}
+
+#[derive(Debug)]
+struct Noop;
+
+impl Handler for Noop {
+    async fn handle(&self, _batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        Ok(Outcome::ok())
+    }
+}
+
+async fn fresh_postgres(url: &str) -> anyhow::Result<(PgPool, String, PgPool)> {
+    let admin = PgPool::connect(url)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    let db_url = format!(
+        "{}/{name}",
+        &url[..url.rfind('/').context("database url without a name")?]
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db_url)
+        .await?;
+    feedline::db::install_platform_schema(&pool).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_orders (
+            id UUID PRIMARY KEY, customer_id UUID NOT NULL, status TEXT NOT NULL,
+            stage INT NOT NULL, total_cents BIGINT NOT NULL, credit_reserved BOOLEAN NOT NULL,
+            version INT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await?;
+    Ok((pool, name, admin))
+}
+
+/// The order service's way of writing, on an orders-like table: dedup and all rows of a
+/// batch in one transaction, one statement each.
+struct PgHandler {
+    pool: PgPool,
+    order: AvroDecoder<OrderEvent, RegistryClient>,
+    credit: AvroDecoder<CreditEvent, RegistryClient>,
+    order_topic_suffix: &'static str,
+}
+
+enum Decoded {
+    Order(OrderEvent),
+    Credit(CreditEvent),
+}
+
+#[derive(Debug)]
+struct RowState {
+    customer: uuid::Uuid,
+    status: &'static str,
+    stage: i32,
+    total: i64,
+    reserved: bool,
+}
+
+impl PgHandler {
+    fn new(pool: PgPool, registry: Arc<RegistryClient>) -> anyhow::Result<Self> {
+        Ok(PgHandler {
+            pool,
+            order: AvroDecoder::new(
+                registry.clone(),
+                envelope_schema(ORDER_EVENTS).context("schema")?,
+                None,
+            )?,
+            credit: AvroDecoder::new(
+                registry,
+                envelope_schema(CREDIT_EVENTS).context("schema")?,
+                None,
+            )?,
+            order_topic_suffix: ORDER_EVENTS,
+        })
+    }
+
+    async fn write(&self, events: Vec<Decoded>) -> anyhow::Result<()> {
+        let ids: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Decoded::Order(e) => e.event_id.clone(),
+                Decoded::Credit(e) => e.event_id.clone(),
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let fresh = feedline::dedup::first_time(&mut tx, "bench-orders", &ids).await?;
+        // One row per order: ON CONFLICT cannot touch a row twice in one statement.
+        let mut rows: HashMap<uuid::Uuid, RowState> = HashMap::new();
+        for (event, fresh) in events.iter().zip(fresh) {
+            if !fresh {
+                continue;
+            }
+            let (order, customer, total, status, stage, reserved) = match event {
+                Decoded::Order(e) => match &e.payload {
+                    OrderEventPayload::OrderCreated(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.total_cents,
+                        "PENDING",
+                        0,
+                        false,
+                    ),
+                    OrderEventPayload::OrderApproved(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.total_cents,
+                        "APPROVED",
+                        1,
+                        false,
+                    ),
+                    OrderEventPayload::OrderRejected(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.total_cents,
+                        "REJECTED",
+                        1,
+                        false,
+                    ),
+                    OrderEventPayload::OrderCancelled(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.total_cents,
+                        "CANCELLED",
+                        2,
+                        false,
+                    ),
+                },
+                Decoded::Credit(e) => match &e.payload {
+                    CreditEventPayload::CreditReserved(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.amount_cents,
+                        "PENDING",
+                        0,
+                        true,
+                    ),
+                    CreditEventPayload::CreditLimitExceeded(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.amount_cents,
+                        "PENDING",
+                        0,
+                        false,
+                    ),
+                    CreditEventPayload::CreditReleased(p) => (
+                        &p.order_id,
+                        &p.customer_id,
+                        p.amount_cents,
+                        "PENDING",
+                        0,
+                        false,
+                    ),
+                },
+            };
+            let id: uuid::Uuid = order.parse()?;
+            let row = rows.entry(id).or_insert(RowState {
+                customer: customer.parse()?,
+                status,
+                stage,
+                total,
+                reserved,
+            });
+            if stage > row.stage {
+                row.status = status;
+                row.stage = stage;
+            }
+            row.reserved |= reserved;
+        }
+        let n = rows.len();
+        let (mut id, mut customer, mut status, mut stage, mut total, mut reserved) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (k, r) in rows {
+            id.push(k);
+            customer.push(r.customer);
+            status.push(r.status);
+            stage.push(r.stage);
+            total.push(r.total);
+            reserved.push(r.reserved);
+        }
+        sqlx::query(
+            "INSERT INTO bench_orders (id, customer_id, status, stage, total_cents, credit_reserved, version)
+             SELECT *, 1 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::bigint[], $6::bool[])
+             ON CONFLICT (id) DO UPDATE SET
+               status = CASE WHEN EXCLUDED.stage > bench_orders.stage THEN EXCLUDED.status ELSE bench_orders.status END,
+               stage = GREATEST(EXCLUDED.stage, bench_orders.stage),
+               credit_reserved = bench_orders.credit_reserved OR EXCLUDED.credit_reserved,
+               version = bench_orders.version + 1,
+               updated_at = now()",
+        )
+        .bind(&id)
+        .bind(&customer)
+        .bind(&status)
+        .bind(&stage)
+        .bind(&total)
+        .bind(&reserved)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Handler for PgHandler {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        let mut outcome = Outcome::ok();
+        let decoded = decode_batch(batch, &mut outcome, |msg| {
+            let bytes = msg.payload().unwrap_or_default().to_vec();
+            let is_order = msg.topic().ends_with(self.order_topic_suffix);
+            async move {
+                if is_order {
+                    self.order.decode(&bytes).await.map(Decoded::Order)
+                } else {
+                    self.credit.decode(&bytes).await.map(Decoded::Credit)
+                }
+            }
+        })
+        .await?;
+        self.write(decoded.into_iter().map(|(_, e)| e).collect())
+            .await
+            .map_err(HandlerError::Retry)?;
+        Ok(outcome)
+    }
+}
+
+/// order-view's own handler, wired as its `spawn` wires it, on a fresh SQLite file.
+async fn view_handler(
+    settings: &Settings,
+    file: &std::path::Path,
+    token: &CancellationToken,
+) -> anyhow::Result<ViewHandler> {
+    let settings = settings.with_overrides(&format!(
+        "[database]\nurl = \"sqlite:{}\"\nmax_connections = 4\n",
+        file.display()
+    ))?;
+    let platform = Metrics::new("bench-order-view");
+    let metrics = ViewMetrics::new(&platform);
+    let store = Store::open(&settings.database).await?;
+    let decoders = Decoders::new(
+        Arc::new(RegistryClient::new(&settings.registry)),
+        &settings.kafka,
+    )?;
+    let cache = Arc::new(Cache::new(100_000));
+    let hub = Arc::new(FeedHub::new(
+        store.clone(),
+        metrics.clone(),
+        16_384,
+        1_024,
+        token.clone(),
+    ));
+    Ok(ViewHandler::new(decoders, store, cache, hub, metrics, 100_000).await?)
+}

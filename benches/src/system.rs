@@ -1,0 +1,864 @@
+//! `e2e` and `saga`: the whole of feedline in this process (`feedline_cli::system::System`:
+//! the registry and every service on port 0, a random topic prefix, fresh PostgreSQL
+//! databases and a fresh SQLite file), driven through the gateway's HTTP API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use feedline::{CancellationToken, Settings};
+use feedline_cli::system::System;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::Load;
+use crate::common::{
+    self, LATENCY_COLUMNS, Machine, Meter, Percentiles, RunResult, Series, Table, Target,
+};
+
+/// Starts an in-process schema registry on port 0 with `settings`' broker and prefix.
+pub async fn start_registry(
+    settings: &Settings,
+    token: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let registry = Settings::from_toml(feedline_registry::DEFAULTS)?.with_overrides(&format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n[http]\nport = 0\n",
+        settings.kafka.bootstrap_servers, settings.kafka.topic_prefix
+    ))?;
+    let running = feedline_registry::spawn(registry, token)
+        .await
+        .context("failed to start the schema registry")?;
+    let addr = running.addr;
+    tokio::spawn(running.handle);
+    Ok(addr)
+}
+
+/// The running system and a client of its gateway.
+struct Running {
+    base: String,
+    http: reqwest::Client,
+    bearer: String,
+    orders_db: PgPool,
+    admin: PgPool,
+    databases: Vec<String>,
+    view_file: String,
+    token: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
+    let pg = load.database_url.clone();
+    let admin = PgPool::connect(&pg)
+        .await
+        .context("failed to connect to PostgreSQL")?;
+    let base_url = pg[..pg.rfind('/').context("database url without a name")?].to_owned();
+    let mut databases = Vec::new();
+    for _ in 0..2 {
+        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await?;
+        databases.push(name);
+    }
+    let (orders_url, customers_url) = (
+        format!("{base_url}/{}", databases[0]),
+        format!("{base_url}/{}", databases[1]),
+    );
+    let view_file = std::env::temp_dir()
+        .join(format!("bench-view-{}.db", uuid::Uuid::new_v4().simple()))
+        .display()
+        .to_string();
+    let view_url = format!("sqlite:{view_file}");
+    let prefix = format!("bench{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let kafka = settings.kafka.bootstrap_servers.clone();
+    let extra = load.service_config.clone();
+    let load_settings = move |defaults: &str| -> anyhow::Result<Settings> {
+        let s = Settings::from_toml(defaults)?;
+        let db = match s.service_name.as_str() {
+            "orders" => orders_url.clone(),
+            "customers" => customers_url.clone(),
+            "order-view" => view_url.clone(),
+            _ => pg.clone(),
+        };
+        Ok(s.with_overrides(&format!(
+            "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\n\
+             [http]\nport = 0\n[database]\nurl = \"{db}\"\n"
+        ))?
+        .with_overrides(&extra)?)
+    };
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let system = System::start(load_settings, token.clone())
+        .await
+        .context("the system did not start")?;
+    eprintln!(
+        "system started in {:.1} s, gateway on {}",
+        started.elapsed().as_secs_f64(),
+        system.gateway
+    );
+    let base = format!("http://{}", system.gateway);
+    let done = tokio::spawn(system.join(Duration::from_secs(10)));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let answer: Value = http
+        .post(format!("{base}/auth/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bearer = answer["access_token"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
+    let orders_db = PgPool::connect(&format!("{base_url}/{}", databases[0])).await?;
+    Ok(Running {
+        base,
+        http,
+        bearer,
+        orders_db,
+        admin,
+        databases,
+        view_file,
+        token,
+        done,
+    })
+}
+
+impl Running {
+    /// Registers `n` customers with a limit no bench order reaches; waits until the view
+    /// knows each.
+    async fn customers(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let ids = futures::stream::iter(0..n)
+            .map(|i| async move {
+                let response = self
+                    .http
+                    .post(format!("{}/customers?wait=20s", self.base))
+                    .bearer_auth(&self.bearer)
+                    .json(&json!({"name": format!("bench customer {i}"), "credit_limit": "1000000000.00"}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status() == 200, "customer registration answered {}", response.status());
+                let body: Value = response.json().await?;
+                Ok(body["customer_id"].as_str().context("no customer_id")?.to_owned())
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<anyhow::Result<String>>>()
+            .await;
+        ids.into_iter().collect()
+    }
+
+    /// Places one order; returns its id once the gateway answered 202.
+    async fn place(&self, customer: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/orders", self.base))
+            .bearer_auth(&self.bearer)
+            .json(&json!({"customer_id": customer, "total": "1.00"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 202,
+            "POST /orders answered {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        Ok(body["order_id"].as_str().context("no order_id")?.to_owned())
+    }
+
+    /// Orders in a final state, counted in the order service's own database.
+    async fn settled(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PENDING'")
+                .fetch_one(&self.orders_db)
+                .await?,
+        )
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
+        self.orders_db.close().await;
+        for db in &self.databases {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&self.admin)
+                .await;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.view_file));
+        }
+    }
+}
+
+/// When each order first appeared on the feed, and when in a final state.
+#[derive(Debug, Default)]
+struct Seen {
+    first: HashMap<String, Instant>,
+    last: HashMap<String, Instant>,
+}
+
+/// Reads the whole live feed through the gateway, timing each order's changes on arrival.
+async fn watch_feed(
+    run: &Running,
+    finals: Arc<AtomicU64>,
+) -> anyhow::Result<(Arc<Mutex<Seen>>, tokio::task::JoinHandle<String>)> {
+    let response = run
+        .http
+        .get(format!("{}/feed", run.base))
+        .bearer_auth(&run.bearer)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "GET /feed answered {}",
+        response.status()
+    );
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = seen.clone();
+    let reader = tokio::spawn(async move {
+        #[derive(serde::Deserialize)]
+        struct OrderRow<'a> {
+            id: &'a str,
+            status: &'a str,
+        }
+        let mut stream = response.bytes_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        let (mut is_order, mut data) = (false, String::new());
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return "the feed broke off".to_owned();
+            };
+            let now = Instant::now();
+            buffer.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(end) = buffer[start..].iter().position(|b| *b == b'\n') {
+                let line = String::from_utf8_lossy(&buffer[start..start + end])
+                    .trim_end_matches('\r')
+                    .to_owned();
+                start += end + 1;
+                if line.is_empty() {
+                    if is_order && let Ok(row) = serde_json::from_str::<OrderRow>(&data) {
+                        let mut s = shared.lock().expect("poisoned");
+                        s.first.entry(row.id.to_owned()).or_insert(now);
+                        if row.status != "PENDING" && !s.last.contains_key(row.id) {
+                            s.last.insert(row.id.to_owned(), now);
+                            finals.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    is_order = false;
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    is_order = v.trim() == "order";
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            buffer.drain(..start);
+        }
+        "the feed ended".to_owned()
+    });
+    Ok((seen, reader))
+}
+
+/// What one load phase against the gateway measured.
+#[derive(Debug)]
+struct Phase {
+    accepted: u64,
+    seconds: f64,
+    /// POST → 202, from the scheduled time in the open loop.
+    accept: Percentiles,
+    /// 202 → the order's first change (PENDING) on the feed.
+    visible: Percentiles,
+    /// 202 → the order's final state (APPROVED/REJECTED) on the feed.
+    settled: Percentiles,
+    missing: usize,
+    errors: u64,
+    accept_series: Vec<f64>,
+}
+
+/// Accept time by order id, and the POST → 202 latencies.
+type Accepted = (HashMap<String, Instant>, Histogram<u64>);
+
+/// How a load phase offers its orders.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Open loop at this many orders per second; `None` is a closed loop of `clients`.
+    rate: Option<f64>,
+    clients: usize,
+    /// Seconds of warm-up (not measured), then seconds measured.
+    warm: f64,
+    seconds: f64,
+}
+
+/// Drives `POST /orders` for `seconds` after `warm` seconds of warm-up: at `rate` per second
+/// (open loop) or from `clients` concurrent clients (closed loop); then waits for the feed.
+async fn drive(
+    run: &Arc<Running>,
+    customers: &Arc<Vec<String>>,
+    seen: &Arc<Mutex<Seen>>,
+    label: &str,
+    shape: Shape,
+) -> anyhow::Result<Phase> {
+    let Shape {
+        rate,
+        clients,
+        warm,
+        seconds,
+    } = shape;
+    let accepted: Arc<Mutex<Accepted>> =
+        Arc::new(Mutex::new((HashMap::new(), common::histogram())));
+    let errors = Arc::new(AtomicU64::new(0));
+    let meter = Arc::new(Meter::start(label));
+    let t0 = Instant::now();
+    let measure_from = t0 + Duration::from_secs_f64(warm);
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let one = {
+        let (run, customers, accepted, errors, meter) = (
+            run.clone(),
+            customers.clone(),
+            accepted.clone(),
+            errors.clone(),
+            meter.clone(),
+        );
+        move |i: usize, at: Instant| {
+            let (run, customers, accepted, errors, meter) = (
+                run.clone(),
+                customers.clone(),
+                accepted.clone(),
+                errors.clone(),
+                meter.clone(),
+            );
+            async move {
+                match run.place(&customers[i % customers.len()]).await {
+                    Ok(id) => {
+                        let now = Instant::now();
+                        if at >= measure_from {
+                            meter.add(1);
+                            let mut a = accepted.lock().expect("poisoned");
+                            common::record(&mut a.1, now - at);
+                            a.0.insert(id, now);
+                        }
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("  order failed: {e:#}");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match rate {
+        Some(rate) => {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut i = 0usize;
+            loop {
+                let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                tasks.spawn(one(i, at));
+                i += 1;
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        None => {
+            let mut tasks = tokio::task::JoinSet::new();
+            for c in 0..clients {
+                let one = one.clone();
+                tasks.spawn(async move {
+                    let mut i = c;
+                    loop {
+                        let at = Instant::now();
+                        if at >= end {
+                            return;
+                        }
+                        one(i, at).await;
+                        i += clients;
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let accept_series = meter.finish();
+    let seconds = (Instant::now().min(end) - measure_from)
+        .as_secs_f64()
+        .max(1e-3);
+    // Let the saga finish for what was accepted.
+    let (ids, accept_hist) = {
+        let a = accepted.lock().expect("poisoned");
+        (a.0.clone(), a.1.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = {
+            let s = seen.lock().expect("poisoned");
+            ids.keys().filter(|id| !s.last.contains_key(*id)).count()
+        };
+        if pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut visible, mut settled) = (common::histogram(), common::histogram());
+    let mut missing = 0;
+    {
+        let s = seen.lock().expect("poisoned");
+        for (id, at) in &ids {
+            match (s.first.get(id), s.last.get(id)) {
+                (Some(first), Some(last)) => {
+                    common::record(&mut visible, first.saturating_duration_since(*at));
+                    common::record(&mut settled, last.saturating_duration_since(*at));
+                }
+                _ => missing += 1,
+            }
+        }
+    }
+    let phase = Phase {
+        accepted: ids.len() as u64,
+        seconds,
+        accept: Percentiles::of(&accept_hist),
+        visible: Percentiles::of(&visible),
+        settled: Percentiles::of(&settled),
+        missing,
+        errors: errors.load(Ordering::Relaxed),
+        accept_series,
+    };
+    eprintln!(
+        "{label}: {} accepted in {:.1} s ({:.0}/s); 202 → feed p50 {:.2} p99 {:.2} ms; → final p99 {:.2} ms; {} never settled, {} errors",
+        phase.accepted,
+        phase.seconds,
+        phase.accepted as f64 / phase.seconds,
+        phase.visible.p50,
+        phase.visible.p99,
+        phase.settled.p99,
+        phase.missing,
+        phase.errors
+    );
+    Ok(phase)
+}
+
+/// Kafka's own produce → consume latency on the same broker, with feedline's client
+/// settings: raw rdkafka, the same rate, one hop.
+async fn kafka_hop(settings: &Settings, rate: f64, seconds: f64) -> anyhow::Result<Percentiles> {
+    let topic = format!("bench-hop-{}", uuid::Uuid::new_v4().simple());
+    let admin = feedline::admin::Admin::new(&settings.kafka)?;
+    admin
+        .ensure_topics(&[feedline::admin::TopicSpec::new(&topic, 6)])
+        .await?;
+    let producer: rdkafka::producer::FutureProducer = settings.kafka.producer_config().create()?;
+    let consumer: StreamConsumer = settings
+        .kafka
+        .consumer_config(
+            &format!("bench-hop-{}", uuid::Uuid::new_v4().simple()),
+            &settings.consumer,
+        )
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset(&topic, p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    let base = Instant::now();
+    let n = (rate * seconds) as usize;
+    let warm = (rate as usize).min(n / 5);
+    let reader = tokio::spawn(async move {
+        let mut hist = common::histogram();
+        let mut got = 0;
+        while got < n {
+            let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await
+            else {
+                break;
+            };
+            let sent = msg
+                .payload()
+                .and_then(|p| p.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            let index = msg
+                .key()
+                .and_then(|k| k.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            if index as usize >= warm {
+                common::record(
+                    &mut hist,
+                    base.elapsed().saturating_sub(Duration::from_nanos(sent)),
+                );
+            }
+            got += 1;
+        }
+        hist
+    });
+    // Fetching from "end" takes a moment to resolve.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let meter = Meter::start("kafka hop (raw rdkafka)");
+    let t0 = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let stamp = (base.elapsed().as_nanos() as u64).to_le_bytes();
+        let key = (i as u64).to_le_bytes();
+        let record = FutureRecord::to(&topic).key(&key[..]).payload(&stamp[..]);
+        acks.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        while let Some(Some(_)) = futures::FutureExt::now_or_never(acks.next()) {}
+        meter.add(1);
+    }
+    while acks.next().await.is_some() {}
+    meter.finish();
+    let hist = reader.await?;
+    admin.delete_topics(&[&topic]).await?;
+    Ok(Percentiles::of(&hist))
+}
+
+pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Result<RunResult> {
+    let rate = load
+        .rate
+        .unwrap_or(if load.smoke { 100.0 } else { 1_000.0 });
+    let seconds = load.duration.unwrap_or(if load.smoke { 3 } else { 30 }) as f64;
+    let warm = load.warmup.unwrap_or(if load.smoke { 1 } else { 5 }) as f64;
+    // The baseline gets the same client settings as the services.
+    let hop = kafka_hop(
+        &settings.with_overrides(&load.service_config)?,
+        rate,
+        seconds.min(10.0) + 1.0,
+    )
+    .await?;
+    eprintln!(
+        "kafka hop at {rate}/s: p50 {:.2} p99 {:.2} ms",
+        hop.p50, hop.p99
+    );
+
+    let run = Arc::new(start(settings, load).await?);
+    let outcome = async {
+        let customers = Arc::new(run.customers(if load.smoke { 4 } else { 100 }).await?);
+        let finals = Arc::new(AtomicU64::new(0));
+        let (seen, reader) = watch_feed(&run, finals).await?;
+        let fixed = drive(
+            &run,
+            &customers,
+            &seen,
+            "e2e fixed rate",
+            Shape {
+                rate: Some(rate),
+                clients: 0,
+                warm,
+                seconds,
+            },
+        )
+        .await?;
+        let max_seconds = (seconds / 2.0).max(2.0);
+        let max = drive(
+            &run,
+            &customers,
+            &seen,
+            "e2e closed loop",
+            Shape {
+                rate: None,
+                clients,
+                warm: warm.min(2.0),
+                seconds: max_seconds,
+            },
+        )
+        .await?;
+        let feed_state = if reader.is_finished() {
+            Some(reader.await?)
+        } else {
+            reader.abort();
+            None
+        };
+        anyhow::Ok((fixed, max, feed_state))
+    }
+    .await;
+    Arc::into_inner(run)
+        .context("run still shared")?
+        .stop()
+        .await;
+    let (fixed, max, feed_state) = outcome?;
+
+    let mut result = RunResult::new(
+        if load.service_config.is_empty() {
+            "e2e"
+        } else {
+            "e2e-tuned"
+        },
+        load.smoke,
+        Machine::describe(),
+        json!({"rate": rate, "seconds": seconds, "warm_up_seconds": warm, "clients": clients,
+               "partitions": 6, "order_view_batch_max": 5000, "in_process": true,
+               "service_config": load.service_config}),
+    );
+    let mut columns = vec!["orders/s", "never settled"];
+    columns.extend(LATENCY_COLUMNS);
+    let mut table = Table::new(
+        format!(
+            "e2e: whole system in one process, orders through the gateway; {seconds:.0} s at {rate:.0}/s, then {:.0} s closed loop with {clients} clients",
+            (seconds / 2.0).max(2.0)
+        ),
+        &columns,
+    );
+    let row = |table: &mut Table, name: &str, p: &Phase, lat: &Percentiles| {
+        let mut v = vec![Some(p.accepted as f64 / p.seconds), Some(p.missing as f64)];
+        v.extend(lat.cells());
+        table.row(name, v);
+    };
+    let mut base_row = vec![Some(rate), None];
+    base_row.extend(hop.cells());
+    table.row(
+        "Kafka produce → consume, one hop, raw rdkafka, same settings (baseline)",
+        base_row,
+    );
+    row(
+        &mut table,
+        "fixed rate: POST → 202 (from the scheduled time)",
+        &fixed,
+        &fixed.accept,
+    );
+    row(
+        &mut table,
+        "fixed rate: 202 → order visible on the feed (PENDING)",
+        &fixed,
+        &fixed.visible,
+    );
+    row(
+        &mut table,
+        "fixed rate: 202 → final state on the feed",
+        &fixed,
+        &fixed.settled,
+    );
+    row(&mut table, "closed loop: POST → 202", &max, &max.accept);
+    row(
+        &mut table,
+        "closed loop: 202 → order visible on the feed",
+        &max,
+        &max.visible,
+    );
+    row(
+        &mut table,
+        "closed loop: 202 → final state on the feed",
+        &max,
+        &max.settled,
+    );
+    result.tables.push(table);
+    result.ratios.push((
+        "fixed rate: 202 → visible p99 / one Kafka hop p99".into(),
+        fixed.visible.p99 / hop.p99.max(1e-9),
+    ));
+    result.ratios.push((
+        "fixed rate: 202 → final p99 / one Kafka hop p99".into(),
+        fixed.settled.p99 / hop.p99.max(1e-9),
+    ));
+    result.targets.push(Target::new(
+        &format!("e2e p99 (202 → visible on the feed) at {rate:.0}/s"),
+        10.0,
+        fixed.visible.p99,
+        "ms",
+        false,
+    ));
+    result.targets.push(Target::new(
+        &format!("e2e p99 (202 → final state on the feed) at {rate:.0}/s"),
+        10.0,
+        fixed.settled.p99,
+        "ms",
+        false,
+    ));
+    result.notes.push(format!(
+        "Visible = the order's first change (PENDING: gateway → order-commands → orders → order-events → order-view → SSE, 2 Kafka hops after the 202); final = APPROVED/REJECTED (4 more hops through customers and orders). Errors: fixed {}, closed loop {}.",
+        fixed.errors, max.errors
+    ));
+    if let Some(state) = feed_state {
+        result
+            .notes
+            .push(format!("The feed client stopped early: {state}."));
+    }
+    result.series.push(Series {
+        name: "fixed-rate accepted/s".into(),
+        per_second: fixed.accept_series,
+    });
+    result.series.push(Series {
+        name: "closed-loop accepted/s".into(),
+        per_second: max.accept_series,
+    });
+    Ok(result)
+}
+
+pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::Result<RunResult> {
+    let seconds = load.duration.unwrap_or(if load.smoke { 3 } else { 60 }) as f64;
+    let warm = load.warmup.unwrap_or(if load.smoke { 1 } else { 5 }) as f64;
+    let rss_start = common::rss_mib("self").unwrap_or(0.0);
+    let run = Arc::new(start(settings, load).await?);
+    let rss_started = common::rss_mib("self").unwrap_or(0.0);
+    // Resident memory sampled through the run.
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(mib) = common::rss_mib("self") {
+                    samples.lock().expect("poisoned").push(mib);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let outcome = async {
+        let customers = Arc::new(run.customers(if load.smoke { 4 } else { 200 }).await?);
+        let finals = Arc::new(AtomicU64::new(0));
+        let (seen, reader) = watch_feed(&run, finals).await?;
+        // Settled orders counted over the measured window only (after the warm-up).
+        let window = {
+            let run = run.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+                let (before, t0) = (run.settled().await?, Instant::now());
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                let after = run.settled().await?;
+                anyhow::Ok((after - before, t0.elapsed().as_secs_f64()))
+            })
+        };
+        let phase = drive(
+            &run,
+            &customers,
+            &seen,
+            "saga",
+            Shape {
+                rate: load.rate,
+                clients,
+                warm,
+                seconds,
+            },
+        )
+        .await?;
+        let (settled, window_seconds) = window.await??;
+        let feed_state = if reader.is_finished() {
+            Some(reader.await?)
+        } else {
+            reader.abort();
+            None
+        };
+        anyhow::Ok((phase, settled, window_seconds, feed_state))
+    }
+    .await;
+    sampler.abort();
+    Arc::into_inner(run)
+        .context("run still shared")?
+        .stop()
+        .await;
+    let (phase, settled, total_seconds, feed_state) = outcome?;
+    let samples = samples.lock().expect("poisoned").clone();
+    let rss_max = samples.iter().copied().fold(0.0, f64::max);
+    let rss_mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+
+    let accepted_rate = phase.accepted as f64 / phase.seconds;
+    // Orders that reached a final state during the measured window, counted in the order
+    // service's database.
+    let settled_rate = settled as f64 / total_seconds;
+    let mut result = RunResult::new(
+        match (load.rate.is_some(), load.service_config.is_empty()) {
+            (false, true) => "saga",
+            (true, true) => "saga-open-loop",
+            (_, false) => "saga-tuned",
+        },
+        load.smoke,
+        Machine::describe(),
+        json!({"clients": clients, "seconds": seconds, "warm_up_seconds": warm, "rate": load.rate,
+               "in_process": true, "partitions": 6, "service_config": load.service_config}),
+    );
+    let mut table = Table::new(
+        format!(
+            "saga: every service in this process, {} for {seconds:.0} s",
+            load.rate.map_or(
+                format!("{clients} gateway clients in a closed loop"),
+                |r| format!("orders offered at {r:.0}/s (open loop)")
+            )
+        ),
+        &[
+            "orders/s",
+            "ratio to accepted",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+        ],
+    );
+    let a = &phase.accept;
+    table.row(
+        "accepted by the gateway (POST → 202) (baseline)",
+        vec![
+            Some(accepted_rate),
+            Some(1.0),
+            Some(a.p50),
+            Some(a.p99),
+            Some(a.max),
+        ],
+    );
+    let s = &phase.settled;
+    table.row(
+        "settled (APPROVED/REJECTED in the orders database; latency 202 → final state on the feed)",
+        vec![
+            Some(settled_rate),
+            Some(settled_rate / accepted_rate.max(1e-9)),
+            (s.count > 0).then_some(s.p50),
+            (s.count > 0).then_some(s.p99),
+            (s.count > 0).then_some(s.max),
+        ],
+    );
+    result.tables.push(table);
+    let mut memory = Table::new(
+        "saga: resident memory of the one process running all services (MiB)",
+        &["MiB"],
+    );
+    memory.row("before start", vec![Some(rss_start)]);
+    memory.row("after start", vec![Some(rss_started)]);
+    memory.row("mean under load", vec![Some(rss_mean)]);
+    memory.row("max under load", vec![Some(rss_max)]);
+    result.tables.push(memory);
+    result.ratios.push((
+        "settled / accepted, orders/s".into(),
+        settled_rate / accepted_rate.max(1e-9),
+    ));
+    result.targets.push(Target::new(
+        "orders/s reaching a final state",
+        5_000.0,
+        settled_rate,
+        "orders/s",
+        true,
+    ));
+    result.targets.push(Target::new(
+        "resident memory, all five parts together (target is ≤ 50 MB per service: 5 × 50)",
+        250.0,
+        rss_max,
+        "MiB",
+        false,
+    ));
+    result.notes.push(format!(
+        "{} orders accepted and {settled} settled in the {total_seconds:.1} s measured after the warm-up; {} of the accepted never reached a final state on the feed within 30 s, {} errors. Memory is the whole process (registry, gateway, orders, customers, order-view and the load generator): per-service figures need the services as separate processes.",
+        phase.accepted, phase.missing, phase.errors
+    ));
+    if let Some(state) = feed_state {
+        result.notes.push(format!(
+            "The live-feed client was cut off during the run ({state}): order-view disconnects a subscriber more than `feed_client_buffer` changes behind, so the feed latencies above cover only what arrived before that."
+        ));
+    }
+    result.series.push(Series {
+        name: "accepted/s".into(),
+        per_second: phase.accept_series,
+    });
+    result.series.push(Series {
+        name: "rss MiB (every 0.5 s)".into(),
+        per_second: samples,
+    });
+    Ok(result)
+}
