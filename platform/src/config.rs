@@ -108,6 +108,7 @@ pub struct ConsumerSettings {
     pub drain_timeout_ms: u64,
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
+    pub queued_max_kbytes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +296,10 @@ impl KafkaSettings {
             .set(
                 "session.timeout.ms",
                 consumer.session_timeout_ms.to_string(),
+            )
+            .set(
+                "queued.max.messages.kbytes",
+                consumer.queued_max_kbytes.to_string(),
             );
         config
     }
