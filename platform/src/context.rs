@@ -5,6 +5,7 @@
 //! and never block on the async runtime.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -19,6 +20,9 @@ use crate::metrics::Metrics;
 pub struct FeedlineContext {
     metrics: Arc<Metrics>,
     revoked: Arc<Mutex<HashSet<(String, i32)>>>,
+    /// Set with every revocation, so the consumer's per-message check is one atomic load
+    /// instead of a lock.
+    any_revoked: Arc<AtomicBool>,
 }
 
 impl FeedlineContext {
@@ -26,12 +30,16 @@ impl FeedlineContext {
         FeedlineContext {
             metrics,
             revoked: Arc::default(),
+            any_revoked: Arc::default(),
         }
     }
 
     /// Partitions revoked since the last call. The consumer drops buffered messages of these
     /// partitions: their new owner will receive them from the last stored offset.
     pub(crate) fn take_revoked(&self) -> HashSet<(String, i32)> {
+        if !self.any_revoked.swap(false, Ordering::AcqRel) {
+            return HashSet::new();
+        }
         std::mem::take(&mut *self.revoked.lock().expect("revoked set poisoned"))
     }
 }
@@ -86,6 +94,7 @@ impl ConsumerContext for FeedlineContext {
                         "partition revoked"
                     );
                     revoked.insert((elem.topic().to_owned(), elem.partition()));
+                    self.any_revoked.store(true, Ordering::Release);
                     let _ = self
                         .metrics
                         .consumer_lag

@@ -141,3 +141,12 @@ impl<H: Handler> ConsumerService<H> {
         Ok((addr, tasks.join(drain)))
     }
 }
+
+/// Names this process among a service's replicas (the `producer` field of its events):
+/// `HOSTNAME` where the platform sets one (a pod, a container), else a random id.
+pub fn replica_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned())
+}

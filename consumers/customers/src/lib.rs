@@ -93,7 +93,11 @@ pub async fn spawn(
             .encoder(CREDIT_EVENTS)
             .await
             .context("failed to build the credit-events encoder")?,
-        producer: format!("{}-{}", settings.service_name, replica_id()),
+        producer: format!(
+            "{}-{}",
+            settings.service_name,
+            feedline::service::replica_id()
+        ),
         metrics: customer_metrics,
     };
 
@@ -111,9 +115,4 @@ pub async fn spawn(
     }
     .spawn(&settings, token)
     .await
-}
-
-/// A random id per process, so events name the replica that produced them.
-fn replica_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }

@@ -153,8 +153,7 @@ impl GatewayConfig {
             .replica
             .clone()
             .filter(|r| !r.trim().is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
+            .unwrap_or_else(feedline::service::replica_id);
         format!("gateway-{replica}")
     }
 }
