@@ -28,7 +28,7 @@ readonly STATE_DIR=${FEEDLINE_STATE:-/tmp/feedline-infra}/kafka
 
 readonly START_TIMEOUT=${FEEDLINE_KAFKA_START_TIMEOUT:-90}
 readonly STOP_TIMEOUT=30
-readonly BROKER_HEAP=${FEEDLINE_KAFKA_HEAP:--Xmx512m -Xms256m}
+readonly BROKER_HEAP=${FEEDLINE_KAFKA_HEAP:--Xmx1g -Xms256m}
 readonly TOOL_HEAP=${FEEDLINE_KAFKA_TOOL_HEAP:--Xmx256m}
 
 say() { echo "[kafka] $*" >&2; }
