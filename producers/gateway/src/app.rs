@@ -25,6 +25,8 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// Everything a handler may need, built once at start.
 #[derive(Debug)]
 pub struct AppState {
+    /// Refuses commands while the services behind the gateway are too far behind.
+    pub admission: Arc<crate::admission::Admission>,
     pub auth: Auth,
     pub metrics: Arc<GatewayMetrics>,
     pub producer: Producer,

@@ -9,6 +9,7 @@ use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::admission::AdmissionConfig;
 use crate::auth::Scope;
 
 /// The signing secret shipped in [`crate::DEFAULTS`] for local runs; a warning is logged
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     /// the host name, or a random id, when not set.
     #[serde(default)]
     pub replica: Option<String>,
+    /// When to refuse commands because the services behind are too far behind.
+    pub admission: AdmissionConfig,
     /// OAuth2 clients allowed to get tokens, by client id.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
@@ -109,6 +112,9 @@ impl GatewayConfig {
         }
         if self.token_ttl_secs == 0 {
             return invalid("token_ttl_secs", "must be at least 1");
+        }
+        if self.admission.max_backlog > 0 && self.admission.check_interval_ms == 0 {
+            return invalid("admission.check_interval_ms", "must be at least 1");
         }
         if self.max_wait_secs > 30 {
             return invalid(

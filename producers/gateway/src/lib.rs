@@ -5,11 +5,13 @@
 //! - [`auth`], [`jwt`]: scopes, clients, HS256 tokens, the bearer-token extractor
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
+//! - [`admission`]: refusing commands while the services behind are too far behind
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod commands;
@@ -35,6 +37,7 @@ use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::admission::Admission;
 use crate::app::AppState;
 use crate::auth::{Auth, Clients};
 use crate::commands::CommandTopic;
@@ -59,6 +62,16 @@ token_ttl_secs = 3600
 max_wait_secs = 30
 proxy_timeout_ms = 10000
 ensure_topics = true
+
+# Refuse commands (503, Retry-After) while the saga's consumer groups are more than this
+# many messages behind; 0 turns it off. 20,000 is a few seconds of work at full speed.
+[gateway.admission]
+max_backlog = 20000
+check_interval_ms = 500
+
+[gateway.admission.groups]
+orders = ["order-commands", "credit-events"]
+customers = ["customer-commands", "order-events"]
 
 [gateway.clients.demo]
 # sha256("demo-secret")
@@ -121,7 +134,25 @@ pub async fn spawn(
     let producer = Producer::new(&settings.kafka, platform_metrics.clone())
         .context("failed to create the kafka producer")?;
 
+    let admission = Arc::new(Admission::new(
+        if config.admission.enabled() {
+            config.admission.max_backlog
+        } else {
+            0
+        },
+        metrics.clone(),
+    ));
+    if config.admission.enabled() {
+        tokio::spawn(admission::watch(
+            admission.clone(),
+            settings.kafka.clone(),
+            config.admission.clone(),
+            token.clone(),
+        ));
+    }
+
     let state = Arc::new(AppState {
+        admission,
         auth: Auth {
             keys: TokenKeys::new(&config.jwt_secret),
             clients: Clients::new(&config.clients),

@@ -9,7 +9,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use feedline::Metrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -30,6 +30,10 @@ pub struct GatewayMetrics {
     pub wait_outcomes: IntCounterVec,
     /// Calls to order-view that failed: `unreachable`, `timeout`.
     pub upstream_errors: IntCounterVec,
+    /// Messages the watched consumer groups have yet to consume (see [`crate::admission`]).
+    pub backlog: IntGauge,
+    /// Commands answered 503 because the backlog was over the limit.
+    pub commands_refused: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -58,6 +62,22 @@ impl GatewayMetrics {
         registry
             .register(Box::new(request_seconds.clone()))
             .expect("unique histogram");
+        let backlog = IntGauge::new(
+            "gateway_backlog_messages",
+            "messages the watched consumer groups have yet to consume",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(backlog.clone()))
+            .expect("unique gauge");
+        let commands_refused = IntCounter::new(
+            "gateway_commands_refused_total",
+            "commands refused with 503 because the services were too far behind",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(commands_refused.clone()))
+            .expect("unique counter");
         Arc::new(GatewayMetrics {
             requests: counter(
                 "gateway_requests_total",
@@ -95,6 +115,8 @@ impl GatewayMetrics {
                 "failed calls to order-view, by kind",
                 &["kind"],
             ),
+            backlog,
+            commands_refused,
         })
     }
 }

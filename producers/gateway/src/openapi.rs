@@ -428,7 +428,9 @@ fn build() -> Value {
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
                 "KafkaUnavailable": {
-                    "description": "Kafka did not acknowledge the command: nothing was accepted",
+                    "description": "nothing was accepted: Kafka did not acknowledge the command \
+                        (`kafka_unavailable`), or the services are too far behind (`overloaded`); \
+                        retry after `Retry-After` seconds",
                     "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
@@ -457,7 +459,7 @@ fn build() -> Value {
                                         "invalid_parameter", "not_found", "method_not_allowed",
                                         "invalid_client", "invalid_request", "invalid_scope",
                                         "unsupported_grant_type", "payload_too_large",
-                                        "kafka_unavailable", "upstream_unavailable", "upstream_timeout"]
+                                        "kafka_unavailable", "overloaded", "upstream_unavailable", "upstream_timeout"]
                                 },
                                 "message": { "type": "string" },
                                 "field": { "type": "string", "description": "the input to blame, when there is one" }

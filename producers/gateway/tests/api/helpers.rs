@@ -40,6 +40,8 @@ pub struct Options {
     pub kafka_bootstrap: Option<String>,
     pub ensure_topics: bool,
     pub message_timeout_ms: u32,
+    /// More TOML, appended to the gateway's settings.
+    pub extra_toml: String,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             kafka_bootstrap: None,
             ensure_topics: true,
             message_timeout_ms: 10_000,
+            extra_toml: String::new(),
         }
     }
 }
@@ -155,11 +158,13 @@ impl TestApp {
             [gateway.clients.{LIMITED_ID}]
             secret_sha256 = "{limited}"
             scopes = ["orders:write"]
+            {extra}
             "#,
             bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),
             timeout = options.message_timeout_ms,
             ensure = options.ensure_topics,
             limited = feedline_gateway::auth::hash_secret(LIMITED_SECRET),
+            extra = options.extra_toml,
         ))
         .expect("test settings");
         let (addr, handle) = tokio::time::timeout(

@@ -2,6 +2,7 @@
 //! (`infra/up.sh`), a real schema registry in-process, the gateway on port 0, and for the
 //! proxy and wait plumbing only, a stub of order-view.
 
+mod admission;
 mod auth;
 mod bad_input;
 mod commands;

@@ -1,0 +1,240 @@
+//! Admission control: the gateway stops accepting commands while the services behind it are
+//! too far behind, instead of queueing work nobody will see finish in time.
+//!
+//! Kafka accepts commands far faster than the saga settles them, so without a bound an
+//! eager client builds a backlog of minutes: every accepted order is kept (nothing is
+//! lost), but its outcome arrives ever later and every consumer's memory grows. The
+//! gateway watches the lag of the consumer groups behind it (end offset minus committed
+//! offset, summed over their topics) and answers `503` with `Retry-After` while the lag is
+//! above `max_backlog`; it accepts again once the lag fell to three quarters of it, so the
+//! answer does not flap around the bound.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use feedline::CancellationToken;
+use feedline::config::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::metrics::GatewayMetrics;
+
+/// `[gateway.admission]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Commands (in fact messages of the watched topics) the watched groups may have left
+    /// to consume before the gateway refuses new commands; 0 turns admission control off.
+    pub max_backlog: u64,
+    /// How often the lag is read. Offsets are committed every second, so the figure is at
+    /// most about a second and this interval old.
+    pub check_interval_ms: u64,
+    /// Consumer group → the topics whose lag counts, names without the topic prefix.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+impl AdmissionConfig {
+    pub fn enabled(&self) -> bool {
+        self.max_backlog > 0 && !self.groups.is_empty()
+    }
+}
+
+/// Whether commands are admitted, as last decided from the backlog.
+#[derive(Debug)]
+pub struct Admission {
+    max_backlog: u64,
+    backlog: AtomicU64,
+    refusing: AtomicBool,
+    metrics: Arc<GatewayMetrics>,
+}
+
+/// Clients back off for this long; the lag is re-read twice a second.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl Admission {
+    /// `max_backlog` 0 admits everything.
+    pub fn new(max_backlog: u64, metrics: Arc<GatewayMetrics>) -> Self {
+        Admission {
+            max_backlog,
+            backlog: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// `Ok` when a command may be published now; the 503 to answer otherwise.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        if !self.refusing.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.metrics.commands_refused.inc();
+        Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the services are {} messages behind (limit {}); nothing was accepted, retry later",
+                self.backlog.load(Ordering::Relaxed),
+                self.max_backlog
+            ),
+        )
+        .header(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS))
+    }
+
+    /// Records a fresh reading of the backlog and decides, with hysteresis, whether to
+    /// refuse commands.
+    pub fn observe(&self, backlog: u64) {
+        self.backlog.store(backlog, Ordering::Relaxed);
+        self.metrics.backlog.set(backlog as i64);
+        if self.max_backlog == 0 {
+            return;
+        }
+        let refusing = self.refusing.load(Ordering::Relaxed);
+        let now_refusing = if refusing {
+            backlog > self.max_backlog / 4 * 3
+        } else {
+            backlog > self.max_backlog
+        };
+        if now_refusing != refusing {
+            self.refusing.store(now_refusing, Ordering::Relaxed);
+            if now_refusing {
+                tracing::warn!(
+                    backlog,
+                    max_backlog = self.max_backlog,
+                    "backlog over the limit: refusing commands"
+                );
+            } else {
+                tracing::info!(backlog, "backlog back under the limit: accepting commands");
+            }
+        }
+    }
+
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads the watched groups' lag every `check_interval_ms` until `token` is cancelled.
+/// A failed reading keeps the last decision: when the broker is away the publish itself
+/// fails with its own clear error.
+pub async fn watch(
+    admission: Arc<Admission>,
+    kafka: KafkaSettings,
+    config: AdmissionConfig,
+    token: CancellationToken,
+) {
+    let lag = match GroupLag::new(&kafka, &config.groups) {
+        Ok(lag) => Arc::new(lag),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the consumer groups: admission control is off");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(config.check_interval_ms.max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let reader = lag.clone();
+        // librdkafka's offset and watermark queries block on the network.
+        match tokio::task::spawn_blocking(move || reader.total()).await {
+            Ok(Ok(backlog)) => admission.observe(backlog),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the consumer groups' lag"),
+            Err(e) => tracing::warn!(error = %e, "lag reader panicked"),
+        }
+    }
+}
+
+/// One idle client per watched group: it never subscribes, so it never joins the group;
+/// it only asks the group coordinator for the committed offsets.
+struct GroupLag {
+    groups: Vec<(BaseConsumer, Vec<String>)>,
+}
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl GroupLag {
+    fn new(
+        kafka: &KafkaSettings,
+        groups: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Self, KafkaError> {
+        let groups = groups
+            .iter()
+            .map(|(group, topics)| {
+                let consumer: BaseConsumer = kafka
+                    .client_config()
+                    .set("group.id", kafka.name(group))
+                    .set("enable.auto.commit", "false")
+                    .create()?;
+                Ok((consumer, topics.iter().map(|t| kafka.name(t)).collect()))
+            })
+            .collect::<Result<_, KafkaError>>()?;
+        Ok(GroupLag { groups })
+    }
+
+    /// Σ over the groups' partitions of (end offset − committed offset); a partition the
+    /// group never committed counts from its first retained offset.
+    fn total(&self) -> Result<u64, KafkaError> {
+        let mut total = 0u64;
+        for (consumer, topics) in &self.groups {
+            let mut tpl = TopicPartitionList::new();
+            for topic in topics {
+                let metadata = consumer.fetch_metadata(Some(topic), QUERY_TIMEOUT)?;
+                for t in metadata.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition(topic, p.id());
+                    }
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, QUERY_TIMEOUT)?;
+            for elem in committed.elements() {
+                let (low, high) =
+                    consumer.fetch_watermarks(elem.topic(), elem.partition(), QUERY_TIMEOUT)?;
+                let from = match elem.offset() {
+                    Offset::Offset(n) => n.max(low),
+                    _ => low,
+                };
+                total += (high - from).max(0) as u64;
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use feedline::Metrics;
+
+    fn admission(max: u64) -> Admission {
+        Admission::new(max, GatewayMetrics::new(&Metrics::new("test")))
+    }
+
+    #[test]
+    fn refuses_over_the_limit_and_resumes_below_three_quarters() {
+        let a = admission(1000);
+        a.observe(1000);
+        assert!(a.admit().is_ok(), "at the limit is still admitted");
+        a.observe(1001);
+        let refused = a.admit().unwrap_err();
+        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        a.observe(800);
+        assert!(a.refusing(), "between 3/4 and the limit the decision holds");
+        a.observe(750);
+        assert!(a.admit().is_ok());
+    }
+
+    #[test]
+    fn zero_turns_it_off() {
+        let a = admission(0);
+        a.observe(u64::MAX);
+        assert!(a.admit().is_ok());
+    }
+}
