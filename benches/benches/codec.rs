@@ -1,6 +1,8 @@
-//! Avro encode and decode of the envelopes, feedline's codec against the straightforward
-//! apache-avro path (parse the schema, build a `Value`, resolve, write; and back), in the
-//! same run. `cargo bench -p feedline-benches --bench codec`.
+//! Avro encode and decode of the envelopes, in the same run: feedline's codec (the direct
+//! serde path, `DirectCodec`), apache-avro's schema-aware serde path with prepared readers and
+//! writers (what feedline's codec used before), and the straightforward apache-avro path
+//! (build a `Value`, resolve, write; and back). All framed alike (5-byte Confluent header).
+//! `cargo bench -p feedline-benches --bench codec`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use criterion::{Criterion, criterion_group, criterion_main};
-use feedline::codec::{AvroDecoder, AvroEncoder, FixedResolver};
+use feedline::codec::{AvroDecoder, AvroEncoder, FixedResolver, split_frame, write_header};
 use feedline_schemas::types::*;
 use feedline_schemas::{ORDER_EVENTS, envelope_schema};
 
@@ -37,6 +39,25 @@ fn place_order() -> PlaceOrder {
     }
 }
 
+/// apache-avro's serde path, prepared once: header, then `GenericDatumWriter::write_ser`.
+fn apache_encode<T: serde::Serialize>(
+    writer: &GenericDatumWriter<'_>,
+    value: &T,
+    out: &mut Vec<u8>,
+) {
+    write_header(out, 1);
+    writer.write_ser(out, value).unwrap();
+}
+
+/// apache-avro's serde path, prepared once: `GenericDatumReader::read_deser` after the header.
+fn apache_decode<T: serde::de::DeserializeOwned>(
+    reader: &GenericDatumReader<'_>,
+    framed: &[u8],
+) -> T {
+    let (_, mut body) = split_frame(framed).unwrap();
+    reader.read_deser(&mut body).unwrap()
+}
+
 fn codec(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -56,19 +77,32 @@ fn codec(c: &mut Criterion) {
         Some(encoder.schema_id()),
     )
     .unwrap();
+    assert!(encoder.uses_direct_path() && decoder.uses_direct_path());
     let framed = encoder.encode(&event).unwrap();
+    let envelope = Schema::parse_str(envelope_schema(ORDER_EVENTS).unwrap()).unwrap();
+    let serde_writer = GenericDatumWriter::builder(&envelope).build().unwrap();
+    let serde_reader = GenericDatumReader::builder(&envelope).build().unwrap();
     let mut group = c.benchmark_group("envelope OrderEvent");
-    group.bench_function("feedline encode", |b| {
+    group.bench_function("feedline encode (direct)", |b| {
         let mut out = Vec::with_capacity(256);
         b.iter(|| {
             out.clear();
             encoder.encode_into(black_box(&event), &mut out).unwrap();
         })
     });
-    group.bench_function("feedline decode", |b| {
+    group.bench_function("apache-avro serde encode (previous path)", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            apache_encode(&serde_writer, black_box(&event), &mut out);
+        })
+    });
+    group.bench_function("feedline decode (direct)", |b| {
         b.iter(|| decoder.decode_cached(black_box(&framed)).unwrap().unwrap())
     });
-    let envelope = Schema::parse_str(envelope_schema(ORDER_EVENTS).unwrap()).unwrap();
+    group.bench_function("apache-avro serde decode (previous path)", |b| {
+        b.iter(|| apache_decode::<OrderEvent>(&serde_reader, black_box(&framed)))
+    });
     let value_reader = GenericDatumReader::builder(&envelope)
         .reader_schema(&envelope)
         .build()
@@ -97,18 +131,31 @@ fn codec(c: &mut Criterion) {
         .unwrap();
     let decoder: AvroDecoder<PlaceOrder, _> =
         AvroDecoder::new(resolver.clone(), schema_text, Some(encoder.schema_id())).unwrap();
+    assert!(encoder.uses_direct_path() && decoder.uses_direct_path());
     let framed = encoder.encode(&value).unwrap();
     let schema = Schema::parse_str(schema_text).unwrap();
+    let serde_writer = GenericDatumWriter::builder(&schema).build().unwrap();
+    let serde_reader = GenericDatumReader::builder(&schema).build().unwrap();
     let mut group = c.benchmark_group("record PlaceOrder");
-    group.bench_function("feedline encode", |b| {
+    group.bench_function("feedline encode (direct)", |b| {
         let mut out = Vec::with_capacity(128);
         b.iter(|| {
             out.clear();
             encoder.encode_into(black_box(&value), &mut out).unwrap();
         })
     });
-    group.bench_function("feedline decode", |b| {
+    group.bench_function("apache-avro serde encode (previous path)", |b| {
+        let mut out = Vec::with_capacity(128);
+        b.iter(|| {
+            out.clear();
+            apache_encode(&serde_writer, black_box(&value), &mut out);
+        })
+    });
+    group.bench_function("feedline decode (direct)", |b| {
         b.iter(|| decoder.decode_cached(black_box(&framed)).unwrap().unwrap())
+    });
+    group.bench_function("apache-avro serde decode (previous path)", |b| {
+        b.iter(|| apache_decode::<PlaceOrder>(&serde_reader, black_box(&framed)))
     });
     // The baseline's reader and writer are prepared once too: what it pays per message is
     // the `Value` tree and its resolution.

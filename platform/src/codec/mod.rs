@@ -6,13 +6,16 @@
 //! [`AvroEncoder`] is built once per (subject, schema) and serializes straight into the
 //! output buffer; an [`AvroDecoder`] deserializes straight into the Rust type when the
 //! message was written with the reader's own schema, and resolves through `Value` only for
-//! data written with another (older or newer) schema.
+//! data written with another (older or newer) schema. Both typed paths use [`DirectCodec`],
+//! a schema-guided serde codec, rather than apache-avro's serializer (see `direct.rs`).
 
 mod avro;
+mod direct;
 mod evolve;
 mod registry;
 
 pub use avro::{AvroDecoder, AvroEncoder};
+pub use direct::{DirectCodec, DirectError};
 pub use registry::{FixedResolver, RegistryClient, SchemaResolver};
 
 /// Confluent's framing: magic byte, then the schema id.
