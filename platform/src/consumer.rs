@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, AdminError, TopicSpec};
@@ -58,7 +59,8 @@ pub enum HandlerError {
 }
 
 /// Processes a batch of messages (in partition order) and makes their effects durable
-/// before returning `Ok`. A batch holds one message when `consumer.batch_max = 1`.
+/// before returning `Ok`. A batch holds one message when `consumer.batch_max = 1`. The
+/// runtime never runs two batches at once; it only fetches the next one meanwhile.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
@@ -78,11 +80,18 @@ pub enum ConsumerError {
     DeadLetter(#[from] ProduceError),
     #[error("handler rejected index {index} of a batch of {len}")]
     BadRejection { index: usize, len: usize },
+    #[error("cannot start the fetch thread: {0}")]
+    FetchThread(std::io::Error),
+    #[error("the fetch thread stopped unexpectedly")]
+    FetchStopped,
 }
 
 /// A consumer-group member running one handler over a set of topics.
+///
+/// Fetching and handling overlap: a dedicated thread polls librdkafka and collects the next
+/// batch while the handler commits the current one (see [`Fetcher`]).
 pub struct Consumer<H> {
-    consumer: Arc<StreamConsumer<FeedlineContext>>,
+    consumer: Arc<BaseConsumer<FeedlineContext>>,
     context: FeedlineContext,
     handler: H,
     producer: Producer,
@@ -121,7 +130,7 @@ impl<H: Handler> Consumer<H> {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConsumerError> {
         let context = FeedlineContext::new(metrics.clone());
-        let consumer: StreamConsumer<FeedlineContext> = kafka
+        let consumer: BaseConsumer<FeedlineContext> = kafka
             .consumer_config(group, settings)
             .create_with_context(context.clone())?;
         Ok(Consumer {
@@ -156,9 +165,11 @@ impl<H: Handler> Consumer<H> {
 
         let result = self.consume(&token).await;
 
-        let consumer = self.consumer.clone();
-        let group = self.group.clone();
-        // Both calls block on the network; keep them off the async workers.
+        let Consumer {
+            consumer, group, ..
+        } = self;
+        // All of it blocks on the network: the commit, the unsubscribe and the close (dropping
+        // the last handle leaves the group); keep it off the async workers.
         let closed = tokio::task::spawn_blocking(move || {
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
@@ -166,25 +177,58 @@ impl<H: Handler> Consumer<H> {
                 Err(e) => tracing::warn!(group = %group, error = %e, "final offset commit failed"),
             }
             consumer.unsubscribe();
+            drop(consumer);
         })
         .await;
         if let Err(e) = closed {
             tracing::warn!(error = %e, "final commit task failed");
         }
-        // Dropping the last handle closes the consumer, which leaves the group.
-        drop(self);
         result
     }
 
+    /// Hands the fetch thread's batches to the handler one at a time, in the order fetched.
     async fn consume(&self, token: &CancellationToken) -> Result<(), ConsumerError> {
+        // Depth 1: one batch prefetched while the handler works, no more, so a slow handler
+        // does not pile up fetched messages that a rebalance or shutdown would throw away.
+        let (tx, mut rx) = mpsc::channel(1);
+        let fetcher = Fetcher {
+            consumer: self.consumer.clone(),
+            context: self.context.clone(),
+            group: self.group.clone(),
+            batch_max: self.settings.batch_max,
+            batch_wait: self.settings.batch_wait(),
+            batches: tx,
+        };
+        let fetch_thread = std::thread::Builder::new()
+            .name("feedline-fetch".into())
+            .spawn(move || fetcher.run())
+            .map_err(ConsumerError::FetchThread)?;
+
+        let result = self.handle_batches(&mut rx, token).await;
+
+        // Closing the channel abandons a prefetched batch (its offsets were never stored, so
+        // it is delivered again) and stops the fetch thread at its next poll.
+        drop(rx);
+        match tokio::task::spawn_blocking(move || fetch_thread.join()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_panic)) => tracing::error!(group = %self.group, "fetch thread panicked"),
+            Err(e) => tracing::warn!(error = %e, "cannot join the fetch thread"),
+        }
+        result
+    }
+
+    async fn handle_batches(
+        &self,
+        batches: &mut mpsc::Receiver<Vec<OwnedMessage>>,
+        token: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
         loop {
-            let batch = match self.next_batch(token).await {
-                Some(batch) => batch,
-                None => return Ok(()),
+            let batch = tokio::select! {
+                biased;
+                _ = token.cancelled() => return Ok(()),
+                batch = batches.recv() => batch.ok_or(ConsumerError::FetchStopped)?,
             };
-            if batch.is_empty() {
-                continue;
-            }
+            self.observe_age(&batch);
             match self.process(&batch, token).await? {
                 Processed::Done => {}
                 Processed::Abandoned => return Ok(()),
@@ -195,44 +239,29 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Waits for a first message, then collects what arrives within `batch_wait`, up to
-    /// `batch_max`. `None` means shutdown.
-    async fn next_batch(&self, token: &CancellationToken) -> Option<Vec<OwnedMessage>> {
-        let mut batch = Vec::new();
-        let first = tokio::select! {
-            biased;
-            _ = token.cancelled() => return None,
-            received = self.consumer.recv() => received,
-        };
-        self.push(&mut batch, first).await;
-        let deadline = tokio::time::Instant::now() + self.settings.batch_wait();
-        while batch.len() < self.settings.batch_max && !batch.is_empty() {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(received) => self.push(&mut batch, received).await,
-                Err(_elapsed) => break,
+    /// One observation per topic per batch, of its oldest message: the batch's worst delay
+    /// so far, for the cost of one pass over timestamps.
+    fn observe_age(&self, batch: &[OwnedMessage]) {
+        let mut oldest: Vec<(&str, i64)> = Vec::new();
+        for m in batch {
+            let Some(at) = m.timestamp().to_millis() else {
+                continue;
+            };
+            match oldest.iter_mut().find(|(topic, _)| *topic == m.topic()) {
+                Some((_, first)) => *first = (*first).min(at),
+                None => oldest.push((m.topic(), at)),
             }
         }
-        Some(batch)
-    }
-
-    async fn push(
-        &self,
-        batch: &mut Vec<OwnedMessage>,
-        received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
-    ) {
-        // A rebalance runs inside recv(): drop what we buffered from partitions we lost,
-        // their new owner starts from the last stored offset.
-        let revoked = self.context.take_revoked();
-        if !revoked.is_empty() {
-            batch.retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
-        }
-        match received {
-            Ok(message) => batch.push(message.detach()),
-            Err(e) => {
-                tracing::warn!(group = %self.group, error = %e, "consumer error");
-                // Errors repeat fast when the broker is away; do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for (topic, at) in oldest {
+            // Producer clocks can run ahead of ours; a negative age would only confuse.
+            let age = (now - at).max(0) as f64 / 1000.0;
+            self.metrics
+                .event_age_seconds
+                .with_label_values(&[topic, &self.group])
+                .observe(age);
         }
     }
 
@@ -377,5 +406,99 @@ impl<H: Handler> Consumer<H> {
             .handler_errors
             .with_label_values(&[&self.group, kind])
             .inc();
+    }
+}
+
+/// How long the fetch thread waits in one poll while it has nothing to hand over: the bound
+/// on how late it notices a shutdown, and on how long librdkafka's events (rebalances,
+/// statistics) wait when no messages arrive.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// The fetch side: polls a [`BaseConsumer`] on its own thread and sends batches to the
+/// handler side.
+///
+/// A blocking poll on a dedicated thread costs far less per message than an async `recv()`
+/// per message (no waker, no timer per receive), and librdkafka runs rebalance callbacks
+/// inside that poll, so they never run on, or block, the async runtime.
+///
+/// Rebalances are served only here, in `poll`, and this thread polls only while it holds the
+/// channel's single slot, that is while no fetched batch waits for the handler. So a
+/// revocation can only find messages in the batch being collected, which [`Self::collect`]
+/// filters; a batch the handler already took is in flight, and its offsets simply fail to
+/// store if its partitions are gone.
+struct Fetcher {
+    consumer: Arc<BaseConsumer<FeedlineContext>>,
+    context: FeedlineContext,
+    group: String,
+    batch_max: usize,
+    batch_wait: Duration,
+    batches: mpsc::Sender<Vec<OwnedMessage>>,
+}
+
+impl Fetcher {
+    fn run(self) {
+        let mut generation = self.context.revocations();
+        loop {
+            // Take the slot before fetching: at most one batch is ever prefetched, and the
+            // wait ends with an error once the handler side has gone.
+            let Ok(slot) = futures::executor::block_on(self.batches.reserve()) else {
+                return;
+            };
+            match self.collect(&mut generation) {
+                Some(batch) => slot.send(batch),
+                None => return,
+            }
+        }
+    }
+
+    /// Waits for a first message, then collects what arrives within `batch_wait`, up to
+    /// `batch_max`. `None` means the handler side has gone.
+    fn collect(&self, generation: &mut u64) -> Option<Vec<OwnedMessage>> {
+        let mut batch = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let wait = match deadline {
+                None => IDLE_POLL,
+                Some(at) => at.saturating_duration_since(Instant::now()).min(IDLE_POLL),
+            };
+            let polled = self.consumer.poll(wait);
+            // A rebalance runs inside poll(): drop what we collected from partitions we lost,
+            // their new owner starts from the last stored offset. A message this poll
+            // returned was fetched after the rebalance, so it stays.
+            let now_generation = self.context.revocations();
+            if now_generation != *generation {
+                *generation = now_generation;
+                let revoked = self.context.take_revoked();
+                batch.retain(|m: &OwnedMessage| {
+                    !revoked.contains(&(m.topic().to_owned(), m.partition()))
+                });
+                if batch.is_empty() {
+                    deadline = None;
+                }
+            }
+            match polled {
+                Some(Ok(message)) => {
+                    batch.push(message.detach());
+                    if batch.len() >= self.batch_max {
+                        return Some(batch);
+                    }
+                    deadline.get_or_insert_with(|| Instant::now() + self.batch_wait);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(group = %self.group, error = %e, "consumer error");
+                    // Errors repeat fast when the broker is away; do not spin.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                // Nothing came in this wait (or poll served an event).
+                None => {
+                    if deadline.is_some_and(|at| Instant::now() >= at) {
+                        return Some(batch);
+                    }
+                    if self.batches.is_closed() {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! and never block on the async runtime.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -20,9 +20,9 @@ use crate::metrics::Metrics;
 pub struct FeedlineContext {
     metrics: Arc<Metrics>,
     revoked: Arc<Mutex<HashSet<(String, i32)>>>,
-    /// Set with every revocation, so the consumer's per-message check is one atomic load
-    /// instead of a lock.
-    any_revoked: Arc<AtomicBool>,
+    /// Bumped after every revocation, so the fetch loop's check after each poll is one
+    /// atomic load; it takes the lock only when the number moved.
+    revocations: Arc<AtomicU64>,
 }
 
 impl FeedlineContext {
@@ -30,16 +30,19 @@ impl FeedlineContext {
         FeedlineContext {
             metrics,
             revoked: Arc::default(),
-            any_revoked: Arc::default(),
+            revocations: Arc::default(),
         }
+    }
+
+    /// The revocation generation: how many revocations this client has seen. When it differs
+    /// from the one the caller saw last, [`Self::take_revoked`] has partitions to return.
+    pub(crate) fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// Partitions revoked since the last call. The consumer drops buffered messages of these
     /// partitions: their new owner will receive them from the last stored offset.
     pub(crate) fn take_revoked(&self) -> HashSet<(String, i32)> {
-        if !self.any_revoked.swap(false, Ordering::AcqRel) {
-            return HashSet::new();
-        }
         std::mem::take(&mut *self.revoked.lock().expect("revoked set poisoned"))
     }
 }
@@ -94,12 +97,13 @@ impl ConsumerContext for FeedlineContext {
                         "partition revoked"
                     );
                     revoked.insert((elem.topic().to_owned(), elem.partition()));
-                    self.any_revoked.store(true, Ordering::Release);
                     let _ = self
                         .metrics
                         .consumer_lag
                         .remove_label_values(&[elem.topic(), &elem.partition().to_string()]);
                 }
+                // After the inserts, so whoever sees the new generation finds the partitions.
+                self.revocations.fetch_add(1, Ordering::Release);
             }
             Rebalance::Assign(tpl) => {
                 for elem in tpl.elements() {

@@ -6,7 +6,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Platform metrics: produce, consume, handler latency, DLQ, consumer lag, outbox.
+/// Platform metrics: produce, consume, handler latency, event age, DLQ, consumer lag, outbox.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -16,6 +16,7 @@ pub struct Metrics {
     pub consumed: IntCounterVec,
     pub handler_seconds: HistogramVec,
     pub handler_errors: IntCounterVec,
+    pub event_age_seconds: HistogramVec,
     pub dead_lettered: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub outbox_published: IntCounterVec,
@@ -24,6 +25,13 @@ pub struct Metrics {
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Event age spans milliseconds on a healthy hop and minutes to hours while a consumer works
+/// off a backlog; both ends must stay readable.
+const AGE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
 ];
 
 impl Metrics {
@@ -39,13 +47,16 @@ impl Metrics {
                 .expect("unique counter");
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let histogram_with = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
             let h = HistogramVec::new(opts, labels).expect("valid histogram");
             registry
                 .register(Box::new(h.clone()))
                 .expect("unique histogram");
             h
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            histogram_with(name, help, labels, LATENCY_BUCKETS)
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
@@ -84,6 +95,16 @@ impl Metrics {
                 "handler_errors_total",
                 "handler failures (batch retried or consumer stopped)",
                 &["group", "kind"],
+            ),
+            event_age_seconds: histogram_with(
+                "event_age_seconds",
+                "age of the oldest message of each batch when the consumer hands the batch to its \
+                 handler, per topic and group: now minus the Kafka message timestamp (the \
+                 producer's create time, or the broker's append time if the topic uses \
+                 LogAppendTime); covers producer linger, broker, fetch, batching and the wait \
+                 behind earlier batches, not the handler itself",
+                &["topic", "group"],
+                AGE_BUCKETS,
             ),
             dead_lettered: counter(
                 "dead_lettered_total",

@@ -4,13 +4,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use feedline::Rejection;
 use feedline::consumer::{Handler, HandlerError, Outcome};
 use feedline::dlq::{self, header as dlqh};
+use feedline::{Outgoing, Rejection};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -77,7 +77,15 @@ async fn round_trip_keeps_keys_headers_and_order_per_key() {
         );
         assert_eq!(order.len(), 50);
     }
-    assert!(ctx.metrics.render().contains("feedline_consumed_total"));
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains("feedline_consumed_total"));
+    assert!(
+        metrics.contains(&format!(
+            "feedline_event_age_seconds_count{{group=\"{}\"",
+            ctx.name("g")
+        )),
+        "event age observed per topic and group"
+    );
 }
 
 /// Handles batches atomically, but fails fatally on any batch holding one payload.
@@ -332,4 +340,120 @@ async fn a_second_member_takes_over_partitions_without_losing_messages() {
     h1.await.unwrap().unwrap();
     h2.await.unwrap().unwrap();
     assert_eq!(distinct(), 600);
+}
+
+async fn produce_to(ctx: &TestCtx, topic: &str, partition: i32, payload: &str) {
+    let mut msg = Outgoing::new(topic, Some(b"k"), payload.as_bytes());
+    msg.partition = Some(partition);
+    ctx.producer.send(msg).await.expect("produce");
+}
+
+/// The fetch side collects the next batch while the handler works. A rebalance that lands
+/// while that batch is being collected must drop its messages of the revoked partitions:
+/// their new owner reads them again from the committed offset, so keeping them would handle
+/// them twice (or, for a partition that comes back, hand them over twice in one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
+    let mut ctx = TestCtx::new();
+    // Small batches, and a long wait so the second batch is still being collected when the
+    // second member joins.
+    ctx.settings.consumer.batch_max = 5;
+    ctx.settings.consumer.batch_wait_ms = 8_000;
+    let topic = ctx.topic("prefetch", 2).await;
+    for i in 0..5 {
+        produce_to(&ctx, &topic, i % 2, &format!("a{i}")).await;
+    }
+    let one = Collect::default();
+    let seen_one = one.seen.clone();
+    let (t1, h1) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), one);
+    eventually("the first full batch", || {
+        seen_one.lock().unwrap().len() >= 5
+    })
+    .await;
+    eventually("its offsets committed", || {
+        ctx.committed("g", &topic, 2).iter().sum::<i64>() == 5
+    })
+    .await;
+
+    // Fewer than batch_max: member one holds them in its next batch, waiting for more.
+    for i in 0..4 {
+        produce_to(&ctx, &topic, i % 2, &format!("b{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let two = Collect::default();
+    let seen_two = two.seen.clone();
+    let (t2, h2) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), two);
+
+    let all = || {
+        let mut all: Vec<String> = seen_one.lock().unwrap().iter().map(text).collect();
+        all.extend(seen_two.lock().unwrap().iter().map(text));
+        all.sort();
+        all
+    };
+    // Member two getting some of them shows the rebalance landed while member one was still
+    // collecting them (had member one handled them first, they would all be committed).
+    // Both members hold a batch for up to batch_wait, so wait for both before counting.
+    eventually("all nine messages, some by member two", || {
+        let mut all = all();
+        all.dedup();
+        all.len() >= 9 && !seen_two.lock().unwrap().is_empty()
+    })
+    .await;
+    // Room for a duplicate to show up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t1.cancel();
+    t2.cancel();
+    h1.await.unwrap().unwrap();
+    h2.await.unwrap().unwrap();
+
+    assert_eq!(
+        all(),
+        ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3"],
+        "every message handled exactly once"
+    );
+}
+
+/// Records each batch as it starts, then takes its time.
+#[derive(Clone, Default)]
+struct Sluggish {
+    started: Seen,
+    batches: Arc<AtomicUsize>,
+}
+
+impl Handler for Sluggish {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        self.started.lock().unwrap().extend(batch.iter().cloned());
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(Outcome::ok())
+    }
+}
+
+/// At shutdown the batch in the handler finishes and is committed; the batch prefetched
+/// behind it is neither handled nor committed, so the next run starts right after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_the_prefetched_batch() {
+    let mut ctx = TestCtx::new();
+    ctx.settings.consumer.batch_max = 5;
+    let topic = ctx.topic("prefetched", 1).await;
+    for i in 0..20 {
+        produce_to(&ctx, &topic, 0, &format!("m{i}")).await;
+    }
+    let handler = Sluggish::default();
+    let started = handler.started.clone();
+    let batches = handler.batches.clone();
+    let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
+    eventually("a first batch", || batches.load(Ordering::SeqCst) >= 1).await;
+    // The next five are local already: the fetch side has them waiting well before this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    task.await.unwrap().unwrap();
+
+    let started: Vec<String> = started.lock().unwrap().iter().map(text).collect();
+    assert_eq!(
+        started,
+        ["m0", "m1", "m2", "m3", "m4"],
+        "only the batch in flight was handled"
+    );
+    assert_eq!(ctx.committed("g", &topic, 1), vec![5]);
 }
