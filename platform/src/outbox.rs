@@ -1,23 +1,62 @@
 //! The transactional outbox: a service writes its state change and the events it emits in
 //! one database transaction; the relay publishes the rows in order and deletes them only
 //! after the broker acknowledged them.
+//!
+//! Two ways lead from a committed row to the broker:
+//!
+//! - **Hand-off** (the fast path): the handler that committed passes the rows' ids and bytes
+//!   to the relay of its own process ([`Outbox::committed`]), which publishes them at once:
+//!   no `NOTIFY`, no wake-up of a listener, no `SELECT` of what the handler already holds.
+//! - **The table** (the fallback): rows of other replicas (announced by `NOTIFY`), rows left
+//!   by a crash or a restart, rows whose hand-off was dropped (the relay was not active, or
+//!   behind) are read from the table in id order, as before.
+//!
+//! Either way a row is deleted only after the broker acknowledged it, so a crash anywhere
+//! leaves the row to be published again (at-least-once; consumers deduplicate on the
+//! event id). Publishing does not wait for acknowledgements: a separate task awaits them in
+//! order and deletes the acknowledged rows, while the relay goes on publishing.
+//!
+//! Order per key: one relay per database publishes (the advisory lock), through one
+//! idempotent producer, in the order it enqueues. Within this process that is commit order
+//! (hand-offs arrive in commit order; after a dropped hand-off, later ones go through the
+//! table too until the relay has read it, see [`Shared::missed`]); rows read from the table
+//! go in id order, and all rows already in the table when the relay becomes active go
+//! before any hand-off.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::producer::{Outgoing, PendingDelivery, ProduceError, Producer};
 
-/// Channel the enqueue notifies at commit, so the relay publishes without polling delay.
+/// Channel the enqueue notifies at commit, so a relay in another process publishes without
+/// polling delay.
 pub const NOTIFY_CHANNEL: &str = "feedline_outbox";
 
 /// Advisory lock held by the single active relay of a database: one publisher keeps the
 /// rows' order; standby replicas take over when its connection goes away.
 const RELAY_LOCK: i64 = 0x0fee_d11e;
+
+/// Transactions whose rows may wait for the relay in memory; beyond that the hand-off is
+/// dropped and the rows are read from the table.
+const HANDOFF_CAPACITY: usize = 256;
+
+/// Messages published and not yet acknowledged at most: bounds what the acknowledging task
+/// holds, and makes the relay wait for the broker rather than pile up.
+const IN_FLIGHT: usize = 10_000;
+
+/// How long the relay remembers ids it published from the table, to skip their hand-off
+/// arriving later. A hand-off is sent right after the commit, so it is always far quicker;
+/// one later than this would only cause a duplicate, which consumers absorb.
+const REMEMBER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
@@ -37,13 +76,25 @@ pub enum OutboxError {
     Headers { id: i64 },
 }
 
-/// Appends `messages` to the outbox inside the caller's transaction, in order.
+/// Appends `messages` to the outbox inside the caller's transaction, in order, and notifies
+/// the relay at commit. A service whose handler hands its rows over uses
+/// [`Outbox::enqueue`] instead.
 pub async fn enqueue(
     conn: &mut PgConnection,
     messages: &[OutboxMessage],
 ) -> Result<(), sqlx::Error> {
+    insert(conn, messages, true).await?;
+    Ok(())
+}
+
+/// Inserts the rows and returns their ids, in the order of `messages`.
+async fn insert(
+    conn: &mut PgConnection,
+    messages: &[OutboxMessage],
+    notify: bool,
+) -> Result<Vec<i64>, sqlx::Error> {
     if messages.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
@@ -52,25 +103,30 @@ pub async fn enqueue(
         .iter()
         .map(|m| encode_headers(&m.headers))
         .collect();
-    // WITH ORDINALITY keeps the ids in the order of `messages`.
-    sqlx::query(
+    // WITH ORDINALITY keeps the ids in the order of `messages`; RETURNING promises no
+    // order, hence the sort.
+    let mut ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO outbox (topic, msg_key, payload, headers)
          SELECT topic, msg_key, payload, headers
          FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])
               WITH ORDINALITY AS m(topic, msg_key, payload, headers, n)
-         ORDER BY n",
+         ORDER BY n
+         RETURNING id",
     )
     .bind(&topics)
     .bind(&keys)
     .bind(&payloads)
     .bind(&headers)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    ids.sort_unstable();
+    if notify {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(ids)
 }
 
 /// Length-prefixed pairs: u16 key length, key, u32 value length, value.
@@ -102,9 +158,139 @@ fn decode_headers(mut bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     bytes.is_empty().then_some(headers)
 }
 
+/// One outbox row, as handed over or as read back.
+#[derive(Debug)]
+struct Staged {
+    id: i64,
+    message: OutboxMessage,
+}
+
+/// What a service shares between its handler and its relay: the database and the in-process
+/// hand-off of committed rows.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pool: PgPool,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Set while this process's relay holds the lock and takes hand-offs.
+    active: AtomicBool,
+    /// Set when committed rows were not handed over: until the relay has read the table,
+    /// later hand-offs are dropped too, or they would overtake those rows.
+    missed: AtomicBool,
+    sender: mpsc::Sender<Vec<Staged>>,
+    /// Taken by the relay when it starts.
+    receiver: Mutex<Option<mpsc::Receiver<Vec<Staged>>>>,
+    /// Wakes the relay when `missed` was set.
+    wake: Notify,
+}
+
+impl Shared {
+    fn miss(&self) {
+        self.missed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+/// Rows inserted by a transaction, to give to [`Outbox::committed`] once it committed.
+/// Dropped instead (an error, a cancelled future), it makes the relay read the table.
+#[derive(Debug)]
+#[must_use = "give the rows to Outbox::committed after the commit"]
+pub struct Enqueued {
+    rows: Vec<Staged>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Enqueued {
+    fn drop(&mut self) {
+        // Whether the transaction committed is unknown here: if it did, the rows must not
+        // wait for the idle poll, nor be overtaken by the next hand-off.
+        if !self.rows.is_empty() && self.shared.active.load(Ordering::SeqCst) {
+            self.shared.miss();
+        }
+    }
+}
+
+impl Outbox {
+    pub fn new(pool: PgPool) -> Self {
+        let (sender, receiver) = mpsc::channel(HANDOFF_CAPACITY);
+        Outbox {
+            pool,
+            shared: Arc::new(Shared {
+                active: AtomicBool::new(false),
+                missed: AtomicBool::new(false),
+                sender,
+                receiver: Mutex::new(Some(receiver)),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether this process's relay is the active one (and so takes hand-offs).
+    pub fn is_active(&self) -> bool {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Appends `messages` to the outbox inside the caller's transaction, in order. Give the
+    /// result to [`Outbox::committed`] after the commit.
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<Enqueued, sqlx::Error> {
+        // Our own relay gets the hand-off; a NOTIFY is only for a relay in another process
+        // (a round trip inside the transaction, and a wake-up, saved on the common path).
+        let notify = !self.is_active();
+        let ids = insert(conn, &messages, notify).await?;
+        let rows = ids
+            .into_iter()
+            .zip(messages)
+            .map(|(id, message)| Staged { id, message })
+            .collect();
+        Ok(Enqueued {
+            rows,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Hands the committed rows to this process's relay, which publishes them at once. When
+    /// it is not the active relay the rows stay for the one that is (the enqueue notified it).
+    pub fn committed(&self, mut enqueued: Enqueued) {
+        let rows = std::mem::take(&mut enqueued.rows);
+        let shared = &self.shared;
+        if rows.is_empty() || !shared.active.load(Ordering::SeqCst) {
+            return;
+        }
+        if shared.missed.load(Ordering::SeqCst) {
+            // The relay reads the table next, and finds these rows behind the missed ones.
+            return;
+        }
+        if shared.sender.try_send(rows).is_err() {
+            shared.miss();
+        }
+    }
+
+    /// The relay publishing this outbox; run it once per process.
+    pub fn relay(&self, producer: Producer, metrics: Arc<Metrics>) -> OutboxRelay {
+        OutboxRelay {
+            outbox: self.clone(),
+            producer,
+            metrics,
+            batch_size: 1000,
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct OutboxRelay {
-    pool: PgPool,
+    outbox: Outbox,
     producer: Producer,
     metrics: Arc<Metrics>,
     batch_size: i64,
@@ -120,111 +306,230 @@ pub struct Published {
     pub error: Option<OutboxError>,
 }
 
+/// Why the relay stopped publishing.
+enum Stopped {
+    Shutdown,
+    /// The lock's connection broke: another replica may hold the lock now.
+    LockLost,
+}
+
 impl OutboxRelay {
+    /// A relay without hand-offs: it publishes what it reads from the table.
     pub fn new(pool: PgPool, producer: Producer, metrics: Arc<Metrics>) -> Self {
-        OutboxRelay {
-            pool,
-            producer,
-            metrics,
-            batch_size: 1000,
-            idle_poll: Duration::from_millis(500),
-        }
+        Outbox::new(pool).relay(producer, metrics)
+    }
+
+    /// How long the relay waits, with nothing handed over or notified, before it reads the
+    /// table anyway.
+    pub fn idle_poll(mut self, every: Duration) -> Self {
+        self.idle_poll = every;
+        self
     }
 
     /// Publishes until `token` is cancelled. Only the holder of the relay lock publishes.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        let taken = self.outbox.shared.receiver.lock().expect("poisoned").take();
+        let Some(mut handoffs) = taken else {
+            anyhow::bail!("this outbox already has a relay");
+        };
+        loop {
+            let Some(lock_conn) = self.lock(&token).await? else {
+                return Ok(());
+            };
+            tracing::info!("outbox relay active");
+            let stopped = self.publish(lock_conn, &mut handoffs, &token).await;
+            self.outbox.shared.active.store(false, Ordering::SeqCst);
+            // Their rows are in the table, for whoever holds the lock next.
+            while handoffs.try_recv().is_ok() {}
+            match stopped? {
+                Stopped::Shutdown => return Ok(()),
+                Stopped::LockLost => {
+                    tracing::warn!("outbox relay lost its lock connection, standing by");
+                }
+            }
+        }
+    }
+
+    /// Waits until this relay holds the lock; `None` means shutdown came first.
+    async fn lock(&self, token: &CancellationToken) -> anyhow::Result<Option<PgConnection>> {
         // The lock lives as long as this connection, so it is detached from the pool.
-        let mut lock_conn = self.pool.acquire().await?.detach();
+        let mut conn = self.outbox.pool.acquire().await?.detach();
         loop {
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(RELAY_LOCK)
-                .fetch_one(&mut lock_conn)
+                .fetch_one(&mut conn)
                 .await?;
             if locked {
-                break;
+                return Ok(Some(conn));
             }
             tokio::select! {
-                _ = token.cancelled() => return Ok(()),
+                _ = token.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        tracing::info!("outbox relay active");
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+    }
+
+    /// Publishes while this relay holds the lock.
+    async fn publish(
+        &self,
+        mut lock_conn: PgConnection,
+        handoffs: &mut mpsc::Receiver<Vec<Staged>>,
+        token: &CancellationToken,
+    ) -> anyhow::Result<Stopped> {
+        let shared = &self.outbox.shared;
+        // Listen before taking hand-offs: a commit elsewhere is then either seen by the first
+        // read of the table or notified.
+        let mut listener = PgListener::connect_with(&self.outbox.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
+        shared.active.store(true, Ordering::SeqCst);
+        let mut flight = Flight::start(&self.outbox.pool, self.metrics.clone()).await?;
+        let mut recent = Recent::default();
         let mut backoff = Duration::from_millis(100);
-        while !token.is_cancelled() {
-            let published = self.publish_batch().await;
-            let acked = published.acked.len();
-            if acked > 0 {
-                self.delete(&published.acked).await?;
+        let mut lock_check = tokio::time::interval(self.idle_poll);
+        lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Rows left in the table (by a crash, a previous holder, a dropped hand-off) go
+        // before any hand-off.
+        let mut behind = true;
+        let stopped = loop {
+            if token.is_cancelled() {
+                break Stopped::Shutdown;
             }
-            match published.error {
-                None => backoff = Duration::from_millis(100),
-                Some(OutboxError::Produce(e)) if e.is_retryable() => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "outbox publish failed, retrying");
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+            if behind || shared.missed.load(Ordering::SeqCst) || flight.failed() {
+                // Read the table only once nothing is in flight: a row on its way would be
+                // read and sent again.
+                let (next, settled) = flight.settle().await;
+                flight = next?;
+                let read = match settled {
+                    Ok(()) => {
+                        shared.missed.store(false, Ordering::SeqCst);
+                        self.drain_table(&flight, &mut recent).await
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok(()) => {
+                        behind = false;
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(OutboxError::Produce(e)) if e.is_retryable() => {
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "outbox publish failed, retrying");
+                        // What failed is still in the table: read it all again, in order.
+                        recent.clear();
+                        behind = true;
+                        tokio::select! {
+                            _ = token.cancelled() => {}
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = flight.settle().await;
+                        return Err(e.into());
+                    }
                 }
-                Some(e) => return Err(e.into()),
-            }
-            if acked as i64 == self.batch_size {
-                continue;
             }
             tokio::select! {
-                _ = token.cancelled() => break,
+                biased;
+                _ = token.cancelled() => {}
+                _ = flight.failure() => {}
+                _ = shared.wake.notified() => {}
+                Some(rows) = handoffs.recv() => {
+                    for row in rows {
+                        if recent.contains(row.id) {
+                            continue;
+                        }
+                        if self.send(&flight, row).await.is_err() {
+                            // The rest is in the table; the read settles and reports first.
+                            behind = true;
+                            break;
+                        }
+                    }
+                }
                 notified = listener.recv() => {
+                    behind = true;
                     if let Err(e) = notified {
                         tracing::warn!(error = %e, "outbox listener lost its connection");
                         tokio::time::sleep(backoff).await;
                     }
                 }
-                _ = tokio::time::sleep(self.idle_poll) => {}
+                _ = lock_check.tick() => {
+                    // The lock is only ours while its connection lives.
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock_conn).await {
+                        tracing::warn!(error = %e, "outbox relay lock connection failed");
+                        break Stopped::LockLost;
+                    }
+                }
+                _ = tokio::time::sleep(self.idle_poll) => behind = true,
+            }
+        };
+        // Publishing stops here: what is in flight is acknowledged and deleted, or stays in
+        // the table for the next holder.
+        shared.active.store(false, Ordering::SeqCst);
+        if let (_, Err(e)) = flight.settle().await {
+            tracing::warn!(error = %e, "outbox relay stopped with messages unacknowledged");
+        }
+        Ok(stopped)
+    }
+
+    /// Publishes every row of the table not published recently, in id order, without
+    /// waiting for acknowledgements.
+    async fn drain_table(&self, flight: &Flight, recent: &mut Recent) -> Result<(), OutboxError> {
+        let mut after = 0;
+        loop {
+            let rows = read_rows(&self.outbox.pool, after, self.batch_size).await?;
+            let full = rows.len() as i64 == self.batch_size;
+            for row in rows {
+                after = row.id;
+                if recent.contains(row.id) {
+                    continue;
+                }
+                recent.insert(row.id);
+                self.send(flight, row).await?;
+            }
+            if !full {
+                return Ok(());
             }
         }
+    }
+
+    async fn send(&self, flight: &Flight, row: Staged) -> Result<(), OutboxError> {
+        let m = &row.message;
+        let headers: Vec<(&str, &[u8])> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let outgoing = Outgoing::new(&m.topic, m.key.as_deref(), &m.payload).headers(&headers);
+        let delivery = self.producer.enqueue(outgoing).await?;
+        flight.push(row.id, m.topic.clone(), delivery).await;
         Ok(())
     }
 
-    /// Sends the oldest rows in id order and waits for their acknowledgements. Rows of one
-    /// key keep their order: one producer, enqueued in order, idempotent.
+    /// Sends the oldest rows in id order and waits for their acknowledgements, deleting
+    /// nothing (see [`OutboxRelay::delete`]).
     pub async fn publish_batch(&self) -> Published {
-        let rows = match sqlx::query(
-            "SELECT id, topic, msg_key, payload, headers FROM outbox ORDER BY id LIMIT $1",
-        )
-        .bind(self.batch_size)
-        .fetch_all(&self.pool)
-        .await
-        {
+        let rows = match read_rows(&self.outbox.pool, 0, self.batch_size).await {
             Ok(rows) => rows,
             Err(e) => {
                 return Published {
                     acked: Vec::new(),
-                    error: Some(e.into()),
+                    error: Some(e),
                 };
             }
         };
-        let mut pending: Vec<(i64, String, PendingDelivery)> = Vec::with_capacity(rows.len());
+        let mut pending = Vec::with_capacity(rows.len());
         let mut error = None;
         for row in &rows {
-            let id: i64 = row.get("id");
-            let topic: String = row.get("topic");
-            let key: Option<Vec<u8>> = row.get("msg_key");
-            let payload: Vec<u8> = row.get("payload");
-            let raw_headers: Vec<u8> = row.get("headers");
-            let Some(headers) = decode_headers(&raw_headers) else {
-                error = Some(OutboxError::Headers { id });
-                break;
-            };
-            let header_refs: Vec<(&str, &[u8])> = headers
+            let m = &row.message;
+            let headers: Vec<(&str, &[u8])> = m
+                .headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect();
-            let outgoing = Outgoing::new(&topic, key.as_deref(), &payload).headers(&header_refs);
+            let outgoing = Outgoing::new(&m.topic, m.key.as_deref(), &m.payload).headers(&headers);
             match self.producer.enqueue(outgoing).await {
-                Ok(delivery) => pending.push((id, topic, delivery)),
+                Ok(delivery) => pending.push((row.id, delivery)),
                 Err(e) => {
                     error = Some(e.into());
                     break;
@@ -232,24 +537,12 @@ impl OutboxRelay {
             }
         }
         let mut acked = Vec::with_capacity(pending.len());
-        let mut ack_failed = false;
-        for (id, topic, delivery) in pending {
+        for (id, delivery) in pending {
             match delivery.acknowledged().await {
-                Ok(_) if !ack_failed => {
-                    acked.push(id);
-                    self.metrics
-                        .outbox_published
-                        .with_label_values(&[&topic])
-                        .inc();
-                }
+                Ok(_) if error.is_none() => acked.push(id),
                 Ok(_) => {}
-                Err(e) => {
-                    // This row comes before any enqueue failure, so its error is the first.
-                    if !ack_failed {
-                        error = Some(e.into());
-                    }
-                    ack_failed = true;
-                }
+                // This row comes before any enqueue failure, so its error is the first.
+                Err(e) => error = Some(e.into()),
             }
         }
         Published { acked, error }
@@ -258,10 +551,228 @@ impl OutboxRelay {
     pub async fn delete(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(ids)
-            .execute(&self.pool)
+            .execute(&self.outbox.pool)
             .await?;
         Ok(())
     }
+}
+
+/// Rows after `after`, in id order, at most `limit`.
+async fn read_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Staged>, OutboxError> {
+    let rows = sqlx::query(
+        "SELECT id, topic, msg_key, payload, headers FROM outbox
+         WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let id: i64 = row.get("id");
+            let raw_headers: Vec<u8> = row.get("headers");
+            let headers = decode_headers(&raw_headers).ok_or(OutboxError::Headers { id })?;
+            Ok(Staged {
+                id,
+                message: OutboxMessage {
+                    topic: row.get("topic"),
+                    key: row.get("msg_key"),
+                    payload: row.get("payload"),
+                    headers,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Ids the relay published from the table lately, so their hand-off is skipped.
+#[derive(Debug, Default)]
+struct Recent {
+    ids: HashSet<i64>,
+    order: VecDeque<(Instant, i64)>,
+}
+
+impl Recent {
+    fn insert(&mut self, id: i64) {
+        let now = Instant::now();
+        while let Some((at, old)) = self.order.front()
+            && now.duration_since(*at) > REMEMBER
+        {
+            self.ids.remove(old);
+            self.order.pop_front();
+        }
+        self.ids.insert(id);
+        self.order.push_back((now, id));
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.order.clear();
+    }
+}
+
+struct InFlight {
+    id: i64,
+    topic: String,
+    delivery: PendingDelivery,
+}
+
+/// The messages published and not yet acknowledged, and the task that awaits their
+/// acknowledgements in order and deletes their rows: the relay goes on publishing meanwhile.
+struct Flight {
+    sender: mpsc::Sender<InFlight>,
+    task: JoinHandle<(PgConnection, Result<(), OutboxError>)>,
+    failed: Arc<Failed>,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+}
+
+/// Set by the acknowledging task at its first failure.
+#[derive(Debug, Default)]
+struct Failed {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Failed {
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+impl Flight {
+    async fn start(pool: &PgPool, metrics: Arc<Metrics>) -> Result<Self, sqlx::Error> {
+        let conn = delete_connection(pool).await?;
+        Ok(Self::with_connection(conn, pool.clone(), metrics))
+    }
+
+    fn with_connection(conn: PgConnection, pool: PgPool, metrics: Arc<Metrics>) -> Self {
+        let (sender, receiver) = mpsc::channel(IN_FLIGHT);
+        let failed = Arc::new(Failed::default());
+        let task = tokio::spawn(acknowledge(receiver, conn, metrics.clone(), failed.clone()));
+        Flight {
+            sender,
+            task,
+            failed,
+            pool,
+            metrics,
+        }
+    }
+
+    async fn push(&self, id: i64, topic: String, delivery: PendingDelivery) {
+        let flight = InFlight {
+            id,
+            topic,
+            delivery,
+        };
+        // Fails only when the task ended on a failed delete, which `settle` reports.
+        let _ = self.sender.send(flight).await;
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when a publish or a delete failed.
+    async fn failure(&self) {
+        if !self.failed() {
+            self.failed.notify.notified().await;
+        }
+    }
+
+    /// Waits until every message in flight was acknowledged (and its row deleted) or
+    /// failed, then starts afresh. Returns the first failure.
+    async fn settle(self) -> (Result<Self, sqlx::Error>, Result<(), OutboxError>) {
+        let Flight {
+            sender,
+            task,
+            pool,
+            metrics,
+            ..
+        } = self;
+        drop(sender);
+        let (conn, result) = match task.await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let next = if result.is_err() {
+            // A failed delete may have left the connection unusable.
+            let _ = conn.close().await;
+            Flight::start(&pool, metrics).await
+        } else {
+            Ok(Flight::with_connection(conn, pool, metrics))
+        };
+        (next, result)
+    }
+}
+
+/// A connection of its own for the deletes, detached from the pool.
+async fn delete_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    // A delete lost in a database crash only publishes its rows again, which consumers
+    // absorb: it need not wait for the WAL flush (the handler's commit does).
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Awaits acknowledgements in publish order and deletes the acknowledged rows, a batch at a
+/// time. After the first failure nothing more is deleted: the relay reads the table again
+/// and publishes the rest in order.
+async fn acknowledge(
+    mut receiver: mpsc::Receiver<InFlight>,
+    mut conn: PgConnection,
+    metrics: Arc<Metrics>,
+    failed: Arc<Failed>,
+) -> (PgConnection, Result<(), OutboxError>) {
+    let mut error = None;
+    let mut acked = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut next = Some(first);
+        while let Some(flight) = next {
+            match flight.delivery.acknowledged().await {
+                Ok(_) if error.is_none() => {
+                    acked.push(flight.id);
+                    metrics
+                        .outbox_published
+                        .with_label_values(&[&flight.topic])
+                        .inc();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if error.is_none() {
+                        error = Some(e.into());
+                        failed.set();
+                    }
+                }
+            }
+            // Whatever is already acknowledged goes in the same delete.
+            next = if acked.len() < 1000 {
+                receiver.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if acked.is_empty() {
+            continue;
+        }
+        let deleted = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&acked)
+            .execute(&mut conn)
+            .await;
+        acked.clear();
+        if let Err(e) = deleted {
+            failed.set();
+            return (conn, Err(e.into()));
+        }
+    }
+    (conn, error.map_or(Ok(()), Err))
 }
 
 #[cfg(test)]

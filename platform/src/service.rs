@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::consumer::{Consumer, Handler};
 use crate::metrics::Metrics;
-use crate::outbox::OutboxRelay;
+use crate::outbox::Outbox;
 use crate::producer::Producer;
 use crate::shutdown::TaskGroup;
 
@@ -66,8 +65,9 @@ pub struct ConsumerService<H> {
     pub topics: Vec<String>,
     pub handler: H,
     pub metrics: Arc<Metrics>,
-    /// The database whose outbox the relay publishes; `None` for a service without one.
-    pub outbox: Option<PgPool>,
+    /// The outbox the relay publishes (the handler hands its committed rows to the same
+    /// [`Outbox`]); `None` for a service without one.
+    pub outbox: Option<Outbox>,
     /// What the HTTP server answers; `None` for `/metrics` and `/health` only.
     pub router: Option<Router>,
 }
@@ -123,8 +123,8 @@ impl<H: Handler> ConsumerService<H> {
                 .await
                 .context("consumer failed")
         });
-        if let Some(pool) = self.outbox {
-            let relay = OutboxRelay::new(pool, producer, self.metrics.clone());
+        if let Some(outbox) = self.outbox {
+            let relay = outbox.relay(producer, self.metrics.clone());
             tasks.spawn("outbox-relay", relay.run(token.clone()));
         }
         let router = self

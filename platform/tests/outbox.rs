@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use feedline::consumer::{Handler, HandlerError, Outcome};
-use feedline::outbox::{self, OutboxMessage, OutboxRelay};
+use feedline::outbox::{self, Outbox, OutboxMessage, OutboxRelay};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::PgPool;
@@ -246,4 +246,166 @@ async fn relay_restarted_between_publish_and_delete_duplicates_and_dedup_absorbs
         (10, 10),
         "duplicates absorbed by processed_events"
     );
+}
+
+/// Commits `msgs` in one transaction through `outbox`; returns what to hand over.
+async fn commit(outbox: &Outbox, msgs: Vec<OutboxMessage>) -> outbox::Enqueued {
+    let mut tx = outbox.pool().begin().await.unwrap();
+    let enqueued = outbox.enqueue(&mut tx, msgs).await.unwrap();
+    tx.commit().await.unwrap();
+    enqueued
+}
+
+async fn outbox_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The payloads per key, in the order they are on the topic.
+fn per_key(published: &[OwnedMessage]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in published {
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        out.entry(key).or_default().push(text(m));
+    }
+    out
+}
+
+/// Starts a relay that never polls the table on its own (only at activation, on NOTIFY or
+/// after a dropped hand-off), and waits until it is active.
+async fn active_relay(
+    ctx: &TestCtx,
+    outbox: &Outbox,
+) -> (
+    feedline::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let relay = outbox
+        .relay(ctx.producer.clone(), ctx.metrics.clone())
+        .idle_poll(Duration::from_secs(3600));
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    let handle = outbox.clone();
+    eventually("the relay to take the lock", || handle.is_active()).await;
+    // Its first read of the (empty) table follows the activation: let it pass, so what the
+    // test commits next reaches the relay one way only.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (token, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_off_rows_are_published_from_memory_and_deleted_after_the_ack() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("handoff", 3).await;
+    let outbox = Outbox::new(pool.clone());
+    let (token, running) = active_relay(&ctx, &outbox).await;
+
+    let keys = ["a", "b", "c"];
+    for chunk in 0..20 {
+        let msgs: Vec<_> = (chunk * 5..chunk * 5 + 5)
+            .map(|i| message(&topic, keys[i % 3], i))
+            .collect();
+        let enqueued = commit(&outbox, msgs).await;
+        // Had the relay read the table (NOTIFY, poll), it would publish this instead.
+        sqlx::query("UPDATE outbox SET payload = 'read from the table'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        outbox.committed(enqueued);
+    }
+    let published = ctx.read_all(&topic, 100);
+    assert_eq!(published.len(), 100, "each row once");
+    for (key, payloads) in per_key(&published) {
+        let order: Vec<usize> = payloads
+            .iter()
+            .map(|p| {
+                let (k, i) = p.split_once(':').expect("the handed-off bytes");
+                assert_eq!(k, key);
+                i.parse().unwrap()
+            })
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "order of {key} kept: {order:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while outbox_rows(&pool).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "rows not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_hand_off_was_lost_go_first_and_later_ones_follow_them() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("lost", 1).await;
+    let outbox = Outbox::new(pool.clone());
+    let (token, running) = active_relay(&ctx, &outbox).await;
+
+    // Committed, then the handler's future is dropped before the hand-off (a drain
+    // timeout, a panic): no NOTIFY was sent, the relay is active and does not poll.
+    let lost = commit(&outbox, (0..5).map(|i| message(&topic, "k", i)).collect()).await;
+    drop(lost);
+    let next = commit(&outbox, (5..10).map(|i| message(&topic, "k", i)).collect()).await;
+    outbox.committed(next);
+
+    let published = ctx.read_all(&topic, 10);
+    let order: Vec<String> = published.iter().map(text).collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("k:{i}")).collect();
+    assert_eq!(order, expected, "every row once, the lost ones first");
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lock_holder_publishes_and_a_standby_takes_over() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("replicas", 3).await;
+    // Two replicas of a service on one database, each with its relay.
+    let first = Outbox::new(pool.clone());
+    let (first_token, first_running) = active_relay(&ctx, &first).await;
+    let second = Outbox::new(pool.clone());
+    let relay = second
+        .relay(ctx.producer.clone(), ctx.metrics.clone())
+        .idle_poll(Duration::from_secs(3600));
+    let second_token = feedline::CancellationToken::new();
+    let second_running = tokio::spawn(relay.run(second_token.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!second.is_active(), "one relay per database");
+
+    // Both replicas' handlers commit: the standby's rows reach the active relay by NOTIFY.
+    for i in 0..10 {
+        let outbox = if i % 2 == 0 { &first } else { &second };
+        let enqueued = commit(outbox, vec![message(&topic, "k", i)]).await;
+        outbox.committed(enqueued);
+    }
+    assert_eq!(ctx.read_all(&topic, 10).len(), 10, "each row once");
+
+    // The active replica stops; the standby takes the lock and publishes its own rows.
+    first_token.cancel();
+    first_running.await.unwrap().unwrap();
+    drop(first);
+    let handle = second.clone();
+    eventually("the standby to take over", || handle.is_active()).await;
+    for i in 10..15 {
+        let enqueued = commit(&second, vec![message(&topic, "k", i)]).await;
+        second.committed(enqueued);
+    }
+    let published = ctx.read_all(&topic, 15);
+    assert_eq!(published.len(), 15, "each row once");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while outbox_rows(&pool).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "rows not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second_token.cancel();
+    second_running.await.unwrap().unwrap();
 }

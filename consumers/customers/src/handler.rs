@@ -6,7 +6,7 @@ use std::future::Future;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, decode_batch};
 use feedline::consumer::{Handler, HandlerError, Outcome};
-use feedline::outbox::{self, OutboxMessage};
+use feedline::outbox::{Outbox, OutboxMessage};
 use feedline::{Rejection, dedup};
 use feedline_schemas::types::{CreditEvent, CustomerCommand, CustomerEvent, Envelope, OrderEvent};
 use rdkafka::Message;
@@ -92,6 +92,8 @@ struct Work {
 #[derive(Debug)]
 pub struct CustomersHandler {
     pub pool: PgPool,
+    /// Where the batch's events go: rows in the transaction, then handed to the relay.
+    pub outbox: Outbox,
     pub topics: Topics,
     pub commands: AvroDecoder<CustomerCommand, RegistryClient>,
     pub orders: AvroDecoder<OrderEvent, RegistryClient>,
@@ -256,8 +258,10 @@ impl CustomersHandler {
             return Err(Error::Conflict(new_reservations.len() as u64 - inserted));
         }
         db::update_reservations(&mut tx, &ledger.reservation_updates()).await?;
-        outbox::enqueue(&mut tx, &messages).await?;
+        let enqueued = self.outbox.enqueue(&mut tx, messages).await?;
         tx.commit().await?;
+        // Published from memory now; the rows are the fallback should this process die first.
+        self.outbox.committed(enqueued);
         Ok(tally)
     }
 }

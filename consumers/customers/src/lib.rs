@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::outbox::Outbox;
 use feedline::service::ConsumerService;
 use feedline::{CancellationToken, Metrics, Settings};
 use feedline_schemas::{
@@ -75,8 +76,10 @@ pub async fn spawn(
     let contracts = Contracts::register(Arc::new(RegistryClient::new(&settings.registry)), kafka)
         .await
         .context("failed to register the schemas")?;
+    let outbox = Outbox::new(pool.clone());
     let handler = CustomersHandler {
-        pool: pool.clone(),
+        pool,
+        outbox: outbox.clone(),
         topics: Topics {
             commands: kafka.name(CUSTOMER_COMMANDS),
             orders: kafka.name(ORDER_EVENTS),
@@ -110,7 +113,7 @@ pub async fn spawn(
         ],
         handler,
         metrics,
-        outbox: Some(pool),
+        outbox: Some(outbox),
         router: None,
     }
     .spawn(&settings, token)

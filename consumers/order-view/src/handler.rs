@@ -279,6 +279,7 @@ impl ViewHandler {
 impl Handler for ViewHandler {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
+
         let mut outcome = Outcome::ok();
         let decoded = decode_batch(batch, &mut outcome, |msg| self.decoders.decode(msg)).await?;
         let mut events = Vec::with_capacity(decoded.len());

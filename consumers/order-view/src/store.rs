@@ -175,6 +175,24 @@ pub struct ChangePage {
     pub oldest: Option<i64>,
 }
 
+/// What SQLite may hold in memory, per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// The page cache, in KiB.
+    pub cache_kib: u32,
+    /// The memory-mapped part of the file, in MiB.
+    pub mmap_mib: u32,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            cache_kib: 4096,
+            mmap_mib: 0,
+        }
+    }
+}
+
 /// The read model's SQLite file.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -184,6 +202,14 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) and migrates the file named by `database.url`.
     pub async fn open(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        Self::open_with(settings, Memory::default()).await
+    }
+
+    /// [`Store::open`] with SQLite's memory bounded by `memory`.
+    pub async fn open_with(
+        settings: &DatabaseSettings,
+        memory: Memory,
+    ) -> Result<Self, StoreError> {
         let url = settings.url.expose_secret();
         // A pool of in-memory databases would be a pool of separate databases.
         if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
@@ -202,8 +228,9 @@ impl Store {
             // Checkpoint every ~40 MB of WAL instead of 4 MB: pages written again and
             // again between checkpoints are copied into the database once.
             .pragma("wal_autocheckpoint", "10000")
-            .pragma("cache_size", "-32768")
-            .pragma("mmap_size", "268435456")
+            // Negative: KiB rather than pages.
+            .pragma("cache_size", format!("-{}", memory.cache_kib))
+            .pragma("mmap_size", (u64::from(memory.mmap_mib) << 20).to_string())
             .page_size(PAGE_SIZE);
         let pool = SqlitePoolOptions::new()
             // One writer and at least one reader.

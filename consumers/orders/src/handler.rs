@@ -6,7 +6,7 @@ use std::future::Future;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, decode_batch};
 use feedline::consumer::{Handler, HandlerError, Outcome};
-use feedline::outbox::{self, OutboxMessage};
+use feedline::outbox::{Outbox, OutboxMessage};
 use feedline::{Rejection, dedup};
 use feedline_schemas::types::{CreditEvent, Envelope, OrderCommand, OrderEvent};
 use rdkafka::Message;
@@ -89,6 +89,8 @@ struct Work {
 #[derive(Debug)]
 pub struct OrdersHandler {
     pub pool: PgPool,
+    /// Where the batch's events go: rows in the transaction, then handed to the relay.
+    pub outbox: Outbox,
     pub topics: Topics,
     pub commands: AvroDecoder<OrderCommand, RegistryClient>,
     pub credit: AvroDecoder<CreditEvent, RegistryClient>,
@@ -215,8 +217,10 @@ impl OrdersHandler {
             return Err(Error::Conflict(inserts.len() as u64 - inserted));
         }
         db::update_orders(&mut tx, &book.updates()).await?;
-        outbox::enqueue(&mut tx, &messages).await?;
+        let enqueued = self.outbox.enqueue(&mut tx, messages).await?;
         tx.commit().await?;
+        // Published from memory now; the rows are the fallback should this process die first.
+        self.outbox.committed(enqueued);
         Ok(tally)
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::outbox::Outbox;
 use feedline::service::ConsumerService;
 use feedline::{CancellationToken, Metrics, Settings};
 use feedline_schemas::{CREDIT_EVENTS, Contracts, ORDER_COMMANDS, ORDER_EVENTS};
@@ -71,8 +72,10 @@ pub async fn spawn(
     let contracts = Contracts::register(Arc::new(RegistryClient::new(&settings.registry)), kafka)
         .await
         .context("failed to register the schemas")?;
+    let outbox = Outbox::new(pool.clone());
     let handler = OrdersHandler {
-        pool: pool.clone(),
+        pool,
+        outbox: outbox.clone(),
         topics: Topics {
             commands: kafka.name(ORDER_COMMANDS),
             credit: kafka.name(CREDIT_EVENTS),
@@ -101,7 +104,7 @@ pub async fn spawn(
         ],
         handler,
         metrics,
-        outbox: Some(pool),
+        outbox: Some(outbox),
         router: None,
     }
     .spawn(&settings, token)
