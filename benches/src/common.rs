@@ -214,7 +214,7 @@ impl Table {
 pub fn cell(column: &str, v: f64) -> String {
     if column.ends_with(" ms") || column.contains("ratio") || column.contains('×') {
         format!("{v:.2}")
-    } else if column.contains("MB") {
+    } else if column.contains("MB") || column.contains("MiB") {
         format!("{v:.1}")
     } else {
         grouped(v)
@@ -268,10 +268,54 @@ impl Target {
     }
 }
 
+/// A figure over time. Most are rates, one value a second; memory samples are named with
+/// "MiB" and their period ("every 0.5 s"), which is how the plots tell them apart (the
+/// JSON format stays what older results already use).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Series {
     pub name: String,
     pub per_second: Vec<f64>,
+}
+
+/// How often resident memory is sampled, in seconds.
+pub const MEMORY_SAMPLE_SECONDS: f64 = 0.5;
+
+impl Series {
+    /// A memory series, named so the plots find it: "rss MiB <what> (every 0.5 s)".
+    pub fn memory(what: &str, samples: Vec<f64>) -> Series {
+        Series {
+            name: format!("rss MiB {what} (every {MEMORY_SAMPLE_SECONDS} s)"),
+            per_second: samples,
+        }
+    }
+
+    /// The name without the memory series' bookkeeping: "orders" for
+    /// "rss MiB orders (every 0.5 s)".
+    pub fn label(&self) -> &str {
+        if !self.is_memory() {
+            return &self.name;
+        }
+        let label = self.name.trim_start_matches("rss MiB").trim_start();
+        label
+            .rfind(" (every ")
+            .map_or(label, |i| &label[..i])
+            .trim()
+    }
+
+    pub fn is_memory(&self) -> bool {
+        self.name.contains("MiB")
+    }
+
+    /// Seconds between two values: the "(every N s)" in the name, else one.
+    pub fn step_seconds(&self) -> f64 {
+        self.name
+            .split("(every ")
+            .nth(1)
+            .and_then(|r| r.split(" s)").next())
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &f64| *v > 0.0)
+            .unwrap_or(1.0)
+    }
 }
 
 /// Everything one scenario run measured.
@@ -428,6 +472,20 @@ mod tests {
         assert!(result.has_figures());
         let md = result.markdown();
         assert!(md.contains("| empty | 1,234 | — |"), "{md}");
+    }
+
+    #[test]
+    fn memory_series_are_told_apart_by_name_with_their_period() {
+        let m = Series::memory("orders", vec![1.0]);
+        assert!(m.is_memory());
+        assert_eq!(m.step_seconds(), MEMORY_SAMPLE_SECONDS);
+        assert_eq!(m.label(), "orders");
+        let rate = Series {
+            name: "accepted/s".into(),
+            per_second: vec![1.0],
+        };
+        assert!(!rate.is_memory());
+        assert_eq!(rate.step_seconds(), 1.0);
     }
 
     #[test]

@@ -1,16 +1,23 @@
 //! `feedline-bench`: load tests against a running broker and database. Every scenario
 //! measures a baseline in the same run, because these machines are noisy: ratios hold where
 //! absolutes drift. Each run prints a Markdown table and writes
-//! `benches/results/<scenario>-<timestamp>.json`; `--report` rewrites the generated part of
-//! `benches/REPORT.md` from the latest result of each scenario.
+//! `benches/results/<scenario>-<timestamp>.json` and, for full runs, SVG plots under
+//! `benches/plots/`; `--report` rewrites the generated part of `benches/REPORT.md` (and the
+//! plots) from the latest result of each scenario.
 //!
 //! Examples:
 //!   cargo run --release -p feedline-benches -- produce --count 500000
 //!   cargo run --release -p feedline-benches -- e2e --rate 1000 --duration 30
 //!   cargo run -p feedline-benches -- all --smoke
+//!
+//! Full e2e and saga runs start each service as its own process (per-service memory), from
+//! the binaries next to this one: `cargo build --release --workspace --bins` first.
 
 mod common;
 mod consume;
+mod kafka_latency;
+mod plot;
+mod processes;
 mod produce;
 mod report;
 mod system;
@@ -21,6 +28,7 @@ use clap::{Parser, Subcommand};
 use feedline::Settings;
 
 use crate::common::RunResult;
+use crate::processes::Mode;
 
 #[derive(Debug, Parser)]
 #[command(name = "feedline-bench", about = "Load-test a feedline pipeline")]
@@ -58,6 +66,11 @@ struct Cli {
     /// "[kafka]\nlinger_ms = 0\n[consumer]\nbatch_wait_ms = 0" to trade throughput for latency.
     #[arg(long, global = true, default_value = "")]
     service_config: String,
+    /// Where e2e and saga run the services: each as its own child process (per-service
+    /// memory; the default for full runs) or all in this process (the default for --smoke:
+    /// `cargo run` builds only this binary, and CI must not measure stale service binaries).
+    #[arg(long, global = true, value_enum)]
+    services: Option<Mode>,
     /// Where the JSON results go.
     #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results: PathBuf,
@@ -93,6 +106,9 @@ enum Scenario {
         /// Concurrent clients of the closed-loop (maximum) run.
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Kafka's own end-to-end latency tool, as a command; empty to skip that baseline.
+        #[arg(long, default_value = "infra/kafka.sh tool end-to-end-latency")]
+        latency_tool: String,
     },
     /// The whole saga at full speed: orders/s reaching a final state, and memory.
     Saga {
@@ -112,18 +128,20 @@ pub struct Load {
     pub warmup: Option<u64>,
     pub database_url: String,
     pub service_config: String,
+    pub services: Mode,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report_path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md"));
+    let plots_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/plots"));
     let Some(scenario) = cli.scenario.clone() else {
         anyhow::ensure!(
             cli.report,
             "name a scenario (produce, consume, e2e, saga, all) or pass --report"
         );
-        return report::rewrite(&cli.results, &report_path);
+        return report::rewrite(&cli.results, &report_path, &plots_dir);
     };
     let settings = Settings::from_toml(&format!(
         "[kafka]\nbootstrap_servers = \"{}\"\nstatistics_interval_ms = 0",
@@ -136,6 +154,11 @@ async fn main() -> anyhow::Result<()> {
         warmup: cli.warmup,
         database_url: cli.database_url.clone(),
         service_config: cli.service_config.replace("\\n", "\n"),
+        services: cli.services.unwrap_or(if cli.smoke {
+            Mode::InProcess
+        } else {
+            Mode::Processes
+        }),
     };
     let scenarios = match scenario {
         Scenario::All => vec![
@@ -145,18 +168,40 @@ async fn main() -> anyhow::Result<()> {
                 perf_test: "infra/kafka.sh tool producer-perf-test".into(),
             },
             Scenario::Consume { count: 200_000 },
-            Scenario::E2e { clients: 64 },
+            Scenario::E2e {
+                clients: 64,
+                latency_tool: "infra/kafka.sh tool end-to-end-latency".into(),
+            },
             Scenario::Saga { clients: 128 },
         ],
         one => vec![one],
     };
+    // A run's plots go beside its results (benches/plots for the default benches/results),
+    // so a run filed elsewhere does not redraw the report's plots.
+    let run_plots = cli
+        .results
+        .parent()
+        .map_or(plots_dir.clone(), |dir| dir.join("plots"));
     let mut failed = Vec::new();
     for scenario in scenarios {
         let name = format!("{scenario:?}");
-        let outcome = run(&settings, &load, scenario).await;
+        // On Ctrl-C or SIGTERM the scenario is dropped where it stands: that kills any
+        // service processes it started (`kill_on_drop`), which a default signal exit would
+        // leave running. Its databases and topics are left behind.
+        let outcome = tokio::select! {
+            outcome = run(&settings, &load, scenario) => outcome,
+            signal = interrupted() => {
+                anyhow::bail!("stopped by {signal} during {name}; service processes killed");
+            }
+        };
         match outcome {
             Ok(result) if result.has_figures() => {
                 result.emit(&cli.results)?;
+                if !result.smoke {
+                    for p in plot::for_run(&result, &run_plots)? {
+                        eprintln!("plot written to {}", run_plots.join(p.file).display());
+                    }
+                }
             }
             Ok(result) => {
                 result.emit(&cli.results)?;
@@ -169,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if cli.report {
-        report::rewrite(&cli.results, &report_path)?;
+        report::rewrite(&cli.results, &report_path, &plots_dir)?;
     }
     anyhow::ensure!(failed.is_empty(), "scenarios without figures: {failed:?}");
     Ok(())
@@ -194,12 +239,36 @@ async fn run(settings: &Settings, load: &Load, scenario: Scenario) -> anyhow::Re
         Scenario::Consume { count } => {
             consume::run(settings, load, if smoke { 3_000 } else { count }).await
         }
-        Scenario::E2e { clients } => {
-            system::e2e(settings, load, if smoke { 4 } else { clients }).await
+        Scenario::E2e {
+            clients,
+            latency_tool,
+        } => {
+            system::e2e(
+                settings,
+                load,
+                if smoke { 4 } else { clients },
+                &latency_tool,
+            )
+            .await
         }
         Scenario::Saga { clients } => {
             system::saga(settings, load, if smoke { 4 } else { clients }).await
         }
         Scenario::All => unreachable!("expanded above"),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM with the signal's name.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "Ctrl-C";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
     }
 }

@@ -1,6 +1,8 @@
-//! `e2e` and `saga`: the whole of feedline in this process (`feedline_cli::system::System`:
-//! the registry and every service on port 0, a random topic prefix, fresh PostgreSQL
-//! databases and a fresh SQLite file), driven through the gateway's HTTP API.
+//! `e2e` and `saga`: the whole of feedline (the registry and every service, a random topic
+//! prefix, fresh PostgreSQL databases and a fresh SQLite file), driven through the gateway's
+//! HTTP API. The services run either in this process (`feedline_cli::system::System`, on
+//! port 0) or each as its own child process (`crate::processes`), which is what per-service
+//! memory needs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use crate::Load;
 use crate::common::{
     self, LATENCY_COLUMNS, Machine, Meter, Percentiles, RunResult, Series, Table, Target,
 };
+use crate::processes::{Mode, Processes, RunConfig};
 
 /// Starts an in-process schema registry on port 0 with `settings`' broker and prefix.
 pub async fn start_registry(
@@ -50,8 +53,17 @@ struct Running {
     admin: PgPool,
     databases: Vec<String>,
     view_file: String,
-    token: CancellationToken,
-    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    services: Services,
+}
+
+/// The services of a run, wherever they run.
+#[derive(Debug)]
+enum Services {
+    InProcess {
+        token: CancellationToken,
+        done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    },
+    Processes(Processes),
 }
 
 async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
@@ -80,6 +92,100 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
     let prefix = format!("bench{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let kafka = settings.kafka.bootstrap_servers.clone();
     let extra = load.service_config.clone();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let orders_db = PgPool::connect(&orders_url).await?;
+    let started = Instant::now();
+    let launched = match load.services {
+        Mode::Processes => {
+            let config = RunConfig {
+                bootstrap_servers: kafka,
+                topic_prefix: prefix,
+                orders_db: orders_url,
+                customers_db: customers_url,
+                view_db: view_url,
+                extra,
+            };
+            Processes::start(&config, &http)
+                .await
+                .context("the services did not start as processes")
+                .map(|p| (p.gateway, Services::Processes(p)))
+        }
+        Mode::InProcess => {
+            let token = CancellationToken::new();
+            let urls = (orders_url, customers_url, view_url);
+            in_process(settings, &pg, urls, &prefix, &extra, token.clone())
+                .await
+                .map(|system| {
+                    let gateway = system.gateway;
+                    let done = tokio::spawn(system.join(Duration::from_secs(10)));
+                    (gateway, Services::InProcess { token, done })
+                })
+        }
+    };
+    let (gateway, services) = match launched {
+        Ok(launched) => launched,
+        Err(e) => {
+            // A child that did start was killed when `Processes` was dropped.
+            orders_db.close().await;
+            drop_storage(&admin, &databases, &view_file).await;
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "system started ({:?}) in {:.1} s, gateway on {gateway}",
+        load.services,
+        started.elapsed().as_secs_f64(),
+    );
+    let mut run = Running {
+        base: format!("http://{gateway}"),
+        http,
+        bearer: String::new(),
+        orders_db,
+        admin,
+        databases,
+        view_file,
+        services,
+    };
+    match run.token().await {
+        Ok(bearer) => run.bearer = bearer,
+        Err(e) => {
+            run.stop().await;
+            return Err(e);
+        }
+    }
+    Ok(run)
+}
+
+/// Drops the run's PostgreSQL databases and its SQLite file.
+async fn drop_storage(admin: &PgPool, databases: &[String], view_file: &str) {
+    for db in databases {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(admin)
+            .await;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{view_file}{suffix}"));
+    }
+}
+
+/// Every service in this process, each with its database, the run's prefix and `extra`
+/// layered over its defaults.
+async fn in_process(
+    settings: &Settings,
+    pg: &str,
+    (orders_url, customers_url, view_url): (String, String, String),
+    prefix: &str,
+    extra: &str,
+    token: CancellationToken,
+) -> anyhow::Result<System> {
+    let (kafka, pg, prefix, extra) = (
+        settings.kafka.bootstrap_servers.clone(),
+        pg.to_owned(),
+        prefix.to_owned(),
+        extra.to_owned(),
+    );
     let load_settings = move |defaults: &str| -> anyhow::Result<Settings> {
         let s = Settings::from_toml(defaults)?;
         let db = match s.service_name.as_str() {
@@ -94,47 +200,28 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
         ))?
         .with_overrides(&extra)?)
     };
-    let token = CancellationToken::new();
-    let started = Instant::now();
-    let system = System::start(load_settings, token.clone())
+    System::start(load_settings, token)
         .await
-        .context("the system did not start")?;
-    eprintln!(
-        "system started in {:.1} s, gateway on {}",
-        started.elapsed().as_secs_f64(),
-        system.gateway
-    );
-    let base = format!("http://{}", system.gateway);
-    let done = tokio::spawn(system.join(Duration::from_secs(10)));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let answer: Value = http
-        .post(format!("{base}/auth/token"))
-        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let bearer = answer["access_token"]
-        .as_str()
-        .context("no access token")?
-        .to_owned();
-    let orders_db = PgPool::connect(&format!("{base_url}/{}", databases[0])).await?;
-    Ok(Running {
-        base,
-        http,
-        bearer,
-        orders_db,
-        admin,
-        databases,
-        view_file,
-        token,
-        done,
-    })
+        .context("the system did not start")
 }
 
 impl Running {
+    /// A bearer token for the demo client.
+    async fn token(&self) -> anyhow::Result<String> {
+        let answer: Value = self
+            .http
+            .post(format!("{}/auth/token", self.base))
+            .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(answer["access_token"]
+            .as_str()
+            .context("no access token")?
+            .to_owned())
+    }
+
     /// Registers `n` customers with a limit no bench order reaches; waits until the view
     /// knows each.
     async fn customers(&self, n: usize) -> anyhow::Result<Vec<String>> {
@@ -184,18 +271,28 @@ impl Running {
         )
     }
 
-    async fn stop(self) {
-        self.token.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
+    /// The child processes, when the services run as processes: name and pid.
+    fn pids(&self) -> Vec<(&'static str, u32)> {
+        match &self.services {
+            Services::Processes(p) => p.services.iter().map(|s| (s.name, s.pid)).collect(),
+            Services::InProcess { .. } => Vec::new(),
+        }
+    }
+
+    /// Stops the services and drops the databases; returns what went wrong with a child
+    /// process during the run (a service that exited by itself).
+    async fn stop(self) -> Vec<String> {
+        let died = match self.services {
+            Services::InProcess { token, done } => {
+                token.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(15), done).await;
+                Vec::new()
+            }
+            Services::Processes(processes) => processes.stop().await,
+        };
         self.orders_db.close().await;
-        for db in &self.databases {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .execute(&self.admin)
-                .await;
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.view_file));
-        }
+        drop_storage(&self.admin, &self.databases, &self.view_file).await;
+        died
     }
 }
 
@@ -451,8 +548,13 @@ async fn drive(
 }
 
 /// Kafka's own produce → consume latency on the same broker, with feedline's client
-/// settings: raw rdkafka, the same rate, one hop.
-async fn kafka_hop(settings: &Settings, rate: f64, seconds: f64) -> anyhow::Result<Percentiles> {
+/// settings: raw rdkafka, the same rate, one hop. Returns the latencies and the messages
+/// sent per second.
+async fn kafka_hop(
+    settings: &Settings,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<(Percentiles, Vec<f64>)> {
     let topic = format!("bench-hop-{}", uuid::Uuid::new_v4().simple());
     let admin = feedline::admin::Admin::new(&settings.kafka)?;
     admin
@@ -518,29 +620,58 @@ async fn kafka_hop(settings: &Settings, rate: f64, seconds: f64) -> anyhow::Resu
         meter.add(1);
     }
     while acks.next().await.is_some() {}
-    meter.finish();
+    let sent = meter.finish();
     let hist = reader.await?;
     admin.delete_topics(&[&topic]).await?;
-    Ok(Percentiles::of(&hist))
+    Ok((Percentiles::of(&hist), sent))
 }
 
-pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Result<RunResult> {
+/// Messages Kafka's EndToEndLatency tool sends in a full run: at its ~2–10 ms a round trip
+/// on this machine, 6–30 s plus the JVM's start; enough that its p99.9 is not the first,
+/// JVM-warming message.
+const LATENCY_TOOL_MESSAGES: usize = 3_000;
+/// The mean `OrderEvent` envelope, as in the produce scenario.
+const RECORD_BYTES: usize = 213;
+
+pub async fn e2e(
+    settings: &Settings,
+    load: &Load,
+    clients: usize,
+    latency_tool: &str,
+) -> anyhow::Result<RunResult> {
     let rate = load
         .rate
         .unwrap_or(if load.smoke { 100.0 } else { 1_000.0 });
     let seconds = load.duration.unwrap_or(if load.smoke { 3 } else { 30 }) as f64;
     let warm = load.warmup.unwrap_or(if load.smoke { 1 } else { 5 }) as f64;
     // The baseline gets the same client settings as the services.
-    let hop = kafka_hop(
-        &settings.with_overrides(&load.service_config)?,
-        rate,
-        seconds.min(10.0) + 1.0,
-    )
-    .await?;
+    let client_settings = settings.with_overrides(&load.service_config)?;
+    let (hop, hop_series) = kafka_hop(&client_settings, rate, seconds.min(10.0) + 1.0).await?;
     eprintln!(
         "kafka hop at {rate}/s: p50 {:.2} p99 {:.2} ms",
         hop.p50, hop.p99
     );
+    // The JVM takes seconds to start and the tool ~10 s to run: CI proves the Rust paths.
+    let tool = if load.smoke {
+        Err(anyhow::anyhow!("smoke run"))
+    } else if latency_tool.is_empty() {
+        Err(anyhow::anyhow!("no command given (--latency-tool)"))
+    } else {
+        crate::kafka_latency::run(
+            latency_tool,
+            &client_settings,
+            LATENCY_TOOL_MESSAGES,
+            RECORD_BYTES,
+        )
+        .await
+    };
+    match &tool {
+        Ok(t) => eprintln!(
+            "kafka EndToEndLatency, {} messages one at a time: avg {:.2}, p50 {}, p99 {}, p99.9 {} ms",
+            t.messages, t.avg, t.p50, t.p99, t.p999
+        ),
+        Err(e) => eprintln!("kafka EndToEndLatency skipped: {e:#}"),
+    }
 
     let run = Arc::new(start(settings, load).await?);
     let outcome = async {
@@ -583,11 +714,15 @@ pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Re
         anyhow::Ok((fixed, max, feed_state))
     }
     .await;
-    Arc::into_inner(run)
+    let died = Arc::into_inner(run)
         .context("run still shared")?
         .stop()
         .await;
     let (fixed, max, feed_state) = outcome?;
+    let where_services = match load.services {
+        Mode::InProcess => "whole system in one process",
+        Mode::Processes => "every service its own process",
+    };
 
     let mut result = RunResult::new(
         if load.service_config.is_empty() {
@@ -598,14 +733,16 @@ pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Re
         load.smoke,
         Machine::describe(),
         json!({"rate": rate, "seconds": seconds, "warm_up_seconds": warm, "clients": clients,
-               "partitions": 6, "order_view_batch_max": 5000, "in_process": true,
-               "service_config": load.service_config}),
+               "partitions": 6, "order_view_batch_max": 5000,
+               "in_process": load.services == Mode::InProcess,
+               "service_config": load.service_config,
+               "latency_tool_messages": tool.as_ref().ok().map(|t| t.messages)}),
     );
     let mut columns = vec!["orders/s", "never settled"];
     columns.extend(LATENCY_COLUMNS);
     let mut table = Table::new(
         format!(
-            "e2e: whole system in one process, orders through the gateway; {seconds:.0} s at {rate:.0}/s, then {:.0} s closed loop with {clients} clients",
+            "e2e: {where_services}, orders through the gateway; {seconds:.0} s at {rate:.0}/s, then {:.0} s closed loop with {clients} clients",
             (seconds / 2.0).max(2.0)
         ),
         &columns,
@@ -621,6 +758,23 @@ pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Re
         "Kafka produce → consume, one hop, raw rdkafka, same settings (baseline)",
         base_row,
     );
+    match &tool {
+        Ok(t) => table.row(
+            "Kafka's EndToEndLatency tool (Java clients), one message at a time (baseline)",
+            vec![
+                Some(t.messages as f64 / t.seconds),
+                None,
+                Some(t.p50),
+                None,
+                Some(t.p99),
+                Some(t.p999),
+                None,
+            ],
+        ),
+        Err(e) => result
+            .notes
+            .push(format!("Kafka's EndToEndLatency baseline skipped: {e:#}.")),
+    }
     row(
         &mut table,
         "fixed rate: POST → 202 (from the scheduled time)",
@@ -679,11 +833,28 @@ pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Re
         "Visible = the order's first change (PENDING: gateway → order-commands → orders → order-events → order-view → SSE, 2 Kafka hops after the 202); final = APPROVED/REJECTED (4 more hops through customers and orders). Errors: fixed {}, closed loop {}.",
         fixed.errors, max.errors
     ));
+    if let Ok(t) = &tool {
+        result.notes.push(format!(
+            "Kafka's EndToEndLatency (`infra/kafka.sh tool end-to-end-latency`, Java clients, acks=all, {} B records, one partition) is a closed loop of ONE message at a time, not {rate:.0}/s: it sends, waits for the ack and for its consumer to receive the message, commits synchronously, then sends the next; it forces linger.ms=0 and fetch.max.wait.ms=0. Its percentiles are whole milliseconds, truncated (0 means under 1 ms), and it reports no p90 or max; mean {:.2} ms over {} messages, the first of which carries the JVM's warm-up. Its orders/s column is messages over the tool's wall time, JVM start included ({:.1} s).",
+            RECORD_BYTES, t.avg, t.messages, t.seconds
+        ));
+        result.ratios.push((
+            "fixed rate: 202 → visible p99 / Kafka EndToEndLatency p99".into(),
+            fixed.visible.p99 / t.p99.max(1.0),
+        ));
+    }
+    for d in died {
+        result.notes.push(format!("A service died: {d}"));
+    }
     if let Some(state) = feed_state {
         result
             .notes
             .push(format!("The feed client stopped early: {state}."));
     }
+    result.series.push(Series {
+        name: format!("raw rdkafka hop, sent/s at {rate:.0}/s"),
+        per_second: hop_series,
+    });
     result.series.push(Series {
         name: "fixed-rate accepted/s".into(),
         per_second: fixed.accept_series,
@@ -695,26 +866,89 @@ pub async fn e2e(settings: &Settings, load: &Load, clients: usize) -> anyhow::Re
     Ok(result)
 }
 
+/// Resident memory of each sampled process every [`common::MEMORY_SAMPLE_SECONDS`]: one
+/// column per process, `None` where it could not be read (the process had gone).
+#[derive(Debug, Default)]
+struct Memory {
+    names: Vec<String>,
+    samples: Vec<(Instant, Vec<Option<f64>>)>,
+}
+
+impl Memory {
+    /// Samples `targets` (label, pid or "self") until the returned task is aborted.
+    fn sample(targets: Vec<(String, String)>) -> (Arc<Mutex<Memory>>, tokio::task::JoinHandle<()>) {
+        let memory = Arc::new(Mutex::new(Memory {
+            names: targets.iter().map(|t| t.0.clone()).collect(),
+            samples: Vec::new(),
+        }));
+        let shared = memory.clone();
+        let task = tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_secs_f64(common::MEMORY_SAMPLE_SECONDS));
+            loop {
+                tick.tick().await;
+                let row = targets
+                    .iter()
+                    .map(|(_, pid)| common::rss_mib(pid))
+                    .collect();
+                shared
+                    .lock()
+                    .expect("poisoned")
+                    .samples
+                    .push((Instant::now(), row));
+            }
+        });
+        (memory, task)
+    }
+
+    /// Mean and max of column `i` over the samples taken in `from..=until`.
+    fn stats(&self, i: usize, from: Instant, until: Instant) -> Option<(f64, f64)> {
+        let values: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= until)
+            .filter_map(|(_, row)| row[i])
+            .collect();
+        let max = values.iter().copied().reduce(f64::max)?;
+        Some((values.iter().sum::<f64>() / values.len() as f64, max))
+    }
+
+    fn series(&self, i: usize) -> Vec<f64> {
+        self.samples
+            .iter()
+            .map(|(_, row)| row[i].unwrap_or(f64::NAN))
+            .collect()
+    }
+}
+
+/// 50 MB in the issue's decimal megabytes; VmRSS is in KiB.
+const MB_PER_MIB: f64 = 1.048_576;
+
 pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::Result<RunResult> {
     let seconds = load.duration.unwrap_or(if load.smoke { 3 } else { 60 }) as f64;
     let warm = load.warmup.unwrap_or(if load.smoke { 1 } else { 5 }) as f64;
     let rss_start = common::rss_mib("self").unwrap_or(0.0);
     let run = Arc::new(start(settings, load).await?);
-    let rss_started = common::rss_mib("self").unwrap_or(0.0);
-    // Resident memory sampled through the run.
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let sampler = {
-        let samples = samples.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(mib) = common::rss_mib("self") {
-                    samples.lock().expect("poisoned").push(mib);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
+    let mut targets: Vec<(String, String)> = run
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| (name.to_owned(), pid.to_string()))
+        .collect();
+    targets.push((
+        match load.services {
+            Mode::Processes => "bench process (load generator, feed client; not a service)",
+            Mode::InProcess => "the one process: all five services and the load generator",
+        }
+        .to_owned(),
+        "self".to_owned(),
+    ));
+    let (memory, sampler) = Memory::sample(targets);
+    let started = Instant::now();
+    let mut marks = (started, started);
     let outcome = async {
+        // Idle: the services started and nothing asked of them yet.
+        tokio::time::sleep(Duration::from_secs_f64(4.0 * common::MEMORY_SAMPLE_SECONDS)).await;
+        let idle_until = Instant::now();
         let customers = Arc::new(run.customers(if load.smoke { 4 } else { 200 }).await?);
         let finals = Arc::new(AtomicU64::new(0));
         let (seen, reader) = watch_feed(&run, finals).await?;
@@ -729,6 +963,7 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
                 anyhow::Ok((after - before, t0.elapsed().as_secs_f64()))
             })
         };
+        let load_from = Instant::now();
         let phase = drive(
             &run,
             &customers,
@@ -742,6 +977,9 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
             },
         )
         .await?;
+        // Under load: from the first order until the backlog settled (or drive gave up
+        // waiting for it); what the services hold then is what load costs them.
+        marks = (idle_until, load_from);
         let (settled, window_seconds) = window.await??;
         let feed_state = if reader.is_finished() {
             Some(reader.await?)
@@ -752,20 +990,22 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
         anyhow::Ok((phase, settled, window_seconds, feed_state))
     }
     .await;
+    let load_until = Instant::now();
     sampler.abort();
-    Arc::into_inner(run)
+    let _ = sampler.await;
+    let died = Arc::into_inner(run)
         .context("run still shared")?
         .stop()
         .await;
     let (phase, settled, total_seconds, feed_state) = outcome?;
-    let samples = samples.lock().expect("poisoned").clone();
-    let rss_max = samples.iter().copied().fold(0.0, f64::max);
-    let rss_mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    let (idle_until, load_from) = marks;
+    let memory = std::mem::take(&mut *memory.lock().expect("poisoned"));
 
     let accepted_rate = phase.accepted as f64 / phase.seconds;
     // Orders that reached a final state during the measured window, counted in the order
     // service's database.
     let settled_rate = settled as f64 / total_seconds;
+    let processes = load.services == Mode::Processes;
     let mut result = RunResult::new(
         match (load.rate.is_some(), load.service_config.is_empty()) {
             (false, true) => "saga",
@@ -775,11 +1015,17 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
         load.smoke,
         Machine::describe(),
         json!({"clients": clients, "seconds": seconds, "warm_up_seconds": warm, "rate": load.rate,
-               "in_process": true, "partitions": 6, "service_config": load.service_config}),
+               "in_process": !processes, "partitions": 6, "service_config": load.service_config,
+               "memory_sample_seconds": common::MEMORY_SAMPLE_SECONDS}),
     );
     let mut table = Table::new(
         format!(
-            "saga: every service in this process, {} for {seconds:.0} s",
+            "saga: {}, {} for {seconds:.0} s",
+            if processes {
+                "every service its own process"
+            } else {
+                "every service in this process"
+            },
             load.rate.map_or(
                 format!("{clients} gateway clients in a closed loop"),
                 |r| format!("orders offered at {r:.0}/s (open loop)")
@@ -816,15 +1062,48 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
         ],
     );
     result.tables.push(table);
-    let mut memory = Table::new(
-        "saga: resident memory of the one process running all services (MiB)",
-        &["MiB"],
+
+    let mut table = Table::new(
+        if processes {
+            "saga: resident memory (VmRSS) of each service, each its own process (MiB)"
+        } else {
+            "saga: resident memory (VmRSS) of the one process running all services (MiB)"
+        },
+        &[
+            "idle after start MiB",
+            "mean under load MiB",
+            "max under load MiB",
+        ],
     );
-    memory.row("before start", vec![Some(rss_start)]);
-    memory.row("after start", vec![Some(rss_started)]);
-    memory.row("mean under load", vec![Some(rss_mean)]);
-    memory.row("max under load", vec![Some(rss_max)]);
-    result.tables.push(memory);
+    for (i, name) in memory.names.iter().enumerate() {
+        let idle = memory.stats(i, started, idle_until);
+        let busy = memory.stats(i, load_from, load_until);
+        table.row(
+            name.clone(),
+            vec![idle.map(|s| s.0), busy.map(|s| s.0), busy.map(|s| s.1)],
+        );
+        let is_service = processes && i + 1 < memory.names.len();
+        if is_service && let Some((_, max)) = busy {
+            result.targets.push(Target::new(
+                &format!("{name}: resident memory, max under load"),
+                50.0,
+                max * MB_PER_MIB,
+                "MB",
+                false,
+            ));
+        }
+        result.series.push(Series::memory(name, memory.series(i)));
+    }
+    result.tables.push(table);
+    if !processes && let Some((_, max)) = memory.stats(0, load_from, load_until) {
+        result.targets.push(Target::new(
+            "resident memory, all five parts together (target is ≤ 50 MB per service: 5 × 50)",
+            250.0,
+            max * MB_PER_MIB,
+            "MB",
+            false,
+        ));
+    }
     result.ratios.push((
         "settled / accepted, orders/s".into(),
         settled_rate / accepted_rate.max(1e-9),
@@ -836,29 +1115,34 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
         "orders/s",
         true,
     ));
-    result.targets.push(Target::new(
-        "resident memory, all five parts together (target is ≤ 50 MB per service: 5 × 50)",
-        250.0,
-        rss_max,
-        "MiB",
-        false,
-    ));
     result.notes.push(format!(
-        "{} orders accepted and {settled} settled in the {total_seconds:.1} s measured after the warm-up; {} of the accepted never reached a final state on the feed within 30 s, {} errors. Memory is the whole process (registry, gateway, orders, customers, order-view and the load generator): per-service figures need the services as separate processes.",
+        "{} orders accepted and {settled} settled in the {total_seconds:.1} s measured after the warm-up; {} of the accepted never reached a final state on the feed within 30 s, {} errors.",
         phase.accepted, phase.missing, phase.errors
     ));
+    result.notes.push(if processes {
+        format!(
+            "Memory: VmRSS of each child process every {} s; idle = the first 2 s after every service answered /health; under load = from the first order until every accepted order settled, or 30 s after the last one (warm-up and drain included). Targets compare in MB (10⁶ B) as the issue states them; the table is in MiB.",
+            common::MEMORY_SAMPLE_SECONDS
+        )
+    } else {
+        format!(
+            "Memory is the whole process (registry, gateway, orders, customers, order-view and the load generator; {rss_start:.0} MiB before start): per-service figures need `--services processes`."
+        )
+    });
+    for d in died {
+        result.notes.push(format!("A service died: {d}"));
+    }
     if let Some(state) = feed_state {
         result.notes.push(format!(
             "The live-feed client was cut off during the run ({state}): order-view disconnects a subscriber more than `feed_client_buffer` changes behind, so the feed latencies above cover only what arrived before that."
         ));
     }
-    result.series.push(Series {
-        name: "accepted/s".into(),
-        per_second: phase.accept_series,
-    });
-    result.series.push(Series {
-        name: "rss MiB (every 0.5 s)".into(),
-        per_second: samples,
-    });
+    result.series.insert(
+        0,
+        Series {
+            name: "accepted/s".into(),
+            per_second: phase.accept_series,
+        },
+    );
     Ok(result)
 }
