@@ -54,6 +54,9 @@ struct Running {
     databases: Vec<String>,
     view_file: String,
     services: Services,
+    /// 503 `overloaded` answers (the gateway's back-pressure), each retried after its
+    /// `Retry-After`.
+    refused: AtomicU64,
 }
 
 /// The services of a run, wherever they run.
@@ -147,6 +150,7 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
         databases,
         view_file,
         services,
+        refused: AtomicU64::new(0),
     };
     match run.token().await {
         Ok(bearer) => run.bearer = bearer,
@@ -244,15 +248,29 @@ impl Running {
         ids.into_iter().collect()
     }
 
-    /// Places one order; returns its id once the gateway answered 202.
+    /// Places one order; returns its id once the gateway answered 202. A `503` with
+    /// `Retry-After` (back-pressure) is waited out and retried, as a well-behaved client
+    /// does: the accept latency of that order includes the wait.
     async fn place(&self, customer: &str) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!("{}/orders", self.base))
-            .bearer_auth(&self.bearer)
-            .json(&json!({"customer_id": customer, "total": "1.00"}))
-            .send()
-            .await?;
+        let response = loop {
+            let response = self
+                .http
+                .post(format!("{}/orders", self.base))
+                .bearer_auth(&self.bearer)
+                .json(&json!({"customer_id": customer, "total": "1.00"}))
+                .send()
+                .await?;
+            if response.status() != 503 {
+                break response;
+            }
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .context("503 without Retry-After")?;
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        };
         anyhow::ensure!(
             response.status() == 202,
             "POST /orders answered {}",
@@ -714,6 +732,7 @@ pub async fn e2e(
         anyhow::Ok((fixed, max, feed_state))
     }
     .await;
+    let refused = run.refused.load(Ordering::Relaxed);
     let died = Arc::into_inner(run)
         .context("run still shared")?
         .stop()
@@ -830,8 +849,8 @@ pub async fn e2e(
         false,
     ));
     result.notes.push(format!(
-        "Visible = the order's first change (PENDING: gateway → order-commands → orders → order-events → order-view → SSE, 2 Kafka hops after the 202); final = APPROVED/REJECTED (4 more hops through customers and orders). Errors: fixed {}, closed loop {}.",
-        fixed.errors, max.errors
+        "Visible = the order's first change (PENDING: gateway → order-commands → orders → order-events → order-view → SSE, 2 Kafka hops after the 202); final = APPROVED/REJECTED (4 more hops through customers and orders). Errors: fixed {}, closed loop {}; 503 `overloaded` answers retried after Retry-After: {}.",
+        fixed.errors, max.errors, refused
     ));
     if let Ok(t) = &tool {
         result.notes.push(format!(
@@ -993,6 +1012,7 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
     let load_until = Instant::now();
     sampler.abort();
     let _ = sampler.await;
+    let refused = run.refused.load(Ordering::Relaxed);
     let died = Arc::into_inner(run)
         .context("run still shared")?
         .stop()
@@ -1116,8 +1136,8 @@ pub async fn saga(settings: &Settings, load: &Load, clients: usize) -> anyhow::R
         true,
     ));
     result.notes.push(format!(
-        "{} orders accepted and {settled} settled in the {total_seconds:.1} s measured after the warm-up; {} of the accepted never reached a final state on the feed within 30 s, {} errors.",
-        phase.accepted, phase.missing, phase.errors
+        "{} orders accepted and {settled} settled in the {total_seconds:.1} s measured after the warm-up; {} of the accepted never reached a final state on the feed within 30 s, {} errors; {} answers were 503 `overloaded` (the gateway's back-pressure), each retried after its Retry-After.",
+        phase.accepted, phase.missing, phase.errors, refused
     ));
     result.notes.push(if processes {
         format!(
