@@ -359,7 +359,7 @@ async fn many_concurrent_orders_each_reach_one_final_state_and_the_books_balance
         );
     }
     // 200 orders from 8 concurrent clients, one in ten cancelled right after it was placed.
-    let placed: Vec<(String, String)> = futures::stream::iter(0..200)
+    let placed: Vec<(String, bool)> = futures::stream::iter(0..200)
         .map(|i| {
             let customer = customers[i % customers.len()].clone();
             let sys = &sys;
@@ -382,29 +382,39 @@ async fn many_concurrent_orders_each_reach_one_final_state_and_the_books_balance
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                (order, customer)
+                (order, i % 10 == 3)
             }
         })
         .buffer_unordered(8)
         .collect()
         .await;
     assert_eq!(placed.len(), 200);
+    let cancelled: Vec<&str> = placed
+        .iter()
+        .filter(|(_, cancel)| *cancel)
+        .map(|(order, _)| order.as_str())
+        .collect();
 
-    // Every order reaches exactly one final state in the order service's database.
+    // Every order reaches exactly one final state in the order service's database; an
+    // order whose cancellation was accepted ends CANCELLED (or REJECTED, when the credit
+    // check came first), never APPROVED.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (pending, total): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FROM orders",
+        let (pending, total, cancel_due): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*),
+                    count(*) FILTER (WHERE status = 'APPROVED' AND id::text = ANY($1))
+             FROM orders",
         )
+        .bind(&cancelled)
         .fetch_one(&sys.orders_db)
         .await
         .unwrap();
-        if pending == 0 && total == 200 {
+        if pending == 0 && total == 200 && cancel_due == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{pending} of {total} orders still pending"
+            "{pending} of {total} orders still pending, {cancel_due} cancellations not applied"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
