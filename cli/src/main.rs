@@ -15,10 +15,6 @@ use feedline_cli::produce::ProduceArgs;
 use feedline_cli::topics::TopicsCommand;
 use feedline_cli::{Output, consume, dlq, groups, produce, schema, topics};
 
-/// `feedline up` runs every service in this process: same allocator as the services.
-#[global_allocator]
-static ALLOCATOR: feedline::Allocator = feedline::Allocator;
-
 const EXAMPLES: &str = "\
 Examples:
   feedline topics list

@@ -18,13 +18,6 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
-/// The global allocator of every feedline binary (`#[global_allocator] static A:
-/// feedline::Allocator = feedline::Allocator;` in each `main.rs`). Under load the services
-/// allocate per message (decoded values, batches, HTTP bodies) from several threads: in a
-/// saga profile glibc's `malloc`/`free` took about a fifth of the CPU; mimalloc serves most
-/// of those calls from thread-local free lists.
-pub use mimalloc::MiMalloc as Allocator;
-
 pub use config::Settings;
 pub use consumer::{Consumer, Handler, HandlerError, Outcome};
 pub use dlq::Rejection;

@@ -1,6 +1,3 @@
-#[global_allocator]
-static ALLOCATOR: feedline::Allocator = feedline::Allocator;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     feedline::service::launch(feedline_gateway::DEFAULTS, feedline_gateway::run).await
