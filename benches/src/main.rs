@@ -13,10 +13,6 @@
 //! Full e2e and saga runs start each service as its own process (per-service memory), from
 //! the binaries next to this one: `cargo build --release --workspace --bins` first.
 
-/// The services run in this process (in-process mode) with the allocator they ship with.
-#[global_allocator]
-static ALLOCATOR: feedline::Allocator = feedline::Allocator;
-
 mod common;
 mod consume;
 mod kafka_latency;
