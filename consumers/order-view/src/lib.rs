@@ -50,6 +50,9 @@ max_connections = 4
 # load, so this costs no latency when it is quiet.
 [consumer]
 batch_max = 5000
+# librdkafka's prefetch is the part of order-view's memory that grows with a backlog; 4 MiB
+# still holds about four full batches of ~210 B events.
+queued_max_kbytes = 4096
 "#;
 
 /// The `[order_view]` section.
