@@ -148,28 +148,17 @@ impl Processes {
             .await
             .context("failed to register the schemas")?;
 
-        running
-            .spawn(
-                "orders",
-                ports[1],
-                env(ports[1], Some(config.orders_db.as_str())),
-            )
-            .await?;
-        running
-            .spawn(
-                "customers",
-                ports[2],
-                env(ports[2], Some(config.customers_db.as_str())),
-            )
-            .await?;
-        running
-            .spawn(
-                "order-view",
-                ports[3],
-                env(ports[3], Some(config.view_db.as_str())),
-            )
-            .await?;
-        for name in ["orders", "customers", "order-view"] {
+        let consumers = [
+            ("orders", ports[1], &config.orders_db),
+            ("customers", ports[2], &config.customers_db),
+            ("order-view", ports[3], &config.view_db),
+        ];
+        for (name, port, db) in consumers {
+            running
+                .spawn(name, port, env(port, Some(db.as_str())))
+                .await?;
+        }
+        for (name, _, _) in consumers {
             running.healthy(http, name).await?;
         }
         let mut gateway = env(ports[4], None);

@@ -494,16 +494,20 @@ impl OutboxRelay {
     }
 
     async fn send(&self, flight: &Flight, row: Staged) -> Result<(), OutboxError> {
-        let m = &row.message;
+        let delivery = self.enqueue(&row.message).await?;
+        flight.push(row.id, row.message.topic, delivery).await;
+        Ok(())
+    }
+
+    /// Hands one stored message to the producer, headers and all.
+    async fn enqueue(&self, m: &OutboxMessage) -> Result<PendingDelivery, ProduceError> {
         let headers: Vec<(&str, &[u8])> = m
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
         let outgoing = Outgoing::new(&m.topic, m.key.as_deref(), &m.payload).headers(&headers);
-        let delivery = self.producer.enqueue(outgoing).await?;
-        flight.push(row.id, m.topic.clone(), delivery).await;
-        Ok(())
+        self.producer.enqueue(outgoing).await
     }
 
     /// Sends the oldest rows in id order and waits for their acknowledgements, deleting
@@ -521,14 +525,7 @@ impl OutboxRelay {
         let mut pending = Vec::with_capacity(rows.len());
         let mut error = None;
         for row in &rows {
-            let m = &row.message;
-            let headers: Vec<(&str, &[u8])> = m
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
-            let outgoing = Outgoing::new(&m.topic, m.key.as_deref(), &m.payload).headers(&headers);
-            match self.producer.enqueue(outgoing).await {
+            match self.enqueue(&row.message).await {
                 Ok(delivery) => pending.push((row.id, delivery)),
                 Err(e) => {
                     error = Some(e.into());

@@ -67,17 +67,17 @@ impl GatewayMetrics {
             "messages the watched consumer groups have yet to consume",
         )
         .expect("valid gauge");
-        registry
-            .register(Box::new(backlog.clone()))
-            .expect("unique gauge");
         let commands_refused = IntCounter::new(
             "gateway_commands_refused_total",
             "commands refused with 503 because the services were too far behind",
         )
         .expect("valid counter");
-        registry
-            .register(Box::new(commands_refused.clone()))
-            .expect("unique counter");
+        for collector in [
+            Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(commands_refused.clone()),
+        ] {
+            registry.register(collector).expect("unique metric");
+        }
         Arc::new(GatewayMetrics {
             requests: counter(
                 "gateway_requests_total",
