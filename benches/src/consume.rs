@@ -192,13 +192,14 @@ async fn prefill(
         settings.kafka.name(CREDIT_EVENTS),
     );
     let customers: Vec<String> = (0..1000)
-        .map(|_| uuid::Uuid::new_v4().to_string())
+        .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
     let meter = Meter::start("prefill");
     let mut pending = Vec::with_capacity(30_000);
     for i in 0..orders {
         let customer = customers[i % customers.len()].clone();
-        let order = uuid::Uuid::new_v4().to_string();
+        // As the gateway draws them.
+        let order = uuid::Uuid::now_v7().to_string();
         let total = 1_000 + (i % 5_000) as i64;
         let created = OrderEvent::new(
             "orders-bench",

@@ -34,7 +34,9 @@ macro_rules! envelope {
         }
 
         impl $name {
-            /// A new message with a fresh `event_id`, stamped now.
+            /// A new message with a fresh `event_id`, stamped now. The id is a UUIDv7: time
+            /// first, so the `processed_events` indexes of its consumers grow at their end
+            /// instead of taking a random page per event.
             pub fn new(
                 producer: &str,
                 correlation_id: String,
@@ -42,7 +44,7 @@ macro_rules! envelope {
                 payload: $payload,
             ) -> Self {
                 $name {
-                    event_id: uuid::Uuid::new_v4().to_string(),
+                    event_id: uuid::Uuid::now_v7().to_string(),
                     occurred_at: now_millis(),
                     correlation_id,
                     causation_id,

@@ -155,8 +155,9 @@ impl<T: Serialize> AvroEncoder<T> {
 
 /// How to read data written with one particular writer schema.
 enum ReadPath {
-    /// Same schema as the reader's: straight into `T`.
-    Direct(GenericDatumReader<'static>),
+    /// Same schema as the reader's (registered under another id, or an id this decoder
+    /// was not told about): the reader's own direct path.
+    Same,
     /// Another schema (older or newer): decode generically, resolve to the reader's
     /// schema, re-encode in it, then into `T`.
     Evolve {
@@ -265,9 +266,7 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
 
     fn read(&self, path: &ReadPath, id: u32, mut body: &[u8]) -> Result<T, CodecError> {
         match path {
-            ReadPath::Direct(reader) => reader
-                .read_deser(&mut body)
-                .map_err(|e| decode_error(id, e)),
+            ReadPath::Same => self.read_own(id, body),
             ReadPath::Evolve {
                 writer,
                 writer_names,
@@ -300,7 +299,7 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
         let text = self.resolver.schema(id).await?;
         let writer = leak(&text)?;
         let path = if writer.canonical_form() == self.reader_form {
-            ReadPath::Direct(direct_reader(writer)?)
+            ReadPath::Same
         } else {
             ReadPath::Evolve {
                 writer,
