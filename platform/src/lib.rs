@@ -11,6 +11,7 @@ pub mod db;
 pub mod dedup;
 pub mod dlq;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod producer;

@@ -19,6 +19,22 @@ use crate::outbox::Outbox;
 use crate::producer::Producer;
 use crate::shutdown::TaskGroup;
 
+/// The whole `main` of a service binary: bounds the allocator, builds the tokio runtime and
+/// runs [`launch`] on it.
+pub fn main<F, Fut>(service_defaults: &str, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    // Before the runtime: its worker threads take their arenas on their first allocation.
+    crate::memory::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?
+        .block_on(launch(service_defaults, run))
+}
+
 /// Loads config (`service_defaults`, then `FEEDLINE_CONFIG`, then `FEEDLINE_*`), starts
 /// logging, wires SIGTERM/Ctrl-C to the shutdown root and runs the service until it ends.
 pub async fn launch<F, Fut>(service_defaults: &str, run: F) -> anyhow::Result<()>
@@ -32,7 +48,9 @@ where
     let token = CancellationToken::new();
     crate::shutdown::cancel_on_signal(token.clone());
     tracing::info!(service = %settings.service_name, "starting");
+    let trimmer = tokio::spawn(crate::memory::trim_until(token.clone()));
     let result = run(settings, token).await;
+    trimmer.abort();
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "service stopped with an error");
     }

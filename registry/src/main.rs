@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    feedline::service::launch(feedline_registry::DEFAULTS, feedline_registry::run).await
+fn main() -> anyhow::Result<()> {
+    feedline::service::main(feedline_registry::DEFAULTS, feedline_registry::run)
 }

@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    feedline::service::launch(feedline_customers::DEFAULTS, feedline_customers::run).await
+fn main() -> anyhow::Result<()> {
+    feedline::service::main(feedline_customers::DEFAULTS, feedline_customers::run)
 }

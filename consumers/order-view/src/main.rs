@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    feedline::service::launch(feedline_order_view::DEFAULTS, feedline_order_view::run).await
+fn main() -> anyhow::Result<()> {
+    feedline::service::main(feedline_order_view::DEFAULTS, feedline_order_view::run)
 }

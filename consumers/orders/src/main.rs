@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    feedline::service::launch(feedline_orders::DEFAULTS, feedline_orders::run).await
+fn main() -> anyhow::Result<()> {
+    feedline::service::main(feedline_orders::DEFAULTS, feedline_orders::run)
 }

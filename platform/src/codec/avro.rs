@@ -160,11 +160,13 @@ enum ReadPath {
     Same,
     /// Another schema (older or newer): decode generically, resolve to the reader's
     /// schema, re-encode in it, then into `T`.
-    Evolve {
-        writer: &'static Schema,
-        writer_names: ResolvedSchema<'static>,
-        read: GenericDatumReader<'static>,
-    },
+    Evolve(Box<Evolve>),
+}
+
+struct Evolve {
+    writer: &'static Schema,
+    writer_names: ResolvedSchema<'static>,
+    read: GenericDatumReader<'static>,
 }
 
 /// Decodes messages of any registered schema id into `T`, whose Avro schema is `reader`.
@@ -267,11 +269,12 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
     fn read(&self, path: &ReadPath, id: u32, mut body: &[u8]) -> Result<T, CodecError> {
         match path {
             ReadPath::Same => self.read_own(id, body),
-            ReadPath::Evolve {
-                writer,
-                writer_names,
-                read,
-            } => {
+            ReadPath::Evolve(evolve) => {
+                let Evolve {
+                    writer,
+                    writer_names,
+                    read,
+                } = evolve.as_ref();
                 // Rare path (data of another schema version). apache-avro's own resolution
                 // picks union branches structurally, so `evolve` resolves by name instead.
                 let value = read
@@ -301,11 +304,11 @@ impl<T: DeserializeOwned, R: SchemaResolver> AvroDecoder<T, R> {
         let path = if writer.canonical_form() == self.reader_form {
             ReadPath::Same
         } else {
-            ReadPath::Evolve {
+            ReadPath::Evolve(Box::new(Evolve {
                 writer,
                 writer_names: ResolvedSchema::try_from(writer).map_err(invalid)?,
                 read: direct_reader(writer)?,
-            }
+            }))
         };
         let path = Arc::new(path);
         self.paths

@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    feedline::service::launch(feedline_gateway::DEFAULTS, feedline_gateway::run).await
+fn main() -> anyhow::Result<()> {
+    feedline::service::main(feedline_gateway::DEFAULTS, feedline_gateway::run)
 }

@@ -1,0 +1,53 @@
+//! glibc's allocator, bounded for long-running services.
+//!
+//! glibc gives each thread that meets contention an arena of its own, up to eight per core,
+//! and an arena keeps what was freed in it for reuse. A service's threads (tokio workers,
+//! librdkafka's, sqlx-sqlite's) each come to hold their own high-water mark of freed memory:
+//! in the saga bench order-view peaked at 54.7 MiB with glibc's defaults and 47.3 MiB with
+//! two arenas, at the same throughput. Trimming returns the free pages of every arena to the
+//! kernel now and then, rather than whenever the top of one heap happens to be free.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How many arenas a service's allocations share, unless `MALLOC_ARENA_MAX` says otherwise.
+const ARENAS: i32 = 2;
+
+/// How often free memory is handed back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// Caps glibc's arenas. Call it first thing in `main`, before any thread starts: threads
+/// pick their arena on their first allocation.
+pub fn limit_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called before the
+    // service starts any thread of its own, and M_ARENA_MAX only bounds arenas made later.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+    }
+}
+
+/// Returns free memory to the kernel every few seconds until `token` is cancelled.
+pub async fn trim_until(token: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(TRIM_EVERY) => {}
+        }
+        trim();
+    }
+}
+
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes glibc's arena locks itself; it frees nothing in use.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
