@@ -5,7 +5,10 @@
 //! librdkafka's, sqlx-sqlite's) each come to hold their own high-water mark of freed memory:
 //! in the saga bench order-view peaked at 54.7 MiB with glibc's defaults and 47.3 MiB with
 //! two arenas, at the same throughput. Trimming returns the free pages of every arena to the
-//! kernel now and then, rather than whenever the top of one heap happens to be free.
+//! kernel every second, rather than whenever the top of one heap happens to be free: a batch
+//! of thousands of events frees megabytes at once (order-view's mean under the same load,
+//! 42 MiB trimming every 5 s, 37 MiB every second; trimming a 40 MB heap with half of it
+//! free in 400 B holes takes 0.7 ms).
 
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 const ARENAS: i32 = 2;
 
 /// How often free memory is handed back to the kernel.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Caps glibc's arenas. Call it first thing in `main`, before any thread starts: threads
 /// pick their arena on their first allocation.

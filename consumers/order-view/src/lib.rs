@@ -44,31 +44,39 @@ service_name = "order-view"
 port = 8093
 [database]
 url = "sqlite:order-view.db"
-max_connections = 4
+# The writer and one reader: each connection has its own page cache, and under the saga
+# bench's load two more readers cost ~10 MiB of resident memory for reads that take
+# milliseconds. Raise it for a read-heavy deployment.
+max_connections = 2
 # One SQLite transaction per batch: bigger batches under load share the pages each commit
-# writes (about 45k events/s at 500, 75k at 5000 on two cores). Batches only fill up under
-# load, so this costs no latency when it is quiet.
+# writes (about 45k events/s at 500, 75k at 5000 on two cores). 2,500 keeps most of that
+# and halves the batch's transient memory (the messages, the decoded events, the rows and
+# their bound arguments). Batches only fill up under load, so this costs no latency when
+# it is quiet.
 [consumer]
-batch_max = 5000
-# librdkafka's prefetch is the part of order-view's memory that grows with a backlog; 4 MiB
-# still holds about four full batches of ~210 B events.
-queued_max_kbytes = 4096
+batch_max = 2500
+# librdkafka's prefetch is the part of order-view's memory that grows with a backlog: it
+# counts payload bytes only, and what it holds costs two to three times that (each message's
+# op, and the decompressed producer batches it came in). 2 MiB still holds two full batches
+# of ~210 B events.
+queued_max_kbytes = 2048
 "#;
 
 /// The `[order_view]` section.
 ///
 /// Memory: the defaults are sized for the 50 MB per-service budget. What grows with load
-/// is the hot cache (~400 B per order: at most `cache_capacity` orders, ~8 MB at the
+/// is the hot cache (~400 B per order: at most `cache_capacity` orders, ~4 MB at the
 /// default), SQLite's page cache (at most `sqlite_cache_kib` per connection, and
-/// `database.max_connections` connections: 16 MiB at the defaults), the broadcast ring
-/// (`feed_broadcast_capacity` changes of ~400 B once it has filled: ~6 MB) and librdkafka's
-/// prefetch (`consumer.queued_max_kbytes`).
+/// `database.max_connections` connections: 8 MiB at the defaults), the broadcast ring
+/// (`feed_broadcast_capacity` changes of ~400 B once it has filled: ~3 MB), librdkafka's
+/// prefetch (`consumer.queued_max_kbytes`, two to three times that in fact) and the batch
+/// being written (`consumer.batch_max`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ViewSettings {
     /// Orders, and separately customers, held in memory at most. The writer needs only the
-    /// orders still changing (a saga settles within a second, so 10k orders is 10 s at
-    /// 1,000 orders/s); a miss is one indexed SQLite read.
+    /// orders still changing (a saga settles within a second, so 10k orders is two seconds
+    /// at the saga bench's 4,500 orders/s); a miss is one indexed SQLite read.
     pub cache_capacity: usize,
     /// SQLite's page cache per connection, in KiB.
     pub sqlite_cache_kib: u32,
@@ -90,11 +98,11 @@ pub struct ViewSettings {
 impl Default for ViewSettings {
     fn default() -> Self {
         ViewSettings {
-            cache_capacity: 20_000,
+            cache_capacity: 10_000,
             sqlite_cache_kib: 4096,
             sqlite_mmap_mib: 0,
             change_log_retain: 100_000,
-            feed_broadcast_capacity: 16_384,
+            feed_broadcast_capacity: 8_192,
             feed_client_buffer: 1_024,
             feed_keep_alive_secs: 15,
         }
@@ -218,7 +226,7 @@ mod tests {
     fn defaults_are_valid() {
         let settings = Settings::from_toml(DEFAULTS).unwrap();
         assert_eq!(settings.http.port, 8093);
-        assert_eq!(settings.consumer.batch_max, 5000);
+        assert_eq!(settings.consumer.batch_max, 2500);
         let view: ViewSettings = settings.section("order_view").unwrap();
         view.validate().unwrap();
         assert_eq!(view.feed_keep_alive_secs, 15);
