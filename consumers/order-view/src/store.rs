@@ -231,7 +231,11 @@ impl Store {
             // Negative: KiB rather than pages.
             .pragma("cache_size", format!("-{}", memory.cache_kib))
             .pragma("mmap_size", (u64::from(memory.mmap_mib) << 20).to_string())
-            .page_size(PAGE_SIZE);
+            .page_size(PAGE_SIZE)
+            // The batch's look-ups return hundreds of rows, which the connection's thread
+            // hands over through a bounded channel: at sqlx's 50 it stops, and both threads
+            // switch, every 50 rows.
+            .row_buffer_size(1024);
         let pool = SqlitePoolOptions::new()
             // One writer and at least one reader.
             .max_connections(settings.max_connections.max(2))
