@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let scenarios = match scenario {
         Scenario::All => vec![
             Scenario::Produce {
-                count: 500_000,
+                count: 1_500_000,
                 window: 10_000,
                 perf_test: "infra/kafka.sh tool producer-perf-test".into(),
             },

@@ -64,7 +64,9 @@ proxy_timeout_ms = 10000
 ensure_topics = true
 
 # Refuse commands (503, Retry-After) while the saga's consumer groups are more than this
-# many messages behind; 0 turns it off. 20,000 is a few seconds of work at full speed.
+# many messages behind; 0 turns it off. 20,000 is about a second of work at full speed on two
+# cores: a higher bound keeps the services busier while refused clients wait out their
+# Retry-After, at the cost of seconds queued (benches/REPORT.md has the figures).
 [gateway.admission]
 max_backlog = 20000
 check_interval_ms = 500
