@@ -155,48 +155,20 @@ pub async fn run(
     let (mut raw_runs, mut feedline_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let label = |side: &str| format!("{side}, round {} of {rounds}", round + 1);
+        let raw = async || {
+            let label = label("raw rdkafka");
+            drive(&label, per_round, args.window, load.rate, raw_send).await
+        };
+        let feedline = async || {
+            let label = label("feedline producer");
+            drive(&label, per_round, args.window, load.rate, feedline_send).await
+        };
         if round % 2 == 0 {
-            raw_runs.push(
-                drive(
-                    &label("raw rdkafka"),
-                    per_round,
-                    args.window,
-                    load.rate,
-                    raw_send,
-                )
-                .await?,
-            );
-            feedline_runs.push(
-                drive(
-                    &label("feedline producer"),
-                    per_round,
-                    args.window,
-                    load.rate,
-                    feedline_send,
-                )
-                .await?,
-            );
+            raw_runs.push(raw().await?);
+            feedline_runs.push(feedline().await?);
         } else {
-            feedline_runs.push(
-                drive(
-                    &label("feedline producer"),
-                    per_round,
-                    args.window,
-                    load.rate,
-                    feedline_send,
-                )
-                .await?,
-            );
-            raw_runs.push(
-                drive(
-                    &label("raw rdkafka"),
-                    per_round,
-                    args.window,
-                    load.rate,
-                    raw_send,
-                )
-                .await?,
-            );
+            feedline_runs.push(feedline().await?);
+            raw_runs.push(raw().await?);
         }
     }
     let rates =

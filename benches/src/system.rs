@@ -323,6 +323,25 @@ struct Seen {
     resumed: u64,
 }
 
+impl Seen {
+    /// Records an `order` event's data (the order's row) that arrived at `now`.
+    fn order(&mut self, data: &str, now: Instant, finals: &AtomicU64) {
+        #[derive(serde::Deserialize)]
+        struct OrderRow<'a> {
+            id: &'a str,
+            status: &'a str,
+        }
+        let Ok(row) = serde_json::from_str::<OrderRow>(data) else {
+            return;
+        };
+        self.first.entry(row.id.to_owned()).or_insert(now);
+        if row.status != "PENDING" && !self.last.contains_key(row.id) {
+            self.last.insert(row.id.to_owned(), now);
+            finals.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Opens `GET /feed`, resuming after `last_id` when there is one.
 async fn open_feed(run: &Running, last_id: Option<&str>) -> Result<reqwest::Response, String> {
     let mut request = run
@@ -352,11 +371,6 @@ async fn watch_feed(
     let shared = seen.clone();
     let run = run.clone();
     let reader = tokio::spawn(async move {
-        #[derive(serde::Deserialize)]
-        struct OrderRow<'a> {
-            id: &'a str,
-            status: &'a str,
-        }
         let mut response = first;
         let mut last_id: Option<String> = None;
         loop {
@@ -373,13 +387,8 @@ async fn watch_feed(
                         .to_owned();
                     start += end + 1;
                     if line.is_empty() {
-                        if is_order && let Ok(row) = serde_json::from_str::<OrderRow>(&data) {
-                            let mut s = shared.lock().expect("poisoned");
-                            s.first.entry(row.id.to_owned()).or_insert(now);
-                            if row.status != "PENDING" && !s.last.contains_key(row.id) {
-                                s.last.insert(row.id.to_owned(), now);
-                                finals.fetch_add(1, Ordering::Relaxed);
-                            }
+                        if is_order {
+                            shared.lock().expect("poisoned").order(&data, now, &finals);
                         }
                         is_order = false;
                         data.clear();

@@ -12,8 +12,6 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 /// How many arenas a service's allocations share, unless `MALLOC_ARENA_MAX` says otherwise.
 const ARENAS: i32 = 2;
 
@@ -35,13 +33,10 @@ pub fn limit_arenas() {
     }
 }
 
-/// Returns free memory to the kernel every few seconds until `token` is cancelled.
-pub async fn trim_until(token: CancellationToken) {
+/// Returns free memory to the kernel every second, for as long as the task runs.
+pub async fn trim_forever() {
     loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(TRIM_EVERY) => {}
-        }
+        tokio::time::sleep(TRIM_EVERY).await;
         trim();
     }
 }

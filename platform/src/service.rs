@@ -48,7 +48,7 @@ where
     let token = CancellationToken::new();
     crate::shutdown::cancel_on_signal(token.clone());
     tracing::info!(service = %settings.service_name, "starting");
-    let trimmer = tokio::spawn(crate::memory::trim_until(token.clone()));
+    let trimmer = tokio::spawn(crate::memory::trim_forever());
     let result = run(settings, token).await;
     trimmer.abort();
     if let Err(e) = &result {
