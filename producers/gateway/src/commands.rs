@@ -242,7 +242,7 @@ impl AppState {
         key: &str,
         value: &T,
     ) -> Result<(), ApiError> {
-        self.admission.admit()?;
+        self.admission.admit().await?;
         let payload = topic.encoder.encode(value).map_err(|e| {
             tracing::error!(error = %e, command, "cannot encode command");
             ApiError::internal("the command could not be encoded")

@@ -70,6 +70,9 @@ ensure_topics = true
 [gateway.admission]
 max_backlog = 20000
 check_interval_ms = 500
+# A command arriving while they are refused waits this long for the backlog to fall before
+# its 503: the services stay busy instead of idling through the clients' Retry-After.
+max_hold_ms = 2000
 
 [gateway.admission.groups]
 orders = ["order-commands", "credit-events"]
@@ -142,6 +145,7 @@ pub async fn spawn(
         } else {
             0
         },
+        Duration::from_millis(config.admission.max_hold_ms),
         metrics.clone(),
     ));
     if config.admission.enabled() {

@@ -9,7 +9,9 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use feedline::Metrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -34,6 +36,8 @@ pub struct GatewayMetrics {
     pub backlog: IntGauge,
     /// Commands answered 503 because the backlog was over the limit.
     pub commands_refused: IntCounter,
+    /// How long commands admitted after a hold waited for the backlog to fall.
+    pub admission_held_seconds: Histogram,
 }
 
 const BUCKETS: &[f64] = &[
@@ -72,9 +76,18 @@ impl GatewayMetrics {
             "commands refused with 503 because the services were too far behind",
         )
         .expect("valid counter");
+        let admission_held_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_admission_held_seconds",
+                "time commands waited for the backlog to fall before they were admitted",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid histogram");
         for collector in [
             Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(commands_refused.clone()),
+            Box::new(admission_held_seconds.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -117,6 +130,7 @@ impl GatewayMetrics {
             ),
             backlog,
             commands_refused,
+            admission_held_seconds,
         })
     }
 }

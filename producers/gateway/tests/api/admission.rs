@@ -74,6 +74,7 @@ async fn commands_are_refused_while_the_services_lag_and_accepted_after() {
             [gateway.admission]
             max_backlog = 4
             check_interval_ms = 100
+            max_hold_ms = 100
             [gateway.admission.groups]
             orders = ["order-commands"]
             customers = []
