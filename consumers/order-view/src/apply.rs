@@ -8,7 +8,7 @@
 //! time of the event they came from and older figures never overwrite newer ones. An event
 //! that leaves its row as it was produces no change.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use feedline_schemas::types::{

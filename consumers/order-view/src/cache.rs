@@ -11,7 +11,7 @@
 //! published in between ([`Cache::epoch`]), so a slow reader never puts back an older row
 //! over a newer one.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, RwLock};
 
 use crate::model::{Customer, Order};

@@ -2,7 +2,7 @@
 //! cache and publish the changes. The runtime stores the batch's offsets only after
 //! [`ViewHandler::handle`] returned `Ok`, that is after the commit.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;

@@ -5,7 +5,7 @@
 //! statement (chunk sizes come from a fixed set, so every statement text repeats and sqlx's
 //! per-connection cache keeps it prepared), and a whole consumer batch is one transaction.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +55,18 @@ const ORDER_COLUMNS: &str =
 const CUSTOMER_COLUMNS: &str =
     "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at";
 const CHANGE_COLUMNS: &str = "seq, kind, customer_id, order_id, data";
+
+/// `INSERT` of event keys that skips those already recorded.
+fn insert_processed(keys: &[EventKey]) -> QueryBuilder<'_, Sqlite> {
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO processed_events (occurred_at, event_id) ");
+    qb.push_values(keys, |mut row, key| {
+        row.push_bind(key.occurred_at)
+            .push_bind(key.event_id.as_slice());
+    });
+    qb.push(" ON CONFLICT DO NOTHING");
+    qb
+}
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
@@ -285,20 +297,39 @@ impl Store {
 
     /// Records the event keys and tells, position by position, which are new: `false` for
     /// keys applied before and for repeats within `keys`.
+    ///
+    /// Nearly every batch is entirely new, so that case is tried first: the keys go in
+    /// without `RETURNING` under a savepoint, and when every row went in nothing comes back
+    /// (sending 2,500 keys back only to learn they were all new cost both threads). Otherwise
+    /// the savepoint is rolled back and the keys go in again, returning those that were new.
     pub async fn record_processed(
         conn: &mut SqliteConnection,
         keys: &[EventKey],
     ) -> Result<Vec<bool>, StoreError> {
+        sqlx::query("SAVEPOINT record_processed")
+            .execute(&mut *conn)
+            .await?;
+        let mut inserted = 0;
+        for chunk in chunks(keys) {
+            inserted += insert_processed(chunk)
+                .build()
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        if inserted == keys.len() as u64 {
+            sqlx::query("RELEASE record_processed")
+                .execute(&mut *conn)
+                .await?;
+            return Ok(vec![true; keys.len()]);
+        }
+        sqlx::query("ROLLBACK TO record_processed; RELEASE record_processed")
+            .execute(&mut *conn)
+            .await?;
         let mut fresh: HashSet<EventKey> = HashSet::with_capacity(keys.len());
         for chunk in chunks(keys) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO processed_events (occurred_at, event_id) ",
-            );
-            qb.push_values(chunk, |mut row, key| {
-                row.push_bind(key.occurred_at)
-                    .push_bind(key.event_id.as_slice());
-            });
-            qb.push(" ON CONFLICT DO NOTHING RETURNING occurred_at, event_id");
+            let mut qb = insert_processed(chunk);
+            qb.push(" RETURNING occurred_at, event_id");
             let inserted: Vec<(i64, Vec<u8>)> = qb.build_query_as().fetch_all(&mut *conn).await?;
             fresh.extend(
                 inserted
@@ -605,6 +636,47 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(n: u16) -> EventKey {
+        EventKey {
+            occurred_at: 1_700_000_000_000 + i64::from(n),
+            event_id: [n.to_be_bytes(); 8].concat(),
+        }
+    }
+
+    #[tokio::test]
+    async fn processed_keys_are_new_once_whichever_path_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("view.db").display());
+        let store = Store::open(&DatabaseSettings {
+            url: url.into(),
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        // All new: the path without RETURNING.
+        let all: Vec<EventKey> = (0..300).map(key).collect();
+        let fresh = Store::record_processed(&mut tx, &all[..200]).await.unwrap();
+        assert!(fresh.iter().all(|f| *f));
+        // Some seen before, one repeated within the batch: rolled back, then RETURNING.
+        let mixed = [key(199), key(200), key(201), key(200), key(0)];
+        let fresh = Store::record_processed(&mut tx, &mixed).await.unwrap();
+        assert_eq!(fresh, [false, true, true, false, false]);
+        // What the rolled-back attempt inserted is not left behind, nor is what it skipped.
+        let fresh = Store::record_processed(&mut tx, &all[200..]).await.unwrap();
+        assert_eq!(
+            fresh.iter().filter(|f| **f).count(),
+            98,
+            "all but 200 and 201"
+        );
+        tx.commit().await.unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 300);
+    }
 
     #[test]
     fn chunks_cover_everything_with_few_sizes() {
