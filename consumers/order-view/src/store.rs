@@ -636,6 +636,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn key(n: u16) -> EventKey {
         EventKey {
@@ -644,8 +645,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn processed_keys_are_new_once_whichever_path_finds_it() {
+    async fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("view.db").display());
         let store = Store::open(&DatabaseSettings {
@@ -654,6 +654,91 @@ mod tests {
         })
         .await
         .unwrap();
+        (dir, store)
+    }
+
+    /// Rows go to SQLite inside one JSON text: every value must come back exactly, however
+    /// awkward its characters and however large its numbers.
+    #[tokio::test]
+    async fn written_rows_read_back_exactly() {
+        let (_dir, store) = temp_store().await;
+        let awkward = "O'Brien \"quoted\" back\\slash\nnew line\ttab \u{1} ünï 😀 \u{2028}";
+        let order = Order {
+            id: "order-1".into(),
+            customer_id: "customer-1".into(),
+            customer_name: Some(awkward.into()),
+            status: Status::Rejected,
+            total_cents: i64::MAX,
+            reason: Some(format!("{awkward} reason")),
+            created_at: i64::MIN,
+            updated_at: 1_700_000_000_123,
+        };
+        let plain = Order {
+            id: "order-2".into(),
+            customer_name: None,
+            reason: None,
+            status: Status::Pending,
+            total_cents: 0,
+            ..order.clone()
+        };
+        let customer = Customer {
+            id: "customer-1".into(),
+            name: Some(awkward.into()),
+            credit_limit_cents: 9_007_199_254_740_993, // 2^53 + 1: no float on the way
+            credit_reserved_cents: -1,
+            limit_at: None,
+            reserved_at: Some(42),
+            updated_at: 7,
+        };
+        let mut ws = WorkingSet::new(1);
+        let change = |seq, kind, order_id: Option<&str>, data: &str| {
+            Arc::new(Change {
+                seq,
+                kind,
+                customer_id: "customer-1".into(),
+                order_id: order_id.map(Into::into),
+                data: data.into(),
+            })
+        };
+        ws.changes = vec![
+            change(
+                1,
+                Kind::Order,
+                Some("order-1"),
+                &format!("{{\"x\":\"{awkward}\"}}"),
+            ),
+            change(2, Kind::Order, Some("order-2"), "{}"),
+            change(3, Kind::Customer, None, awkward),
+        ];
+        for o in [&order, &plain] {
+            ws.orders.insert(o.id.clone(), o.clone());
+        }
+        ws.customers.insert(customer.id.clone(), customer.clone());
+
+        let mut tx = store.begin().await.unwrap();
+        Store::write(&mut tx, &ws).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(store.order("order-1").await.unwrap(), Some(order.clone()));
+        assert_eq!(store.order("order-2").await.unwrap(), Some(plain.clone()));
+        assert_eq!(store.customer("customer-1").await.unwrap(), Some(customer));
+        let page = store
+            .changes_page(0, 10, &Filter::default(), 10)
+            .await
+            .unwrap();
+        let written: Vec<Change> = ws.changes.iter().map(|c| Change::clone(c)).collect();
+        assert_eq!(page.changes, written);
+        let mut conn = store.pool.acquire().await.unwrap();
+        let mut loaded = Store::load_orders(&mut conn, &["order-2", "missing", "order-1"])
+            .await
+            .unwrap();
+        loaded.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(loaded, [order, plain]);
+    }
+
+    #[tokio::test]
+    async fn processed_keys_are_new_once_whichever_path_finds_it() {
+        let (_dir, store) = temp_store().await;
         let mut tx = store.begin().await.unwrap();
         // All new: the path without RETURNING.
         let all: Vec<EventKey> = (0..300).map(key).collect();
