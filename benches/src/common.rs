@@ -395,6 +395,8 @@ impl RunResult {
                 let fmt = |v: f64| {
                     if t.unit == "ms" {
                         format!("{v:.2} ms")
+                    } else if t.unit == "×" {
+                        format!("{v:.2}×")
                     } else {
                         format!("{} {}", grouped(v), t.unit)
                     }
