@@ -15,8 +15,8 @@
 //! idle for part of it (the saga bench lost a tenth of its throughput to those gaps).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use feedline::CancellationToken;
@@ -46,11 +46,17 @@ pub struct AdmissionConfig {
     /// Consumer group → the topics whose lag counts, names without the topic prefix.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Group-name prefix → the topics whose lag counts, for groups named per replica
+    /// (order-view's are `order-view.<generation>`): every group with that prefix that has
+    /// members is read, and the one furthest behind counts (each replica reads everything).
+    /// Groups without members are left over from replicas that are gone and do not count.
+    #[serde(default)]
+    pub group_prefixes: BTreeMap<String, Vec<String>>,
 }
 
 impl AdmissionConfig {
     pub fn enabled(&self) -> bool {
-        self.max_backlog > 0 && !self.groups.is_empty()
+        self.max_backlog > 0 && !(self.groups.is_empty() && self.group_prefixes.is_empty())
     }
 }
 
@@ -163,8 +169,8 @@ pub async fn watch(
     config: AdmissionConfig,
     token: CancellationToken,
 ) {
-    let lag = match GroupLag::new(&kafka, &config.groups) {
-        Ok(lag) => Arc::new(lag),
+    let lag = match GroupLag::new(&kafka, &config) {
+        Ok(lag) => Arc::new(Mutex::new(lag)),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the consumer groups: admission control is off");
             return;
@@ -179,7 +185,11 @@ pub async fn watch(
         }
         let reader = lag.clone();
         // librdkafka's offset and watermark queries block on the network.
-        match tokio::task::spawn_blocking(move || reader.total()).await {
+        match tokio::task::spawn_blocking(move || {
+            reader.lock().expect("lag reader poisoned").total()
+        })
+        .await
+        {
             Ok(Ok(backlog)) => admission.observe(backlog),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the consumer groups' lag"),
             Err(e) => tracing::warn!(error = %e, "lag reader panicked"),
@@ -190,54 +200,104 @@ pub async fn watch(
 /// One idle client per watched group: it never subscribes, so it never joins the group;
 /// it only asks the group coordinator for the committed offsets.
 struct GroupLag {
+    kafka: KafkaSettings,
+    /// Fixed groups, each with its client and the (full) names of its topics.
     groups: Vec<(BaseConsumer, Vec<String>)>,
+    /// (full) prefix → the (full) names of the topics.
+    prefixes: Vec<(String, Vec<String>)>,
+    /// Clients for the groups found under a prefix, by group name; kept while the group is.
+    found: BTreeMap<String, BaseConsumer>,
+    /// Lists the groups; belongs to no group of its own.
+    lister: BaseConsumer,
 }
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl GroupLag {
-    fn new(
-        kafka: &KafkaSettings,
-        groups: &BTreeMap<String, Vec<String>>,
-    ) -> Result<Self, KafkaError> {
-        let groups = groups
+    fn new(kafka: &KafkaSettings, config: &AdmissionConfig) -> Result<Self, KafkaError> {
+        let topics = |topics: &[String]| topics.iter().map(|t| kafka.name(t)).collect();
+        let groups = config
+            .groups
             .iter()
-            .map(|(group, topics)| {
-                let consumer: BaseConsumer = kafka
-                    .client_config()
-                    .set("group.id", kafka.name(group))
-                    .set("enable.auto.commit", "false")
-                    .create()?;
-                Ok((consumer, topics.iter().map(|t| kafka.name(t)).collect()))
-            })
+            .map(|(group, t)| Ok((Self::client(kafka, &kafka.name(group))?, topics(t))))
             .collect::<Result<_, KafkaError>>()?;
-        Ok(GroupLag { groups })
+        Ok(GroupLag {
+            kafka: kafka.clone(),
+            groups,
+            prefixes: config
+                .group_prefixes
+                .iter()
+                .map(|(prefix, t)| (kafka.name(prefix), topics(t)))
+                .collect(),
+            found: BTreeMap::new(),
+            lister: kafka.client_config().create()?,
+        })
     }
 
-    /// Σ over the groups' partitions of (end offset − committed offset); a partition the
-    /// group never committed counts from its first retained offset.
-    fn total(&self) -> Result<u64, KafkaError> {
+    fn client(kafka: &KafkaSettings, group: &str) -> Result<BaseConsumer, KafkaError> {
+        kafka
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+    }
+
+    /// Σ over the fixed groups of their lag, plus for each prefix the largest lag among its
+    /// groups that have members.
+    fn total(&mut self) -> Result<u64, KafkaError> {
         let mut total = 0u64;
         for (consumer, topics) in &self.groups {
-            let mut tpl = TopicPartitionList::new();
-            for topic in topics {
-                let metadata = consumer.fetch_metadata(Some(topic), QUERY_TIMEOUT)?;
-                for t in metadata.topics() {
-                    for p in t.partitions() {
-                        tpl.add_partition(topic, p.id());
+            total += Self::lag(consumer, topics)?;
+        }
+        if self.prefixes.is_empty() {
+            return Ok(total);
+        }
+        let listed = self.lister.fetch_group_list(None, QUERY_TIMEOUT)?;
+        let active: Vec<&str> = listed
+            .groups()
+            .iter()
+            .filter(|g| !g.members().is_empty())
+            .map(|g| g.name())
+            .collect();
+        self.found.retain(|name, _| active.contains(&name.as_str()));
+        for (prefix, topics) in &self.prefixes {
+            let mut furthest = 0;
+            for name in active.iter().filter(|n| n.starts_with(prefix.as_str())) {
+                let consumer = match self.found.entry((*name).to_owned()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(Self::client(&self.kafka, name)?)
                     }
+                };
+                furthest = furthest.max(Self::lag(consumer, topics)?);
+            }
+            total += furthest;
+        }
+        Ok(total)
+    }
+
+    /// Σ over the group's partitions of `topics` of (end offset − committed offset); a
+    /// partition the group never committed counts from its first retained offset.
+    fn lag(consumer: &BaseConsumer, topics: &[String]) -> Result<u64, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), QUERY_TIMEOUT)?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(topic, p.id());
                 }
             }
-            let committed = consumer.committed_offsets(tpl, QUERY_TIMEOUT)?;
-            for elem in committed.elements() {
-                let (low, high) =
-                    consumer.fetch_watermarks(elem.topic(), elem.partition(), QUERY_TIMEOUT)?;
-                let from = match elem.offset() {
-                    Offset::Offset(n) => n.max(low),
-                    _ => low,
-                };
-                total += (high - from).max(0) as u64;
-            }
+        }
+        let committed = consumer.committed_offsets(tpl, QUERY_TIMEOUT)?;
+        let mut total = 0u64;
+        for elem in committed.elements() {
+            let (low, high) =
+                consumer.fetch_watermarks(elem.topic(), elem.partition(), QUERY_TIMEOUT)?;
+            let from = match elem.offset() {
+                Offset::Offset(n) => n.max(low),
+                _ => low,
+            };
+            total += (high - from).max(0) as u64;
         }
         Ok(total)
     }

@@ -63,12 +63,12 @@ max_wait_secs = 30
 proxy_timeout_ms = 10000
 ensure_topics = true
 
-# Refuse commands (503, Retry-After) while the saga's consumer groups are more than this
-# many messages behind; 0 turns it off. 20,000 is about a second of work at full speed on two
-# cores: a higher bound keeps the services busier while refused clients wait out their
-# Retry-After, at the cost of seconds queued (benches/REPORT.md has the figures).
+# Hold, then refuse (503, Retry-After), commands while the consumer groups behind the gateway
+# (the saga's and order-view's) are more than this many messages behind; 0 turns it off.
+# 50,000 is two to three seconds of work at full speed on two cores: a higher bound keeps
+# the services busier at the cost of seconds queued (benches/REPORT.md has the figures).
 [gateway.admission]
-max_backlog = 20000
+max_backlog = 50000
 check_interval_ms = 500
 # A command arriving while they are refused waits this long for the backlog to fall before
 # its 503: the services stay busy instead of idling through the clients' Retry-After.
@@ -77,6 +77,11 @@ max_hold_ms = 2000
 [gateway.admission.groups]
 orders = ["order-commands", "credit-events"]
 customers = ["customer-commands", "order-events"]
+
+# order-view's groups are per replica (`order-view.<generation>`): the one furthest behind
+# counts, so the saga cannot outrun the read model that clients see outcomes in.
+[gateway.admission.group_prefixes]
+"order-view." = ["order-events", "customer-events", "credit-events"]
 
 [gateway.clients.demo]
 # sha256("demo-secret")

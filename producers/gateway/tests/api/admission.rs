@@ -109,3 +109,61 @@ async fn commands_are_refused_while_the_services_lag_and_accepted_after() {
     place_until(&app, &token, 202).await;
     app.stop().await;
 }
+
+/// Groups named per replica count through their prefix while they have members: a joined
+/// member that consumes nothing holds commands back, and once it left, its group no longer
+/// counts (a replica that is gone must not block the gateway).
+#[tokio::test]
+async fn groups_under_a_prefix_count_while_they_have_members() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: r#"
+            [gateway.admission]
+            max_backlog = 4
+            check_interval_ms = 100
+            max_hold_ms = 100
+            [gateway.admission.groups]
+            orders = []
+            customers = []
+            [gateway.admission.group_prefixes]
+            "replica." = ["order-commands"]
+        "#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    let token = app.token(Some("orders:write")).await;
+
+    // A replica's group joins and never consumes (its member polls, so it stays in the group).
+    let member: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", app.settings.kafka.name("replica.one"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .unwrap();
+    member
+        .subscribe(&[&app.settings.kafka.name(ORDER_COMMANDS)])
+        .unwrap();
+    let member = std::sync::Arc::new(member);
+    let polling = tokio::spawn({
+        let member = member.clone();
+        async move {
+            loop {
+                // Keeps the member alive; what it receives is not committed.
+                let _ = tokio::time::timeout(Duration::from_millis(200), member.recv()).await;
+            }
+        }
+    });
+
+    let refused = place_until(&app, &token, 503).await;
+    refused.assert_error(503, "overloaded", None);
+
+    // The replica leaves: its group has no members and stops counting.
+    polling.abort();
+    let _ = polling.await;
+    let member = std::sync::Arc::try_unwrap(member).ok().unwrap();
+    member.unsubscribe();
+    drop(member);
+    place_until(&app, &token, 202).await;
+    app.stop().await;
+}
