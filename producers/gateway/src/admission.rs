@@ -5,7 +5,8 @@
 //! eager client builds a backlog of minutes: every accepted order is kept (nothing is
 //! lost), but its outcome arrives ever later and every consumer's memory grows. The
 //! gateway watches the lag of the consumer groups behind it (end offset minus committed
-//! offset, summed over their topics) and answers `503` with `Retry-After` while the lag is
+//! offset, summed over their topics; for order-view, whose groups are per replica, the
+//! replica furthest behind) and answers `503` with `Retry-After` while the lag is
 //! above `max_backlog`; it accepts again once the lag fell to three quarters of it, so the
 //! answer does not flap around the bound.
 //!
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use feedline::CancellationToken;
@@ -140,16 +141,15 @@ impl Admission {
         };
         if now_refusing != refusing {
             self.refusing.store(now_refusing, Ordering::Relaxed);
-            if !now_refusing {
-                self.reopened.notify_waiters();
-            }
             if now_refusing {
                 tracing::warn!(
                     backlog,
                     max_backlog = self.max_backlog,
-                    "backlog over the limit: refusing commands"
+                    "backlog over the limit: holding, then refusing commands"
                 );
             } else {
+                // The held commands go out now.
+                self.reopened.notify_waiters();
                 tracing::info!(backlog, "backlog back under the limit: accepting commands");
             }
         }
@@ -186,7 +186,11 @@ pub async fn watch(
         let reader = lag.clone();
         // librdkafka's offset and watermark queries block on the network.
         match tokio::task::spawn_blocking(move || {
-            reader.lock().expect("lag reader poisoned").total()
+            // A panic inside a reading leaves no half-done state behind: read on.
+            reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .total()
         })
         .await
         {
