@@ -657,8 +657,8 @@ mod tests {
         (dir, store)
     }
 
-    /// Rows go to SQLite inside one JSON text: every value must come back exactly, however
-    /// awkward its characters and however large its numbers.
+    /// Rows go to SQLite as the bound values of multi-row statements: every value must come
+    /// back exactly, however awkward its characters and however large its numbers.
     #[tokio::test]
     async fn written_rows_read_back_exactly() {
         let (_dir, store) = temp_store().await;

@@ -67,21 +67,27 @@ async fn catch_up_as_orders(app: &TestApp) {
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
 }
 
-#[tokio::test]
-async fn commands_are_refused_while_the_services_lag_and_accepted_after() {
-    let app = TestApp::spawn_with(Options {
-        extra_toml: r#"
-            [gateway.admission]
-            max_backlog = 4
-            check_interval_ms = 100
-            max_hold_ms = 100
-            [gateway.admission.groups]
-            orders = ["order-commands"]
-            customers = []
-        "#
-        .into(),
+/// A gateway that refuses past a backlog of 4, read every 100 ms, after a 100 ms hold,
+/// watching the groups `watched` (TOML) names.
+async fn spawn_watching(watched: &str) -> TestApp {
+    TestApp::spawn_with(Options {
+        extra_toml: format!(
+            "[gateway.admission]\nmax_backlog = 4\ncheck_interval_ms = 100\nmax_hold_ms = 100\n{watched}"
+        ),
         ..Options::default()
     })
+    .await
+}
+
+#[tokio::test]
+async fn commands_are_refused_while_the_services_lag_and_accepted_after() {
+    let app = spawn_watching(
+        r#"
+        [gateway.admission.groups]
+        orders = ["order-commands"]
+        customers = []
+        "#,
+    )
     .await;
     let token = app.token(Some("orders:write")).await;
 
@@ -115,21 +121,15 @@ async fn commands_are_refused_while_the_services_lag_and_accepted_after() {
 /// counts (a replica that is gone must not block the gateway).
 #[tokio::test]
 async fn groups_under_a_prefix_count_while_they_have_members() {
-    let app = TestApp::spawn_with(Options {
-        extra_toml: r#"
-            [gateway.admission]
-            max_backlog = 4
-            check_interval_ms = 100
-            max_hold_ms = 100
-            [gateway.admission.groups]
-            orders = []
-            customers = []
-            [gateway.admission.group_prefixes]
-            "replica." = ["order-commands"]
-        "#
-        .into(),
-        ..Options::default()
-    })
+    let app = spawn_watching(
+        r#"
+        [gateway.admission.groups]
+        orders = []
+        customers = []
+        [gateway.admission.group_prefixes]
+        "replica." = ["order-commands"]
+        "#,
+    )
     .await;
     let token = app.token(Some("orders:write")).await;
 
