@@ -11,11 +11,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod fetch;
+
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, AdminError, TopicSpec};
@@ -89,7 +90,7 @@ pub enum ConsumerError {
 /// A consumer-group member running one handler over a set of topics.
 ///
 /// Fetching and handling overlap: a dedicated thread polls librdkafka and collects the next
-/// batch while the handler commits the current one (see [`Fetcher`]).
+/// batch while the handler commits the current one (see [`fetch`]).
 pub struct Consumer<H> {
     consumer: Arc<BaseConsumer<FeedlineContext>>,
     context: FeedlineContext,
@@ -188,27 +189,28 @@ impl<H: Handler> Consumer<H> {
 
     /// Hands the fetch thread's batches to the handler one at a time, in the order fetched.
     async fn consume(&self, token: &CancellationToken) -> Result<(), ConsumerError> {
-        // Depth 1: one batch prefetched while the handler works, no more, so a slow handler
-        // does not pile up fetched messages that a rebalance or shutdown would throw away.
-        let (tx, mut rx) = mpsc::channel(1);
-        let fetcher = Fetcher {
+        let handoff = Arc::new(fetch::Handoff::new(
+            self.settings.batch_max,
+            self.settings.batch_wait(),
+            self.context.revocations(),
+        ));
+        let fetcher = fetch::Fetcher {
             consumer: self.consumer.clone(),
             context: self.context.clone(),
             group: self.group.clone(),
-            batch_max: self.settings.batch_max,
-            batch_wait: self.settings.batch_wait(),
-            batches: tx,
+            handoff: handoff.clone(),
         };
         let fetch_thread = std::thread::Builder::new()
             .name("feedline-fetch".into())
             .spawn(move || fetcher.run())
             .map_err(ConsumerError::FetchThread)?;
 
-        let result = self.handle_batches(&mut rx, token).await;
+        let closing = fetch::Closing(handoff.clone());
+        let result = self.handle_batches(&handoff, token).await;
 
-        // Closing the channel abandons a prefetched batch (its offsets were never stored, so
-        // it is delivered again) and stops the fetch thread at its next poll.
-        drop(rx);
+        // Abandons the pending batch (its offsets were never stored, so it is delivered
+        // again) and stops the fetch thread after its current poll.
+        drop(closing);
         match tokio::task::spawn_blocking(move || fetch_thread.join()).await {
             Ok(Ok(())) => {}
             Ok(Err(_panic)) => tracing::error!(group = %self.group, "fetch thread panicked"),
@@ -219,14 +221,14 @@ impl<H: Handler> Consumer<H> {
 
     async fn handle_batches(
         &self,
-        batches: &mut mpsc::Receiver<Vec<OwnedMessage>>,
+        handoff: &fetch::Handoff,
         token: &CancellationToken,
     ) -> Result<(), ConsumerError> {
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = token.cancelled() => return Ok(()),
-                batch = batches.recv() => batch.ok_or(ConsumerError::FetchStopped)?,
+                batch = handoff.next(&self.context) => batch.ok_or(ConsumerError::FetchStopped)?,
             };
             self.observe_age(&batch);
             match self.process(&batch, token).await? {
@@ -406,99 +408,5 @@ impl<H: Handler> Consumer<H> {
             .handler_errors
             .with_label_values(&[&self.group, kind])
             .inc();
-    }
-}
-
-/// How long the fetch thread waits in one poll while it has nothing to hand over: the bound
-/// on how late it notices a shutdown, and on how long librdkafka's events (rebalances,
-/// statistics) wait when no messages arrive.
-const IDLE_POLL: Duration = Duration::from_millis(100);
-
-/// The fetch side: polls a [`BaseConsumer`] on its own thread and sends batches to the
-/// handler side.
-///
-/// A blocking poll on a dedicated thread costs far less per message than an async `recv()`
-/// per message (no waker, no timer per receive), and librdkafka runs rebalance callbacks
-/// inside that poll, so they never run on, or block, the async runtime.
-///
-/// Rebalances are served only here, in `poll`, and this thread polls only while it holds the
-/// channel's single slot, that is while no fetched batch waits for the handler. So a
-/// revocation can only find messages in the batch being collected, which [`Self::collect`]
-/// filters; a batch the handler already took is in flight, and its offsets simply fail to
-/// store if its partitions are gone.
-struct Fetcher {
-    consumer: Arc<BaseConsumer<FeedlineContext>>,
-    context: FeedlineContext,
-    group: String,
-    batch_max: usize,
-    batch_wait: Duration,
-    batches: mpsc::Sender<Vec<OwnedMessage>>,
-}
-
-impl Fetcher {
-    fn run(self) {
-        let mut generation = self.context.revocations();
-        loop {
-            // Take the slot before fetching: at most one batch is ever prefetched, and the
-            // wait ends with an error once the handler side has gone.
-            let Ok(slot) = futures::executor::block_on(self.batches.reserve()) else {
-                return;
-            };
-            match self.collect(&mut generation) {
-                Some(batch) => slot.send(batch),
-                None => return,
-            }
-        }
-    }
-
-    /// Waits for a first message, then collects what arrives within `batch_wait`, up to
-    /// `batch_max`. `None` means the handler side has gone.
-    fn collect(&self, generation: &mut u64) -> Option<Vec<OwnedMessage>> {
-        let mut batch = Vec::new();
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let wait = match deadline {
-                None => IDLE_POLL,
-                Some(at) => at.saturating_duration_since(Instant::now()).min(IDLE_POLL),
-            };
-            let polled = self.consumer.poll(wait);
-            // A rebalance runs inside poll(): drop what we collected from partitions we lost,
-            // their new owner starts from the last stored offset. A message this poll
-            // returned was fetched after the rebalance, so it stays.
-            let now_generation = self.context.revocations();
-            if now_generation != *generation {
-                *generation = now_generation;
-                let revoked = self.context.take_revoked();
-                batch.retain(|m: &OwnedMessage| {
-                    !revoked.contains(&(m.topic().to_owned(), m.partition()))
-                });
-                if batch.is_empty() {
-                    deadline = None;
-                }
-            }
-            match polled {
-                Some(Ok(message)) => {
-                    batch.push(message.detach());
-                    if batch.len() >= self.batch_max {
-                        return Some(batch);
-                    }
-                    deadline.get_or_insert_with(|| Instant::now() + self.batch_wait);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(group = %self.group, error = %e, "consumer error");
-                    // Errors repeat fast when the broker is away; do not spin.
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                // Nothing came in this wait (or poll served an event).
-                None => {
-                    if deadline.is_some_and(|at| Instant::now() >= at) {
-                        return Some(batch);
-                    }
-                    if self.batches.is_closed() {
-                        return None;
-                    }
-                }
-            }
-        }
     }
 }

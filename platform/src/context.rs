@@ -45,6 +45,16 @@ impl FeedlineContext {
     pub(crate) fn take_revoked(&self) -> HashSet<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().expect("revoked set poisoned"))
     }
+
+    /// Notes partitions this member lost and starts a new generation.
+    pub(crate) fn record_revoked(&self, partitions: Vec<(String, i32)>) {
+        self.revoked
+            .lock()
+            .expect("revoked set poisoned")
+            .extend(partitions);
+        // After the inserts, so whoever sees the new generation finds the partitions.
+        self.revocations.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl ClientContext for FeedlineContext {
@@ -89,21 +99,20 @@ impl ConsumerContext for FeedlineContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let mut revoked = self.revoked.lock().expect("revoked set poisoned");
+                let mut revoked = Vec::new();
                 for elem in tpl.elements() {
                     tracing::info!(
                         topic = elem.topic(),
                         partition = elem.partition(),
                         "partition revoked"
                     );
-                    revoked.insert((elem.topic().to_owned(), elem.partition()));
+                    revoked.push((elem.topic().to_owned(), elem.partition()));
                     let _ = self
                         .metrics
                         .consumer_lag
                         .remove_label_values(&[elem.topic(), &elem.partition().to_string()]);
                 }
-                // After the inserts, so whoever sees the new generation finds the partitions.
-                self.revocations.fetch_add(1, Ordering::Release);
+                self.record_revoked(revoked);
             }
             Rebalance::Assign(tpl) => {
                 for elem in tpl.elements() {
