@@ -109,6 +109,7 @@ pub struct ConsumerSettings {
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
     pub queued_max_kbytes: u32,
+    pub fetch_queue_backoff_ms: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +301,10 @@ impl KafkaSettings {
             .set(
                 "queued.max.messages.kbytes",
                 consumer.queued_max_kbytes.to_string(),
+            )
+            .set(
+                "fetch.queue.backoff.ms",
+                consumer.fetch_queue_backoff_ms.to_string(),
             );
         config
     }
