@@ -1,7 +1,7 @@
 //! `consume`: a topic pre-filled with N encoded events (per order: `OrderCreated`,
-//! `CreditReserved`, `OrderApproved`), read three times through the platform's consumer
-//! runtime, each by a fresh consumer group:
-//! (a) a no-op handler (the baseline: fetch, batch, offsets);
+//! `CreditReserved`, `OrderApproved`), read four times, each by a fresh consumer group:
+//! (0) raw rdkafka, polling and dropping each message (librdkafka alone, no runtime);
+//! (a) a no-op handler through the platform's consumer runtime (fetch, batch, offsets);
 //! (b) decode + one PostgreSQL transaction per batch: `processed_events` dedup and a
 //!     set-based `INSERT .. SELECT FROM unnest(..) ON CONFLICT DO UPDATE` into an orders-like
 //!     table, as the order service writes;
@@ -61,6 +61,7 @@ pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Resu
         settings.kafka.name(ORDER_EVENTS),
         settings.kafka.name(CREDIT_EVENTS),
     ];
+    let raw = raw_phase(&settings, &topics, total).await?;
     let noop = phase(&settings, "no-op handler", &topics, total, Noop, &token).await?;
 
     let (pg, db_name, admin) = fresh_postgres(&load.database_url).await?;
@@ -118,6 +119,12 @@ pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Resu
         ),
         &columns,
     );
+    let mut raw_row = vec![Some(raw), Some(raw / noop.rate)];
+    raw_row.extend([None; LATENCY_COLUMNS.len()]);
+    table.row(
+        "raw rdkafka: poll and drop each message, no runtime (baseline)",
+        raw_row,
+    );
     for (name, p) in [
         (
             "no-op handler through the consumer runtime (baseline)",
@@ -137,6 +144,14 @@ pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Resu
         table.row(name, v);
     }
     result.tables.push(table);
+    result.ratios.push((
+        "consumer runtime (no-op) / raw rdkafka, events/s".into(),
+        noop.rate / raw,
+    ));
+    result.ratios.push((
+        "SQLite (order-view) / raw rdkafka, events/s".into(),
+        sqlite.rate / raw,
+    ));
     result.ratios.push((
         "PostgreSQL / no-op, events/s".into(),
         postgres.rate / noop.rate,
@@ -381,6 +396,53 @@ async fn phase<H: Handler>(
         batch,
         series,
     })
+}
+
+/// librdkafka alone: one `BaseConsumer` polled in a loop on its own thread, every message
+/// dropped as it comes (no detach, no batches, no offsets stored). What the runtime's
+/// no-op figure is measured against.
+async fn raw_phase(settings: &Settings, topics: &[String], total: usize) -> anyhow::Result<f64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let group = settings
+        .kafka
+        .name(&format!("bench-raw-{}", uuid::Uuid::new_v4().simple()));
+    let consumer: BaseConsumer = settings
+        .kafka
+        .consumer_config(&group, &settings.consumer)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let meter = Arc::new(Meter::start("raw rdkafka poll, discard"));
+    let count = meter.clone();
+    let polled = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Duration)> {
+        let deadline = Instant::now() + Duration::from_secs(60 + total as u64 / 5_000);
+        let mut first = None;
+        let mut n = 0u64;
+        while n < total as u64 {
+            anyhow::ensure!(Instant::now() < deadline, "raw: only {n} of {total} events");
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(_message)) => {
+                    first.get_or_insert_with(Instant::now);
+                    n += 1;
+                    if n.is_multiple_of(1024) {
+                        count.add(1024);
+                    }
+                }
+                Some(Err(e)) => anyhow::bail!("raw consumer: {e}"),
+                None => {}
+            }
+        }
+        Ok((n, first.map_or(Duration::ZERO, |at| at.elapsed())))
+    })
+    .await??;
+    meter.finish();
+    let rate = polled.0 as f64 / polled.1.max(Duration::from_micros(1)).as_secs_f64();
+    eprintln!(
+        "raw rdkafka poll, discard: {} events = {rate:.0}/s",
+        polled.0
+    );
+    Ok(rate)
 }
 
 #[derive(Debug)]
