@@ -457,3 +457,57 @@ async fn shutdown_abandons_the_prefetched_batch() {
     );
     assert_eq!(ctx.committed("g", &topic, 1), vec![5]);
 }
+
+/// Records each batch's payloads; the first batch takes its time.
+#[derive(Clone, Default)]
+struct Batches {
+    batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+impl Handler for Batches {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        let first = {
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(batch.iter().map(text).collect());
+            batches.len() == 1
+        };
+        if first {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        Ok(Outcome::ok())
+    }
+}
+
+/// Batches form naturally: what arrives while the handler works is handed over as one
+/// batch the moment it is free, even with no batch wait at all (a batch that closed early
+/// would leave the rest queued behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_arrive_while_the_handler_works_come_as_one_batch() {
+    let mut ctx = TestCtx::new();
+    ctx.settings.consumer.batch_wait_ms = 0;
+    let topic = ctx.topic("natural", 1).await;
+    let handler = Batches::default();
+    let batches = handler.batches.clone();
+    let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
+    produce_to(&ctx, &topic, 0, "first").await;
+    eventually("the first batch in the handler", || {
+        !batches.lock().unwrap().is_empty()
+    })
+    .await;
+    for i in 0..10 {
+        produce_to(&ctx, &topic, 0, &format!("m{i}")).await;
+    }
+    eventually("all eleven handled", || {
+        batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= 11
+    })
+    .await;
+    token.cancel();
+    task.await.unwrap().unwrap();
+
+    let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        *batches.lock().unwrap(),
+        vec![vec!["first".to_owned()], expected],
+        "the ten that came during the first batch form the second"
+    );
+}
