@@ -11,8 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-mod fetch;
-
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
@@ -25,6 +23,8 @@ use crate::context::FeedlineContext;
 use crate::dlq::{self, Rejection};
 use crate::metrics::Metrics;
 use crate::producer::{ProduceError, Producer};
+
+mod fetch;
 
 /// What the handler did with a batch whose effects it committed.
 #[derive(Debug, Default)]
