@@ -22,7 +22,7 @@ use crate::cache::Cache;
 use crate::feed::FeedHub;
 use crate::metrics::ViewMetrics;
 use crate::model::{Customer, Order};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Writes};
 
 /// The topics order-view consumes (unprefixed).
 pub const TOPICS: [&str; 3] = [ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
@@ -135,6 +135,30 @@ pub struct ViewHandler {
     state: tokio::sync::Mutex<WriterState>,
 }
 
+/// A batch applied in memory, with the statements that write it.
+struct Prepared {
+    ws: WorkingSet,
+    /// Events applied, by type.
+    per_type: HashMap<&'static str, u64>,
+    writes: Writes,
+}
+
+impl Prepared {
+    fn apply<'e>(mut ws: WorkingSet, events: impl Iterator<Item = &'e Event>) -> Self {
+        let mut per_type: HashMap<&'static str, u64> = HashMap::new();
+        for event in events {
+            ws.apply(event);
+            *per_type.entry(event.type_name()).or_default() += 1;
+        }
+        let writes = Store::prepare_writes(&ws);
+        Prepared {
+            ws,
+            per_type,
+            writes,
+        }
+    }
+}
+
 /// What one committed batch did.
 struct Applied {
     ws: WorkingSet,
@@ -173,23 +197,48 @@ impl ViewHandler {
         self.decoders.topics()
     }
 
-    async fn write(&self, state: &WriterState, events: &[Event]) -> Result<Applied, StoreError> {
+    async fn write(
+        &self,
+        state: &WriterState,
+        events: &Arc<[Event]>,
+    ) -> Result<Applied, StoreError> {
         let mut tx = self.store.begin().await?;
         let keys: Vec<EventKey> = events.iter().map(Event::key).collect();
-        let fresh = Store::record_processed(&mut tx, &keys).await?;
-        let events: Vec<&Event> = events
-            .iter()
-            .zip(&fresh)
-            .filter_map(|(e, fresh)| fresh.then_some(e))
-            .collect();
+        // Nearly every batch is entirely new. So the rows all its events touch are loaded
+        // first, and the batch is applied and its statements built on another thread while
+        // SQLite records the keys: the two overlap instead of taking turns. A batch holding
+        // events applied before is applied again without them (nothing was written yet).
         let mut ws = WorkingSet::new(state.next_seq);
-        self.load(&mut tx, &mut ws, &events).await?;
-        let mut per_type: HashMap<&'static str, u64> = HashMap::new();
-        for event in &events {
-            ws.apply(event);
-            *per_type.entry(event.type_name()).or_default() += 1;
-        }
-        Store::write(&mut tx, &ws).await?;
+        self.load(&mut tx, &mut ws, &events.iter().collect::<Vec<_>>())
+            .await?;
+        let optimistic = tokio::task::spawn_blocking({
+            let events = events.clone();
+            move || Prepared::apply(ws, events.iter())
+        });
+        let fresh = Store::record_processed(&mut tx, &keys).await?;
+        let optimistic = match optimistic.await {
+            Ok(prepared) => prepared,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let (prepared, duplicates) = if fresh.iter().all(|new| *new) {
+            (optimistic, 0)
+        } else {
+            let events: Vec<&Event> = events
+                .iter()
+                .zip(&fresh)
+                .filter_map(|(e, fresh)| fresh.then_some(e))
+                .collect();
+            let mut ws = WorkingSet::new(state.next_seq);
+            self.load(&mut tx, &mut ws, &events).await?;
+            let duplicates = fresh.len() - events.len();
+            (Prepared::apply(ws, events.into_iter()), duplicates)
+        };
+        let Prepared {
+            ws,
+            per_type,
+            writes,
+        } = prepared;
+        Store::execute(&mut tx, writes).await?;
 
         let newest = ws.next_seq() - 1;
         let mut oldest = state.oldest.or(ws.changes.first().map(|c| c.seq));
@@ -202,7 +251,7 @@ impl ViewHandler {
         }
         tx.commit().await?;
         Ok(Applied {
-            duplicates: fresh.len() - events.len(),
+            duplicates,
             per_type,
             ws,
             oldest,
@@ -290,7 +339,7 @@ impl Handler for ViewHandler {
             }
         }
         if !events.is_empty() {
-            self.apply_events(&events).await?;
+            self.apply_events(events.into()).await?;
         }
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics
@@ -303,7 +352,7 @@ impl Handler for ViewHandler {
 impl ViewHandler {
     /// Applies decoded events (ids in canonical form) in one transaction, then updates the
     /// cache and publishes the changes. Returns the number of changes.
-    pub async fn apply_events(&self, events: &[Event]) -> Result<usize, HandlerError> {
+    pub async fn apply_events(&self, events: Arc<[Event]>) -> Result<usize, HandlerError> {
         let mut state = self.state.lock().await;
         if state.unsure {
             let (oldest, newest) = self.store.seq_bounds().await.map_err(retry)?;
@@ -314,7 +363,7 @@ impl ViewHandler {
                 unsure: false,
             };
         }
-        let applied = match self.write(&state, events).await {
+        let applied = match self.write(&state, &events).await {
             Ok(applied) => applied,
             Err(e) => {
                 state.unsure = true;

@@ -37,6 +37,17 @@ pub enum StoreError {
 
 const PAGE_SIZE: u32 = 4096;
 
+/// A batch's row writes, ready to run: see [`Store::prepare_writes`].
+pub struct Writes(Vec<QueryBuilder<'static, Sqlite>>);
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("statements", &self.0.len())
+            .finish()
+    }
+}
+
 /// Statement sizes for multi-row statements: a batch of n rows is cut greedily into these,
 /// so only five texts per statement kind exist (all stay prepared).
 const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
@@ -402,6 +413,20 @@ impl Store {
     /// Writes the rows the batch changed (in the order they first changed, so new orders
     /// get their positions in event order) and its changes.
     pub async fn write(conn: &mut SqliteConnection, ws: &WorkingSet) -> Result<(), StoreError> {
+        Self::execute(conn, Self::prepare_writes(ws)).await
+    }
+
+    /// Runs statements built by [`Store::prepare_writes`].
+    pub async fn execute(conn: &mut SqliteConnection, writes: Writes) -> Result<(), StoreError> {
+        for mut statement in writes.0 {
+            statement.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements [`Store::write`] runs, built without the connection: they own their
+    /// arguments, so the writer can build them on another thread while SQLite works.
+    pub fn prepare_writes(ws: &WorkingSet) -> Writes {
         let mut seen = HashSet::new();
         let mut changed_orders = Vec::new();
         let mut changed_customers = Vec::new();
@@ -416,16 +441,17 @@ impl Store {
                 _ => {}
             }
         }
+        let mut statements = Vec::new();
         for chunk in chunks(&changed_orders) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new(format!("INSERT INTO orders ({ORDER_COLUMNS}) "));
             qb.push_values(chunk, |mut row, o| {
-                row.push_bind(o.id.as_str())
-                    .push_bind(o.customer_id.as_str())
-                    .push_bind(o.customer_name.as_deref())
+                row.push_bind(o.id.clone())
+                    .push_bind(o.customer_id.clone())
+                    .push_bind(o.customer_name.clone())
                     .push_bind(o.status.as_str())
                     .push_bind(o.total_cents)
-                    .push_bind(o.reason.as_deref())
+                    .push_bind(o.reason.clone())
                     .push_bind(o.created_at)
                     .push_bind(o.updated_at);
             });
@@ -437,14 +463,14 @@ impl Store {
                  total_cents = excluded.total_cents, reason = excluded.reason, \
                  created_at = excluded.created_at, updated_at = excluded.updated_at",
             );
-            qb.build().execute(&mut *conn).await?;
+            statements.push(qb);
         }
         for chunk in chunks(&changed_customers) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new(format!("INSERT INTO customers ({CUSTOMER_COLUMNS}) "));
             qb.push_values(chunk, |mut row, c| {
-                row.push_bind(c.id.as_str())
-                    .push_bind(c.name.as_deref())
+                row.push_bind(c.id.clone())
+                    .push_bind(c.name.clone())
                     .push_bind(c.credit_limit_cents)
                     .push_bind(c.credit_reserved_cents)
                     .push_bind(c.limit_at)
@@ -458,7 +484,7 @@ impl Store {
                  limit_at = excluded.limit_at, reserved_at = excluded.reserved_at, \
                  updated_at = excluded.updated_at",
             );
-            qb.build().execute(&mut *conn).await?;
+            statements.push(qb);
         }
         for chunk in chunks(&ws.changes) {
             let mut qb =
@@ -466,13 +492,13 @@ impl Store {
             qb.push_values(chunk, |mut row, c: &Arc<Change>| {
                 row.push_bind(c.seq)
                     .push_bind(c.kind.as_str())
-                    .push_bind(c.customer_id.as_str())
-                    .push_bind(c.order_id.as_deref())
-                    .push_bind(&*c.data);
+                    .push_bind(c.customer_id.clone())
+                    .push_bind(c.order_id.clone())
+                    .push_bind(String::from(&*c.data));
             });
-            qb.build().execute(&mut *conn).await?;
+            statements.push(qb);
         }
-        Ok(())
+        Writes(statements)
     }
 
     /// Drops the changes up to `seq` from the log.
