@@ -458,6 +458,25 @@ pub fn rss_mib(pid: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Deletes every topic of a run (they share its unique prefix). A broker that serves run
+/// after run would otherwise keep thousands of partitions, each holding open files: a local
+/// broker of this project's development stopped at 19,835 of them (`Too many open files`).
+pub async fn drop_topics(kafka: &feedline::config::KafkaSettings, prefix: &str) {
+    let dropped = async {
+        let admin = feedline::admin::Admin::new(kafka)?;
+        let topics = admin.topics_with_prefix(prefix).await?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if !names.is_empty() {
+            admin.delete_topics(&names).await?;
+        }
+        Ok::<_, feedline::admin::AdminError>(names.len())
+    };
+    match dropped.await {
+        Ok(n) => eprintln!("deleted the run's {n} topics ({prefix}*)"),
+        Err(e) => eprintln!("could not delete the run's topics ({prefix}*): {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

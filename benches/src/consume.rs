@@ -102,6 +102,7 @@ pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Resu
     }
     let sqlite = sqlite?;
     token.cancel();
+    common::drop_topics(&settings.kafka, &prefix).await;
 
     let mut result = RunResult::new(
         "consume",

@@ -53,6 +53,9 @@ struct Running {
     admin: PgPool,
     databases: Vec<String>,
     view_file: String,
+    /// The broker and the run's topic prefix, to delete its topics at the end.
+    kafka: feedline::config::KafkaSettings,
+    prefix: String,
     services: Services,
     /// 503 `overloaded` answers (the gateway's back-pressure), each retried after its
     /// `Retry-After`.
@@ -104,7 +107,7 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
         Mode::Processes => {
             let config = RunConfig {
                 bootstrap_servers: kafka,
-                topic_prefix: prefix,
+                topic_prefix: prefix.clone(),
                 orders_db: orders_url,
                 customers_db: customers_url,
                 view_db: view_url,
@@ -133,6 +136,7 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
             // A child that did start was killed when `Processes` was dropped.
             orders_db.close().await;
             drop_storage(&admin, &databases, &view_file).await;
+            common::drop_topics(&settings.kafka, &prefix).await;
             return Err(e);
         }
     };
@@ -149,6 +153,8 @@ async fn start(settings: &Settings, load: &Load) -> anyhow::Result<Running> {
         admin,
         databases,
         view_file,
+        kafka: settings.kafka.clone(),
+        prefix,
         services,
         refused: AtomicU64::new(0),
     };
@@ -310,6 +316,7 @@ impl Running {
         };
         self.orders_db.close().await;
         drop_storage(&self.admin, &self.databases, &self.view_file).await;
+        common::drop_topics(&self.kafka, &self.prefix).await;
         died
     }
 }

@@ -1,5 +1,6 @@
 //! Topic administration: create what a service needs, idempotently.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,8 +18,11 @@ pub enum AdminError {
         topic: String,
         code: RDKafkaErrorCode,
     },
-    #[error("topic {0} does not exist")]
-    UnknownTopic(String),
+    #[error("cannot delete topic {topic}: {code}")]
+    DeleteTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// A topic to create: partitions, replication and topic-level config.
@@ -59,7 +63,7 @@ impl TopicSpec {
 
 #[derive(Debug)]
 pub struct Admin {
-    client: AdminClient<DefaultClientContext>,
+    client: Arc<AdminClient<DefaultClientContext>>,
     default_replication: i32,
 }
 
@@ -68,7 +72,7 @@ impl Admin {
         let mut config = settings.client_config();
         config.remove("statistics.interval.ms");
         Ok(Admin {
-            client: config.create()?,
+            client: Arc::new(config.create()?),
             default_replication: settings.replication_factor,
         })
     }
@@ -117,19 +121,28 @@ impl Admin {
         Ok(())
     }
 
-    /// The number of partitions of `topic`, from the cluster's metadata.
-    pub fn partition_count(&self, topic: &str) -> Result<i32, AdminError> {
-        let metadata = self
-            .client
-            .inner()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0)
-            .ok_or_else(|| AdminError::UnknownTopic(topic.to_owned()))
+    /// Every topic whose name starts with `prefix`: a bench run's or a test's topics.
+    pub async fn topics_with_prefix(&self, prefix: &str) -> Result<Vec<String>, AdminError> {
+        let client = self.client.clone();
+        let prefix = prefix.to_owned();
+        // librdkafka's metadata request blocks: keep it off the async workers.
+        let listed = tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .map(|t| t.name())
+                .filter(|name| name.starts_with(&prefix))
+                .map(str::to_owned)
+                .collect())
+        })
+        .await;
+        match listed {
+            Ok(topics) => topics,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     pub async fn delete_topics(&self, topics: &[&str]) -> Result<(), AdminError> {
@@ -138,7 +151,7 @@ impl Admin {
             if let Err((topic, code)) = result
                 && code != RDKafkaErrorCode::UnknownTopicOrPartition
             {
-                return Err(AdminError::CreateTopic { topic, code });
+                return Err(AdminError::DeleteTopic { topic, code });
             }
         }
         Ok(())
