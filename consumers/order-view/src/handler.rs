@@ -207,7 +207,7 @@ impl ViewHandler {
         // Nearly every batch is entirely new. So the rows all its events touch are loaded
         // first, and the batch is applied and its statements built on another thread while
         // SQLite records the keys: the two overlap instead of taking turns. A batch holding
-        // events applied before is applied again without them (nothing was written yet).
+        // events applied before is applied again without them (no row was written yet).
         let mut ws = WorkingSet::new(state.next_seq);
         self.load(&mut tx, &mut ws, &events.iter().collect::<Vec<_>>())
             .await?;
