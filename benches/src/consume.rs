@@ -357,7 +357,7 @@ async fn phase<H: Handler>(
     )?;
     let stop = token.child_token();
     let running = tokio::spawn(consumer.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(60 + total as u64 / 5_000);
+    let deadline = Instant::now() + patience(total);
     while progress.meter.total() < total as u64 {
         anyhow::ensure!(!running.is_finished(), "{name}: the consumer stopped early");
         anyhow::ensure!(
@@ -417,7 +417,7 @@ async fn raw_phase(settings: &Settings, topics: &[String], total: usize) -> anyh
     let meter = Arc::new(Meter::start("raw rdkafka poll, discard"));
     let count = meter.clone();
     let polled = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Duration)> {
-        let deadline = Instant::now() + Duration::from_secs(60 + total as u64 / 5_000);
+        let deadline = Instant::now() + patience(total);
         let mut first = None;
         let mut n = 0u64;
         while n < total as u64 {
@@ -444,6 +444,12 @@ async fn raw_phase(settings: &Settings, topics: &[String], total: usize) -> anyh
         polled.0
     );
     Ok(rate)
+}
+
+/// How long a phase may take to consume `total` events before the run fails: a minute,
+/// plus a second per 5,000 events.
+fn patience(total: usize) -> Duration {
+    Duration::from_secs(60 + total as u64 / 5_000)
 }
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -416,14 +416,16 @@ async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
 /// Records each batch as it starts, then takes its time.
 #[derive(Clone, Default)]
 struct Sluggish {
-    started: Seen,
-    batches: Arc<AtomicUsize>,
+    /// Each batch's payloads, recorded as it starts.
+    batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
 }
 
 impl Handler for Sluggish {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
-        self.started.lock().unwrap().extend(batch.iter().cloned());
-        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.batches
+            .lock()
+            .unwrap()
+            .push(batch.iter().map(text).collect());
         tokio::time::sleep(Duration::from_millis(800)).await;
         Ok(Outcome::ok())
     }
@@ -440,42 +442,21 @@ async fn shutdown_abandons_the_prefetched_batch() {
         produce_to(&ctx, &topic, 0, &format!("m{i}")).await;
     }
     let handler = Sluggish::default();
-    let started = handler.started.clone();
     let batches = handler.batches.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
-    eventually("a first batch", || batches.load(Ordering::SeqCst) >= 1).await;
+    eventually("a first batch", || !batches.lock().unwrap().is_empty()).await;
     // The next five are local already: the fetch side has them waiting well before this.
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel();
     task.await.unwrap().unwrap();
 
-    let started: Vec<String> = started.lock().unwrap().iter().map(text).collect();
+    let started: Vec<String> = batches.lock().unwrap().concat();
     assert_eq!(
         started,
         ["m0", "m1", "m2", "m3", "m4"],
         "only the batch in flight was handled"
     );
     assert_eq!(ctx.committed("g", &topic, 1), vec![5]);
-}
-
-/// Records each batch's payloads; the first batch takes its time.
-#[derive(Clone, Default)]
-struct Batches {
-    batches: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
-}
-
-impl Handler for Batches {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
-        let first = {
-            let mut batches = self.batches.lock().unwrap();
-            batches.push(batch.iter().map(text).collect());
-            batches.len() == 1
-        };
-        if first {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-        }
-        Ok(Outcome::ok())
-    }
 }
 
 /// Batches form naturally: what arrives while the handler works is handed over as one
@@ -486,7 +467,8 @@ async fn messages_that_arrive_while_the_handler_works_come_as_one_batch() {
     let mut ctx = TestCtx::new();
     ctx.settings.consumer.batch_wait_ms = 0;
     let topic = ctx.topic("natural", 1).await;
-    let handler = Batches::default();
+    // The first batch takes 800 ms: the ten are produced well within it.
+    let handler = Sluggish::default();
     let batches = handler.batches.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
     produce_to(&ctx, &topic, 0, "first").await;

@@ -410,12 +410,6 @@ impl Store {
         orders(rows)
     }
 
-    /// Writes the rows the batch changed (in the order they first changed, so new orders
-    /// get their positions in event order) and its changes.
-    pub async fn write(conn: &mut SqliteConnection, ws: &WorkingSet) -> Result<(), StoreError> {
-        Self::execute(conn, Self::prepare_writes(ws)).await
-    }
-
     /// Runs statements built by [`Store::prepare_writes`].
     pub async fn execute(conn: &mut SqliteConnection, writes: Writes) -> Result<(), StoreError> {
         for mut statement in writes.0 {
@@ -424,8 +418,10 @@ impl Store {
         Ok(())
     }
 
-    /// The statements [`Store::write`] runs, built without the connection: they own their
-    /// arguments, so the writer can build them on another thread while SQLite works.
+    /// The statements that write the rows the batch changed (in the order they first
+    /// changed, so new orders get their positions in event order) and its changes. Built
+    /// without the connection, they own their arguments, so the writer can build them on
+    /// another thread while SQLite works.
     pub fn prepare_writes(ws: &WorkingSet) -> Writes {
         let mut seen = HashSet::new();
         let mut changed_orders = Vec::new();
@@ -742,7 +738,9 @@ mod tests {
         ws.customers.insert(customer.id.clone(), customer.clone());
 
         let mut tx = store.begin().await.unwrap();
-        Store::write(&mut tx, &ws).await.unwrap();
+        Store::execute(&mut tx, Store::prepare_writes(&ws))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
 
         assert_eq!(store.order("order-1").await.unwrap(), Some(order.clone()));
