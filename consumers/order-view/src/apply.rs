@@ -151,27 +151,6 @@ pub fn canonical(id: &mut String, field: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The key of `processed_events`: the event's time, then the 16 bytes of its UUID id (the
-/// text of an id that is not a UUID).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EventKey {
-    pub occurred_at: i64,
-    pub event_id: Vec<u8>,
-}
-
-impl Event {
-    pub fn key(&self) -> EventKey {
-        let id = self.event_id();
-        EventKey {
-            occurred_at: self.occurred_at(),
-            event_id: match uuid::Uuid::parse_str(id) {
-                Ok(uuid) => uuid.as_bytes().to_vec(),
-                Err(_) => id.as_bytes().to_vec(),
-            },
-        }
-    }
-}
-
 /// The rows one batch touches, as they are before the batch (loaded from the cache or
 /// SQLite) and after each event, plus the changes the batch made.
 #[derive(Debug)]

@@ -2,9 +2,8 @@
 //! cache and publish the changes. The runtime stores the batch's offsets only after
 //! [`ViewHandler::handle`] returned `Ok`, that is after the commit.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use feedline::codec::{AvroDecoder, CodecError, RegistryClient, decode_batch};
@@ -15,14 +14,13 @@ use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_EVENTS, ORDER_EVENTS, envelope_sc
 use futures::future::{Either, ready};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use sqlx::SqliteConnection;
 
-use crate::apply::{Event, EventKey, WorkingSet};
+use crate::apply::Event;
 use crate::cache::Cache;
 use crate::feed::FeedHub;
 use crate::metrics::ViewMetrics;
-use crate::model::{Customer, Order};
-use crate::store::{Store, StoreError, Writes};
+use crate::store::{Store, StoreError};
+use crate::writer::{Applied, Writer};
 
 /// The topics order-view consumes (unprefixed).
 pub const TOPICS: [&str; 3] = [ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
@@ -111,61 +109,16 @@ impl Decoders {
     }
 }
 
-/// What the writer remembers between batches.
-#[derive(Debug)]
-struct WriterState {
-    next_seq: i64,
-    /// The oldest change still in the log.
-    oldest: Option<i64>,
-    /// A write failed after it began: whether it committed is unknown, so the numbering is
-    /// re-read and the cache dropped before the next batch.
-    unsure: bool,
-}
-
 /// Applies batches to the read model.
 #[derive(Debug)]
 pub struct ViewHandler {
     decoders: Decoders,
-    store: Store,
     cache: Arc<Cache>,
     hub: Arc<FeedHub>,
     metrics: ViewMetrics,
-    /// Changes kept in the log for resuming clients.
-    retain: i64,
-    state: tokio::sync::Mutex<WriterState>,
-}
-
-/// A batch applied in memory, with the statements that write it.
-struct Prepared {
-    ws: WorkingSet,
-    /// Events applied, by type.
-    per_type: HashMap<&'static str, u64>,
-    writes: Writes,
-}
-
-impl Prepared {
-    fn apply<'e>(mut ws: WorkingSet, events: impl Iterator<Item = &'e Event>) -> Self {
-        let mut per_type: HashMap<&'static str, u64> = HashMap::new();
-        for event in events {
-            ws.apply(event);
-            *per_type.entry(event.type_name()).or_default() += 1;
-        }
-        let writes = Store::prepare_writes(&ws);
-        Prepared {
-            ws,
-            per_type,
-            writes,
-        }
-    }
-}
-
-/// What one committed batch did.
-struct Applied {
-    ws: WorkingSet,
-    duplicates: usize,
-    /// Events applied (not duplicates), by type.
-    per_type: HashMap<&'static str, u64>,
-    oldest: Option<i64>,
+    /// The single writer, used on a blocking thread; the lock also keeps batches (and so
+    /// their changes' numbers and publication) in order.
+    writer: Arc<Mutex<Writer>>,
 }
 
 impl ViewHandler {
@@ -177,138 +130,18 @@ impl ViewHandler {
         metrics: ViewMetrics,
         retain: i64,
     ) -> Result<Self, StoreError> {
-        let (oldest, newest) = store.seq_bounds().await?;
+        let writer = store.writer(retain).await?;
         Ok(ViewHandler {
             decoders,
-            store,
             cache,
             hub,
             metrics,
-            retain: retain.max(1),
-            state: tokio::sync::Mutex::new(WriterState {
-                next_seq: newest + 1,
-                oldest,
-                unsure: false,
-            }),
+            writer: Arc::new(Mutex::new(writer)),
         })
     }
 
     pub fn topics(&self) -> &[String] {
         self.decoders.topics()
-    }
-
-    async fn write(
-        &self,
-        state: &WriterState,
-        events: &Arc<[Event]>,
-    ) -> Result<Applied, StoreError> {
-        let mut tx = self.store.begin().await?;
-        let keys: Vec<EventKey> = events.iter().map(Event::key).collect();
-        // Nearly every batch is entirely new. So the rows all its events touch are loaded
-        // first, and the batch is applied and its statements built on another thread while
-        // SQLite records the keys: the two overlap instead of taking turns. A batch holding
-        // events applied before is applied again without them (no row was written yet).
-        let mut ws = WorkingSet::new(state.next_seq);
-        self.load(&mut tx, &mut ws, &events.iter().collect::<Vec<_>>())
-            .await?;
-        let optimistic = tokio::task::spawn_blocking({
-            let events = events.clone();
-            move || Prepared::apply(ws, events.iter())
-        });
-        let fresh = Store::record_processed(&mut tx, &keys).await?;
-        let optimistic = match optimistic.await {
-            Ok(prepared) => prepared,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        let (prepared, duplicates) = if fresh.iter().all(|new| *new) {
-            (optimistic, 0)
-        } else {
-            let events: Vec<&Event> = events
-                .iter()
-                .zip(&fresh)
-                .filter_map(|(e, fresh)| fresh.then_some(e))
-                .collect();
-            let mut ws = WorkingSet::new(state.next_seq);
-            self.load(&mut tx, &mut ws, &events).await?;
-            let duplicates = fresh.len() - events.len();
-            (Prepared::apply(ws, events.into_iter()), duplicates)
-        };
-        let Prepared {
-            ws,
-            per_type,
-            writes,
-        } = prepared;
-        Store::execute(&mut tx, writes).await?;
-
-        let newest = ws.next_seq() - 1;
-        let mut oldest = state.oldest.or(ws.changes.first().map(|c| c.seq));
-        // Trim in steps of a tenth of the log, not at every batch.
-        if let Some(first) = oldest
-            && newest - first + 1 > self.retain + self.retain / 10
-        {
-            Store::trim_changes(&mut tx, newest - self.retain).await?;
-            oldest = Some(newest - self.retain + 1);
-        }
-        tx.commit().await?;
-        Ok(Applied {
-            duplicates,
-            per_type,
-            ws,
-            oldest,
-        })
-    }
-
-    /// Loads the rows `events` touch into `ws`: from the cache, the rest from SQLite.
-    async fn load(
-        &self,
-        conn: &mut SqliteConnection,
-        ws: &mut WorkingSet,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        let mut order_ids = HashSet::new();
-        let mut customer_ids = HashSet::new();
-        let mut registrations = HashSet::new();
-        for e in events {
-            customer_ids.insert(e.customer_id());
-            if let Some(order) = e.order_id() {
-                order_ids.insert(order);
-            }
-            if let Some(registration) = e.registered_name() {
-                registrations.insert(registration);
-            }
-        }
-        let mut missing = Vec::new();
-        for id in order_ids {
-            match self.cache.order(id) {
-                Some(order) => {
-                    ws.orders.insert(id.to_owned(), Order::clone(&order));
-                }
-                None => missing.push(id),
-            }
-        }
-        for order in Store::load_orders(conn, &missing).await? {
-            ws.orders.insert(order.id.clone(), order);
-        }
-        missing.clear();
-        for id in customer_ids {
-            match self.cache.customer(id) {
-                Some(customer) => {
-                    ws.customers
-                        .insert(id.to_owned(), Customer::clone(&customer));
-                }
-                None => missing.push(id),
-            }
-        }
-        for customer in Store::load_customers(conn, &missing).await? {
-            ws.customers.insert(customer.id.clone(), customer);
-        }
-        // Orders that arrived before their customer's registration take its name.
-        for (customer, name) in registrations {
-            for order in Store::orders_named_otherwise(conn, customer, name).await? {
-                ws.orders.entry(order.id.clone()).or_insert(order);
-            }
-        }
-        Ok(())
     }
 
     fn count(&self, applied: &Applied) {
@@ -339,7 +172,7 @@ impl Handler for ViewHandler {
             }
         }
         if !events.is_empty() {
-            self.apply_events(events.into()).await?;
+            self.apply_events(events).await?;
         }
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics
@@ -352,35 +185,21 @@ impl Handler for ViewHandler {
 impl ViewHandler {
     /// Applies decoded events (ids in canonical form) in one transaction, then updates the
     /// cache and publishes the changes. Returns the number of changes.
-    pub async fn apply_events(&self, events: Arc<[Event]>) -> Result<usize, HandlerError> {
-        let mut state = self.state.lock().await;
-        if state.unsure {
-            let (oldest, newest) = self.store.seq_bounds().await.map_err(retry)?;
-            self.cache.clear();
-            *state = WriterState {
-                next_seq: newest + 1,
-                oldest,
-                unsure: false,
-            };
-        }
-        let applied = match self.write(&state, &events).await {
-            Ok(applied) => applied,
-            Err(e) => {
-                state.unsure = true;
-                return Err(match e {
-                    StoreError::Corrupt { .. } => HandlerError::Fatal(e.into()),
-                    e => retry(e),
-                });
-            }
-        };
-        state.next_seq = applied.ws.next_seq();
-        state.oldest = applied.oldest;
-        // Committed: now readers may see it (still under the lock, so changes are published
-        // in the order they were committed).
-        self.cache
-            .update(applied.ws.orders.values(), applied.ws.customers.values());
-        self.hub.publish(&applied.ws.changes);
-        drop(state);
+    pub async fn apply_events(&self, events: Vec<Event>) -> Result<usize, HandlerError> {
+        let (writer, cache, hub) = (self.writer.clone(), self.cache.clone(), self.hub.clone());
+        // All on the blocking thread, commit and publication included: should this future
+        // be dropped, the batch still either commits and reaches the cache and the feed, or
+        // does neither.
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer.apply(&events, &cache, &hub)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let applied = applied.map_err(|e| match e {
+            StoreError::Corrupt { .. } => HandlerError::Fatal(e.into()),
+            e => retry(e),
+        })?;
         self.count(&applied);
         Ok(applied.ws.changes.len())
     }

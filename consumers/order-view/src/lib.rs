@@ -5,7 +5,8 @@
 //!
 //! - [`handler`]: the consumer's batch handler (decode, apply, commit, publish)
 //! - [`apply`]: events → changes, order-tolerant, in memory
-//! - [`store`]: the SQLite file and its statements
+//! - [`store`]: the SQLite file and the readers' queries
+//! - [`writer`]: the single writer's connection and its batch transaction
 //! - [`cache`]: the bounded in-memory cache
 //! - [`feed`]: the live-feed hub (broadcast, backlog, snapshot)
 //! - [`api`]: the HTTP routes
@@ -19,6 +20,7 @@ pub mod handler;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,10 +46,10 @@ service_name = "order-view"
 port = 8093
 [database]
 url = "sqlite:order-view.db"
-# The writer and one reader: each connection has its own page cache, and under the saga
-# bench's load two more readers cost ~10 MiB of resident memory for reads that take
-# milliseconds. Raise it for a read-heavy deployment.
-max_connections = 2
+# The readers' pool (the writer has a connection of its own): each connection has its own
+# page cache, and under the saga bench's load two more readers cost ~10 MiB of resident
+# memory for reads that take milliseconds. Raise it for a read-heavy deployment.
+max_connections = 1
 # One SQLite transaction per batch: bigger batches under load share the pages each commit
 # writes (about 45k events/s at 500, 75k at 5000 on two cores). 2,500 keeps most of that
 # and halves the batch's transient memory (the messages, the decoded events, the rows and
@@ -72,7 +74,7 @@ queued_max_kbytes = 2048
 /// Memory: the defaults are sized for the 50 MB per-service budget. What grows with load
 /// is the hot cache (~400 B per order: at most `cache_capacity` orders, ~4 MB at the
 /// default), SQLite's page cache (at most `sqlite_cache_kib` per connection, and
-/// `database.max_connections` connections: 4 MiB at the defaults), the broadcast ring
+/// `database.max_connections` readers' connections and the writer's: 4 MiB at the defaults), the broadcast ring
 /// (`feed_broadcast_capacity` changes of ~400 B once it has filled: ~3 MB), librdkafka's
 /// prefetch (`consumer.queued_max_kbytes`, two to three times that in fact) and the batch
 /// being written (`consumer.batch_max`).

@@ -1,0 +1,530 @@
+//! The writer: a whole batch applied in one SQLite transaction, on a connection of its own
+//! that is driven synchronously on a blocking thread.
+//!
+//! Why not sqlx, which the readers use: sqlx runs each SQLite connection on a worker thread
+//! and every statement is a round trip to it (the arguments copied to cross, a wake-up each
+//! way), so the batch's statements, its decoding and its applying took turns on two threads.
+//! Here one thread does it all with prepared single-row statements, which SQLite runs as
+//! fast as multi-row ones without building any SQL text. The readers stay on sqlx's pool:
+//! in WAL mode they never block the writer, nor it them.
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::apply::{Event, WorkingSet};
+use crate::cache::Cache;
+use crate::feed::FeedHub;
+use crate::model::{Customer, Kind, Order, Status};
+use crate::store::{Memory, StoreError};
+
+/// What one committed batch did.
+#[derive(Debug)]
+pub struct Applied {
+    pub ws: WorkingSet,
+    /// Events applied before (redeliveries), skipped.
+    pub duplicates: usize,
+    /// Events applied (not duplicates), by type.
+    pub per_type: HashMap<&'static str, u64>,
+}
+
+/// What the writer remembers between batches.
+#[derive(Debug)]
+struct Numbering {
+    next_seq: i64,
+    /// The oldest change still in the log.
+    oldest: Option<i64>,
+    /// A write failed after it began: whether it committed is unknown, so the numbering is
+    /// re-read and the cache dropped before the next batch.
+    unsure: bool,
+}
+
+/// The read model's single writer. Not `Sync`: callers serialize on a mutex around it.
+#[derive(Debug)]
+pub struct Writer {
+    conn: Connection,
+    numbering: Numbering,
+    /// Changes kept in the log for resuming clients.
+    retain: i64,
+}
+
+const ORDER_COLUMNS: &str =
+    "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at";
+const CUSTOMER_COLUMNS: &str =
+    "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at";
+
+impl Writer {
+    /// Opens the (already migrated) file with the writer's settings.
+    pub fn open(file: &Path, memory: Memory, retain: i64) -> Result<Self, StoreError> {
+        let conn = Connection::open(file)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // The same durability as the readers' connections (see `Store::open_with`); the
+        // writer is the connection that checkpoints, every ~40 MB of WAL.
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA temp_store = memory; PRAGMA wal_autocheckpoint = 10000; \
+             PRAGMA cache_size = -{}; PRAGMA mmap_size = {};",
+            memory.cache_kib,
+            u64::from(memory.mmap_mib) << 20
+        ))?;
+        // Every statement of the write path stays prepared.
+        conn.set_prepared_statement_cache_capacity(32);
+        let mut writer = Writer {
+            conn,
+            numbering: Numbering {
+                next_seq: 1,
+                oldest: None,
+                unsure: true,
+            },
+            retain: retain.max(1),
+        };
+        writer.renumber()?;
+        Ok(writer)
+    }
+
+    /// Reads the numbering back from the change log.
+    fn renumber(&mut self) -> Result<(), StoreError> {
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            self.conn
+                .query_row("SELECT min(seq), max(seq) FROM changes", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+        self.numbering = Numbering {
+            next_seq: newest.unwrap_or(0) + 1,
+            oldest,
+            unsure: false,
+        };
+        Ok(())
+    }
+
+    /// Applies `events` (ids in canonical form) in one transaction; once it committed,
+    /// updates the cache and publishes the changes, in commit order. Events applied before
+    /// are skipped.
+    pub fn apply(
+        &mut self,
+        events: &[Event],
+        cache: &Cache,
+        hub: &FeedHub,
+    ) -> Result<Applied, StoreError> {
+        if self.numbering.unsure {
+            self.renumber()?;
+            cache.clear();
+        }
+        let applied = match self.write(events, cache) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.numbering.unsure = true;
+                return Err(e);
+            }
+        };
+        cache.update(applied.ws.orders.values(), applied.ws.customers.values());
+        hub.publish(&applied.ws.changes);
+        Ok(applied)
+    }
+
+    fn write(&mut self, events: &[Event], cache: &Cache) -> Result<Applied, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let fresh = record_processed(&tx, events)?;
+        let duplicates = events.len() - fresh.len();
+        let mut ws = WorkingSet::new(self.numbering.next_seq);
+        load(&tx, cache, &mut ws, &fresh)?;
+        let mut per_type: HashMap<&'static str, u64> = HashMap::new();
+        for event in &fresh {
+            ws.apply(event);
+            *per_type.entry(event.type_name()).or_default() += 1;
+        }
+        write_rows(&tx, &ws)?;
+
+        let newest = ws.next_seq() - 1;
+        let mut oldest = self.numbering.oldest.or(ws.changes.first().map(|c| c.seq));
+        // Trim in steps of a tenth of the log, not at every batch.
+        if let Some(first) = oldest
+            && newest - first + 1 > self.retain + self.retain / 10
+        {
+            tx.execute(
+                "DELETE FROM changes WHERE seq <= ?1",
+                [newest - self.retain],
+            )?;
+            oldest = Some(newest - self.retain + 1);
+        }
+        tx.commit()?;
+        self.numbering.next_seq = ws.next_seq();
+        self.numbering.oldest = oldest;
+        Ok(Applied {
+            ws,
+            duplicates,
+            per_type,
+        })
+    }
+}
+
+/// Records the events' keys and returns the events not applied before (a repeat within
+/// `events` counts as applied before): a single-row insert that skips a recorded key tells
+/// at once whether it was new.
+fn record_processed<'e>(
+    conn: &Connection,
+    events: &'e [Event],
+) -> Result<Vec<&'e Event>, StoreError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO processed_events (occurred_at, event_id) VALUES (?1, ?2) \
+         ON CONFLICT DO NOTHING",
+    )?;
+    let mut fresh = Vec::with_capacity(events.len());
+    for event in events {
+        // The key: the 16 bytes of a UUID id, the text of any other.
+        let id = event.event_id();
+        let uuid = uuid::Uuid::parse_str(id).ok();
+        let bytes = uuid.as_ref().map_or(id.as_bytes(), |u| u.as_bytes());
+        if insert.execute(params![event.occurred_at(), bytes])? == 1 {
+            fresh.push(event);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Loads the rows `events` touch into `ws`: from the cache, the rest from SQLite.
+fn load(
+    conn: &Connection,
+    cache: &Cache,
+    ws: &mut WorkingSet,
+    events: &[&Event],
+) -> Result<(), StoreError> {
+    let mut order_ids = HashSet::new();
+    let mut customer_ids = HashSet::new();
+    let mut registrations = HashSet::new();
+    for e in events {
+        customer_ids.insert(e.customer_id());
+        if let Some(order) = e.order_id() {
+            order_ids.insert(order);
+        }
+        if let Some(registration) = e.registered_name() {
+            registrations.insert(registration);
+        }
+    }
+    for id in order_ids {
+        let order = match cache.order(id) {
+            Some(order) => Some(Order::clone(&order)),
+            None => order_by_id(conn, id)?,
+        };
+        if let Some(order) = order {
+            ws.orders.insert(id.to_owned(), order);
+        }
+    }
+    let mut select = conn.prepare_cached(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?1"
+    ))?;
+    for id in customer_ids {
+        let customer = match cache.customer(id) {
+            Some(customer) => Some(Customer::clone(&customer)),
+            None => select.query_row([id], read_customer).optional()?,
+        };
+        if let Some(customer) = customer {
+            ws.customers.insert(id.to_owned(), customer);
+        }
+    }
+    // Orders that arrived before their customer's registration take its name.
+    let mut select = conn.prepare_cached(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = ?1 AND customer_name IS NOT ?2"
+    ))?;
+    for (customer, name) in registrations {
+        for order in select.query_map([customer, name], read_order)? {
+            let order = order??;
+            ws.orders.entry(order.id.clone()).or_insert(order);
+        }
+    }
+    Ok(())
+}
+
+fn order_by_id(conn: &Connection, id: &str) -> Result<Option<Order>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?
+        .query_row([id], read_order)
+        .optional()?
+        .transpose()
+}
+
+/// An order row; an unknown status is `Err` (a corrupt row, not an SQLite failure).
+fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
+    let status: String = row.get(3)?;
+    let Some(status) = Status::parse(&status) else {
+        return Ok(Err(StoreError::Corrupt {
+            table: "orders",
+            reason: format!("unknown status {status:?}"),
+        }));
+    };
+    Ok(Ok(Order {
+        id: row.get(0)?,
+        customer_id: row.get(1)?,
+        customer_name: row.get(2)?,
+        status,
+        total_cents: row.get(4)?,
+        reason: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+    }))
+}
+
+fn read_customer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Customer> {
+    Ok(Customer {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        credit_limit_cents: row.get(2)?,
+        credit_reserved_cents: row.get(3)?,
+        limit_at: row.get(4)?,
+        reserved_at: row.get(5)?,
+        updated_at: row.get(6)?,
+    })
+}
+
+/// Writes the rows the batch changed, in the order they first changed (so new orders get
+/// their positions in event order), and its changes.
+pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), StoreError> {
+    let mut upsert_order = conn.prepare_cached(&format!(
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (id) DO UPDATE SET \
+         customer_name = excluded.customer_name, status = excluded.status, \
+         total_cents = excluded.total_cents, reason = excluded.reason, \
+         created_at = excluded.created_at, updated_at = excluded.updated_at"
+    ))?;
+    // Not customer_id above: it never changes (every event of an order names the same
+    // customer), and leaving it out spares its index an update.
+    let mut upsert_customer = conn.prepare_cached(&format!(
+        "INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+         credit_limit_cents = excluded.credit_limit_cents, \
+         credit_reserved_cents = excluded.credit_reserved_cents, \
+         limit_at = excluded.limit_at, reserved_at = excluded.reserved_at, \
+         updated_at = excluded.updated_at"
+    ))?;
+    let mut insert_change = conn.prepare_cached(
+        "INSERT INTO changes (seq, kind, customer_id, order_id, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut seen = HashSet::new();
+    for change in &ws.changes {
+        match (change.kind, &change.order_id) {
+            (Kind::Order, Some(id)) if seen.insert(id.as_str()) => {
+                let o = &ws.orders[id];
+                upsert_order.execute(params![
+                    o.id,
+                    o.customer_id,
+                    o.customer_name,
+                    o.status.as_str(),
+                    o.total_cents,
+                    o.reason,
+                    o.created_at,
+                    o.updated_at
+                ])?;
+            }
+            (Kind::Customer, _) if seen.insert(change.customer_id.as_str()) => {
+                let c = &ws.customers[&change.customer_id];
+                upsert_customer.execute(params![
+                    c.id,
+                    c.name,
+                    c.credit_limit_cents,
+                    c.credit_reserved_cents,
+                    c.limit_at,
+                    c.reserved_at,
+                    c.updated_at
+                ])?;
+            }
+            _ => {}
+        }
+    }
+    for c in &ws.changes {
+        insert_change.execute(params![
+            c.seq,
+            c.kind.as_str(),
+            c.customer_id,
+            c.order_id,
+            &*c.data
+        ])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ViewMetrics;
+    use crate::model::{Change, Filter};
+    use crate::store::Store;
+    use feedline::config::DatabaseSettings;
+    use feedline_schemas::types::{OrderCreated, OrderEvent, OrderEventPayload};
+    use std::sync::Arc;
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("view.db").display());
+        let store = Store::open(&DatabaseSettings {
+            url: url.into(),
+            max_connections: 1,
+        })
+        .await
+        .unwrap();
+        (dir, store)
+    }
+
+    /// An order's creation with the given event id and time (order n of customer 1).
+    fn created(event_id: &str, at: i64, n: u32) -> Event {
+        let mut e = OrderEvent::new(
+            "test",
+            "corr".into(),
+            None,
+            OrderEventPayload::OrderCreated(OrderCreated {
+                order_id: format!("00000000-0000-0000-0000-{n:012}"),
+                customer_id: "00000000-0000-0000-0000-00000000000c".into(),
+                total_cents: 100,
+            }),
+        );
+        e.event_id = event_id.into();
+        e.occurred_at = at;
+        Event::Order(e)
+    }
+
+    fn uuid_event(n: u32) -> Event {
+        created(
+            &format!("00000000-0000-4000-8000-{n:012}"),
+            1_700_000_000_000,
+            n,
+        )
+    }
+
+    /// Rows go to SQLite as bound values: every value must come back exactly, to the
+    /// readers and to the writer's own loading, however awkward its characters and however
+    /// large its numbers.
+    #[tokio::test]
+    async fn written_rows_read_back_exactly() {
+        let (_dir, store) = temp_store().await;
+        let mut writer = store.writer(10).await.unwrap();
+        let awkward = "O'Brien \"quoted\" back\\slash\nnew line\ttab \u{1} ünï 😀 \u{2028}";
+        let order = Order {
+            id: "order-1".into(),
+            customer_id: "customer-1".into(),
+            customer_name: Some(awkward.into()),
+            status: Status::Rejected,
+            total_cents: i64::MAX,
+            reason: Some(format!("{awkward} reason")),
+            created_at: i64::MIN,
+            updated_at: 1_700_000_000_123,
+        };
+        let plain = Order {
+            id: "order-2".into(),
+            customer_name: None,
+            reason: None,
+            status: Status::Pending,
+            total_cents: 0,
+            ..order.clone()
+        };
+        let customer = Customer {
+            id: "customer-1".into(),
+            name: Some(awkward.into()),
+            credit_limit_cents: 9_007_199_254_740_993, // 2^53 + 1: no float on the way
+            credit_reserved_cents: -1,
+            limit_at: None,
+            reserved_at: Some(42),
+            updated_at: 7,
+        };
+        let mut ws = WorkingSet::new(1);
+        let change = |seq, kind, order_id: Option<&str>, data: &str| {
+            Arc::new(Change {
+                seq,
+                kind,
+                customer_id: "customer-1".into(),
+                order_id: order_id.map(Into::into),
+                data: data.into(),
+            })
+        };
+        ws.changes = vec![
+            change(
+                1,
+                Kind::Order,
+                Some("order-1"),
+                &format!("{{\"x\":\"{awkward}\"}}"),
+            ),
+            change(2, Kind::Order, Some("order-2"), "{}"),
+            change(3, Kind::Customer, None, awkward),
+        ];
+        for o in [&order, &plain] {
+            ws.orders.insert(o.id.clone(), o.clone());
+        }
+        ws.customers.insert(customer.id.clone(), customer.clone());
+
+        let tx = writer.conn.transaction().unwrap();
+        write_rows(&tx, &ws).unwrap();
+        tx.commit().unwrap();
+
+        assert_eq!(store.order("order-1").await.unwrap(), Some(order.clone()));
+        assert_eq!(store.order("order-2").await.unwrap(), Some(plain.clone()));
+        assert_eq!(store.customer("customer-1").await.unwrap(), Some(customer));
+        let page = store
+            .changes_page(0, 10, &Filter::default(), 10)
+            .await
+            .unwrap();
+        let written: Vec<Change> = ws.changes.iter().map(|c| Change::clone(c)).collect();
+        assert_eq!(page.changes, written);
+        for expected in [order, plain] {
+            let loaded = order_by_id(&writer.conn, &expected.id).unwrap();
+            assert_eq!(loaded, Some(expected));
+        }
+        assert_eq!(order_by_id(&writer.conn, "missing").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_event_is_new_once() {
+        let (_dir, store) = temp_store().await;
+        let mut writer = store.writer(10).await.unwrap();
+        let tx = writer.conn.transaction().unwrap();
+        let ids = |events: Vec<&Event>| -> Vec<String> {
+            events.iter().map(|e| e.event_id().to_owned()).collect()
+        };
+        let first: Vec<Event> = (0..200).map(uuid_event).collect();
+        assert_eq!(record_processed(&tx, &first).unwrap().len(), 200);
+        // Seen before, or repeated within the batch: not new.
+        let mixed: Vec<Event> = [199, 200, 201, 200, 0].map(uuid_event).into();
+        let fresh = ids(record_processed(&tx, &mixed).unwrap());
+        assert_eq!(fresh, ids(vec![&mixed[1], &mixed[2]]));
+        // An id that is not a UUID is recorded as its text; the time is part of the key.
+        let odd = [
+            created("not-a-uuid", 1, 1),
+            created("not-a-uuid", 1, 1),
+            created("not-a-uuid", 2, 1),
+        ];
+        assert_eq!(record_processed(&tx, &odd).unwrap().len(), 2);
+        tx.commit().unwrap();
+        let count: i64 = writer
+            .conn
+            .query_row("SELECT count(*) FROM processed_events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 204);
+    }
+
+    /// A batch applied again (a redelivery) changes nothing, and a writer opened again on
+    /// the file numbers its changes after the last one.
+    #[tokio::test]
+    async fn redeliveries_change_nothing_and_numbering_survives_a_reopen() {
+        let (_dir, store) = temp_store().await;
+        let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
+        let token = feedline::CancellationToken::new();
+        let hub = FeedHub::new(store.clone(), metrics, 16, 16, token);
+        let cache = Cache::new(100);
+        let batch: Vec<Event> = (0..3).map(uuid_event).collect();
+
+        let mut writer = store.writer(10).await.unwrap();
+        let applied = writer.apply(&batch, &cache, &hub).unwrap();
+        assert_eq!((applied.ws.changes.len(), applied.duplicates), (3, 0));
+        let again = writer.apply(&batch, &cache, &hub).unwrap();
+        assert_eq!((again.ws.changes.len(), again.duplicates), (0, 3));
+        drop(writer);
+
+        let mut writer = store.writer(10).await.unwrap();
+        let more: Vec<Event> = (3..5).map(uuid_event).collect();
+        let applied = writer.apply(&more, &Cache::new(100), &hub).unwrap();
+        let seqs: Vec<i64> = applied.ws.changes.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [4, 5]);
+        assert_eq!(store.seq_bounds().await.unwrap(), (Some(1), 5));
+    }
+}
