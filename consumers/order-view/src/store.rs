@@ -24,6 +24,8 @@ pub enum StoreError {
     Sqlite(#[from] sqlx::Error),
     #[error("sqlite (writer): {0}")]
     Write(#[from] rusqlite::Error),
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot migrate the read model: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database.url must name a SQLite file (sqlite:path) for order-view")]
@@ -215,9 +217,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
-            // Checkpoint every ~40 MB of WAL instead of 4 MB: pages written again and
-            // again between checkpoints are copied into the database once.
-            .pragma("wal_autocheckpoint", "10000")
+            // The writer's connection checkpoints (see `crate::writer`); should one of these
+            // write, it checkpoints at the same ~40 MB of WAL.
+            .pragma("wal_autocheckpoint", "2500")
             // Negative: KiB rather than pages.
             .pragma("cache_size", format!("-{}", memory.cache_kib))
             .pragma("mmap_size", (u64::from(memory.mmap_mib) << 20).to_string())
