@@ -3,10 +3,10 @@
 //! [`ViewHandler::handle`] returned `Ok`, that is after the commit.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Instant;
 
-use feedline::codec::{AvroDecoder, CodecError, RegistryClient, decode_batch};
+use feedline::codec::{AvroDecoder, CodecError, RegistryClient, decode_each};
 use feedline::config::KafkaSettings;
 use feedline::{Handler, HandlerError, Outcome, Rejection};
 use feedline_schemas::types::{CreditEvent, CustomerEvent, OrderEvent};
@@ -14,13 +14,14 @@ use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_EVENTS, ORDER_EVENTS, envelope_sc
 use futures::future::{Either, ready};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
+use tokio::task::JoinHandle;
 
 use crate::apply::Event;
 use crate::cache::Cache;
 use crate::feed::FeedHub;
 use crate::metrics::ViewMetrics;
 use crate::store::{Store, StoreError};
-use crate::writer::{Applied, Writer};
+use crate::writer::{Applied, Piece, Writer};
 
 /// The topics order-view consumes (unprefixed).
 pub const TOPICS: [&str; 3] = [ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
@@ -158,21 +159,55 @@ impl ViewHandler {
     }
 }
 
+/// Events per piece handed to the writer while the rest of the batch decodes: small enough
+/// that the writer starts early, large enough that handing over costs nothing per event.
+const PIECE: usize = 512;
+
 impl Handler for ViewHandler {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
         let started = Instant::now();
-
         let mut outcome = Outcome::ok();
-        let decoded = decode_batch(batch, &mut outcome, |msg| self.decoders.decode(msg)).await?;
-        let mut events = Vec::with_capacity(decoded.len());
-        for (index, mut event) in decoded {
-            match event.normalize() {
-                Ok(()) => events.push(event),
-                Err(reason) => outcome.reject(index, Rejection::new("validation", reason)),
-            }
+        let mut invalid = Vec::new();
+        // The writer starts with the first piece, on its blocking thread, and works on it
+        // while this task decodes the next.
+        let mut writing: Option<(mpsc::Sender<Piece>, JoinHandle<_>)> = None;
+        let mut piece = Vec::with_capacity(PIECE.min(batch.len()));
+        let mut hand_over = |events: Vec<Event>| {
+            let (pieces, _) = writing.get_or_insert_with(|| self.start_writing());
+            // A closed channel means the writer failed: its error comes from its handle.
+            let _ = pieces.send(Piece::Events(events));
+        };
+        decode_each(
+            batch,
+            &mut outcome,
+            |msg| self.decoders.decode(msg),
+            |index, mut event: Event| match event.normalize() {
+                Ok(()) => {
+                    piece.push(event);
+                    if piece.len() == PIECE {
+                        hand_over(std::mem::replace(&mut piece, Vec::with_capacity(PIECE)));
+                    }
+                }
+                Err(reason) => invalid.push((index, reason)),
+            },
+        )
+        .await?;
+        if !piece.is_empty() {
+            hand_over(piece);
         }
-        if !events.is_empty() {
-            self.apply_events(events).await?;
+        for (index, reason) in invalid {
+            outcome.reject(index, Rejection::new("validation", reason));
+        }
+        if let Some((pieces, written)) = writing {
+            let _ = pieces.send(Piece::End);
+            let applied = written
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                .map_err(|e| match e {
+                    StoreError::Corrupt { .. } => HandlerError::Fatal(e.into()),
+                    e => retry(e),
+                })?;
+            self.count(&applied);
         }
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics
@@ -183,25 +218,18 @@ impl Handler for ViewHandler {
 }
 
 impl ViewHandler {
-    /// Applies decoded events (ids in canonical form) in one transaction, then updates the
-    /// cache and publishes the changes. Returns the number of changes.
-    pub async fn apply_events(&self, events: Vec<Event>) -> Result<usize, HandlerError> {
+    /// Starts the writer on a blocking thread, fed piece by piece through the channel. All of
+    /// the batch's writing happens there, commit and publication included: should the
+    /// handler fail or be dropped before the last piece, the writer rolls back, and once it
+    /// committed, the cache and the feed have the batch whatever happens to the handler.
+    fn start_writing(&self) -> (mpsc::Sender<Piece>, JoinHandle<Result<Applied, StoreError>>) {
+        let (sender, pieces) = mpsc::channel();
         let (writer, cache, hub) = (self.writer.clone(), self.cache.clone(), self.hub.clone());
-        // All on the blocking thread, commit and publication included: should this future
-        // be dropped, the batch still either commits and reaches the cache and the feed, or
-        // does neither.
-        let applied = tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            writer.apply(&events, &cache, &hub)
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let applied = applied.map_err(|e| match e {
-            StoreError::Corrupt { .. } => HandlerError::Fatal(e.into()),
-            e => retry(e),
-        })?;
-        self.count(&applied);
-        Ok(applied.ws.changes.len())
+            writer.apply(pieces, &cache, &hub)
+        });
+        (sender, written)
     }
 }
 

@@ -24,6 +24,8 @@ pub enum StoreError {
     Sqlite(#[from] sqlx::Error),
     #[error("sqlite (writer): {0}")]
     Write(#[from] rusqlite::Error),
+    #[error("the batch ended before it was complete; nothing of it was written")]
+    Abandoned,
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(std::io::Error),
     #[error("cannot migrate the read model: {0}")]

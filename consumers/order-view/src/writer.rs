@@ -131,12 +131,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies `events` (ids in canonical form) in one transaction; once it committed,
-    /// updates the cache and publishes the changes, in commit order. Events applied before
-    /// are skipped.
+    /// Applies a batch (ids in canonical form) in one transaction, as its pieces arrive:
+    /// the events of each [`Piece::Events`] are recorded, their rows loaded and the events
+    /// applied while the handler still decodes the next ones; [`Piece::End`] commits. Once
+    /// committed, updates the cache and publishes the changes, in commit order. Events
+    /// applied before are skipped. Pieces that stop without an `End` (the handler failed or
+    /// was dropped) roll everything back.
     pub fn apply(
         &mut self,
-        events: &[Event],
+        pieces: impl IntoIterator<Item = Piece>,
         cache: &Cache,
         hub: &FeedHub,
     ) -> Result<Applied, StoreError> {
@@ -144,7 +147,7 @@ impl Writer {
             self.renumber()?;
             cache.clear();
         }
-        let applied = match self.write(events, cache) {
+        let applied = match self.write(pieces, cache) {
             Ok(applied) => applied,
             Err(e) => {
                 self.numbering.unsure = true;
@@ -156,18 +159,36 @@ impl Writer {
         Ok(applied)
     }
 
-    fn write(&mut self, events: &[Event], cache: &Cache) -> Result<Applied, StoreError> {
+    fn write(
+        &mut self,
+        pieces: impl IntoIterator<Item = Piece>,
+        cache: &Cache,
+    ) -> Result<Applied, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let fresh = record_processed(&tx, events)?;
-        let duplicates = events.len() - fresh.len();
         let mut ws = WorkingSet::new(self.numbering.next_seq);
-        load(&tx, cache, &mut ws, &fresh)?;
         let mut per_type: HashMap<&'static str, u64> = HashMap::new();
-        for event in &fresh {
-            ws.apply(event);
-            *per_type.entry(event.type_name()).or_default() += 1;
+        let mut duplicates = 0;
+        let mut ended = false;
+        for piece in pieces {
+            let events = match piece {
+                Piece::Events(events) => events,
+                Piece::End => {
+                    ended = true;
+                    break;
+                }
+            };
+            let fresh = record_processed(&tx, &events)?;
+            duplicates += events.len() - fresh.len();
+            load(&tx, cache, &mut ws, &fresh)?;
+            for event in &fresh {
+                ws.apply(event);
+                *per_type.entry(event.type_name()).or_default() += 1;
+            }
+        }
+        if !ended {
+            return Err(StoreError::Abandoned);
         }
         write_rows(&tx, &ws)?;
 
@@ -194,6 +215,15 @@ impl Writer {
     }
 }
 
+/// A part of a batch for [`Writer::apply`].
+#[derive(Debug)]
+pub enum Piece {
+    /// The next decoded events, in batch order.
+    Events(Vec<Event>),
+    /// The batch is complete: commit it.
+    End,
+}
+
 /// Records the events' keys and returns the events not applied before (a repeat within
 /// `events` counts as applied before): a single-row insert that skips a recorded key tells
 /// at once whether it was new.
@@ -218,7 +248,8 @@ fn record_processed<'e>(
     Ok(fresh)
 }
 
-/// Loads the rows `events` touch into `ws`: from the cache, the rest from SQLite.
+/// Loads the rows `events` touch into `ws`, unless an earlier piece loaded them (they may
+/// have changed since): from the cache, the rest from SQLite.
 fn load(
     conn: &Connection,
     cache: &Cache,
@@ -229,8 +260,12 @@ fn load(
     let mut customer_ids = HashSet::new();
     let mut registrations = HashSet::new();
     for e in events {
-        customer_ids.insert(e.customer_id());
-        if let Some(order) = e.order_id() {
+        if !ws.customers.contains_key(e.customer_id()) {
+            customer_ids.insert(e.customer_id());
+        }
+        if let Some(order) = e.order_id()
+            && !ws.orders.contains_key(order)
+        {
             order_ids.insert(order);
         }
         if let Some(registration) = e.registered_name() {
@@ -385,7 +420,7 @@ mod tests {
     use crate::model::{Change, Filter};
     use crate::store::Store;
     use feedline::config::DatabaseSettings;
-    use feedline_schemas::types::{OrderCreated, OrderEvent, OrderEventPayload};
+    use feedline_schemas::types::{OrderApproved, OrderCreated, OrderEvent, OrderEventPayload};
     use std::sync::Arc;
 
     async fn temp_store() -> (tempfile::TempDir, Store) {
@@ -415,6 +450,20 @@ mod tests {
         e.event_id = event_id.into();
         e.occurred_at = at;
         Event::Order(e)
+    }
+
+    /// The creation of order `order`, under event id n.
+    fn created_with_id(n: u32, order: u32) -> Event {
+        let Event::Order(mut e) = uuid_event(order) else {
+            unreachable!()
+        };
+        e.event_id = format!("00000000-0000-4000-8000-{n:012}");
+        Event::Order(e)
+    }
+
+    /// A whole batch as the writer's pieces.
+    fn whole(events: &[Event]) -> [Piece; 2] {
+        [Piece::Events(events.to_vec()), Piece::End]
     }
 
     fn uuid_event(n: u32) -> Event {
@@ -546,15 +595,15 @@ mod tests {
         let batch: Vec<Event> = (0..3).map(uuid_event).collect();
 
         let mut writer = store.writer(10).await.unwrap();
-        let applied = writer.apply(&batch, &cache, &hub).unwrap();
+        let applied = writer.apply(whole(&batch), &cache, &hub).unwrap();
         assert_eq!((applied.ws.changes.len(), applied.duplicates), (3, 0));
-        let again = writer.apply(&batch, &cache, &hub).unwrap();
+        let again = writer.apply(whole(&batch), &cache, &hub).unwrap();
         assert_eq!((again.ws.changes.len(), again.duplicates), (0, 3));
         drop(writer);
 
         let mut writer = store.writer(10).await.unwrap();
         let more: Vec<Event> = (3..5).map(uuid_event).collect();
-        let applied = writer.apply(&more, &Cache::new(100), &hub).unwrap();
+        let applied = writer.apply(whole(&more), &Cache::new(100), &hub).unwrap();
         let seqs: Vec<i64> = applied.ws.changes.iter().map(|c| c.seq).collect();
         assert_eq!(seqs, [4, 5]);
         assert_eq!(store.seq_bounds().await.unwrap(), (Some(1), 5));
@@ -571,7 +620,7 @@ mod tests {
         let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
         let mut writer = store.writer(10_000).await.unwrap();
         let batch: Vec<Event> = (0..2_000).map(uuid_event).collect();
-        writer.apply(&batch, &Cache::new(10), &hub).unwrap();
+        writer.apply(whole(&batch), &Cache::new(10), &hub).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::fs::metadata(&file).unwrap().len() <= before {
             assert!(
@@ -580,5 +629,49 @@ mod tests {
             );
             tokio::time::sleep(CHECKPOINT_EVERY).await;
         }
+    }
+
+    /// A batch comes in pieces: a row an earlier piece changed is not loaded again for a
+    /// later one (the cache still holds it as it was before the batch), and pieces that stop
+    /// without an end write nothing.
+    #[tokio::test]
+    async fn pieces_build_on_each_other_and_an_unfinished_batch_writes_nothing() {
+        let (_dir, store) = temp_store().await;
+        let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
+        let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
+        let cache = Cache::new(100);
+        let mut writer = store.writer(10).await.unwrap();
+        let created = uuid_event(1);
+        writer.apply(whole(&[created]), &cache, &hub).unwrap();
+
+        let Event::Order(mut approved) = uuid_event(2) else {
+            unreachable!()
+        };
+        approved.payload = OrderEventPayload::OrderApproved(OrderApproved {
+            order_id: format!("00000000-0000-0000-0000-{:012}", 1),
+            customer_id: "00000000-0000-0000-0000-00000000000c".into(),
+            total_cents: 100,
+        });
+        // The creation again under another id: no change, if applied to the approved row.
+        let again = created_with_id(3, 1);
+        let unfinished = [Piece::Events(vec![Event::Order(approved.clone())])];
+        assert!(matches!(
+            writer.apply(unfinished, &cache, &hub),
+            Err(StoreError::Abandoned)
+        ));
+        let pieces = [
+            Piece::Events(vec![Event::Order(approved)]),
+            Piece::Events(vec![again]),
+            Piece::End,
+        ];
+        let applied = writer.apply(pieces, &cache, &hub).unwrap();
+        let seqs: Vec<i64> = applied.ws.changes.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [2], "one change, numbered after the first batch's");
+        let order = store
+            .order("00000000-0000-0000-0000-000000000001")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(order.status, Status::Approved);
     }
 }

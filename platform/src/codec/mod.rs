@@ -101,16 +101,35 @@ where
     Fut: std::future::Future<Output = Result<T, CodecError>>,
 {
     let mut decoded = Vec::with_capacity(batch.len());
+    decode_each(batch, outcome, decode, |index, value| {
+        decoded.push((index, value))
+    })
+    .await?;
+    Ok(decoded)
+}
+
+/// [`decode_batch`], handing each decoded value with its index in `batch` to `each` as soon
+/// as it is decoded: a handler can start on the first values while the rest decode.
+pub async fn decode_each<T, F, Fut>(
+    batch: &[rdkafka::message::OwnedMessage],
+    outcome: &mut crate::Outcome,
+    decode: F,
+    mut each: impl FnMut(usize, T),
+) -> Result<(), crate::HandlerError>
+where
+    F: Fn(&rdkafka::message::OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CodecError>>,
+{
     for (index, msg) in batch.iter().enumerate() {
         match decode(msg).await {
-            Ok(value) => decoded.push((index, value)),
+            Ok(value) => each(index, value),
             Err(e) if e.is_poison() => {
                 outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))
             }
             Err(e) => return Err(crate::HandlerError::Retry(e.into())),
         }
     }
-    Ok(decoded)
+    Ok(())
 }
 
 #[cfg(test)]
