@@ -73,8 +73,8 @@ queued_max_kbytes = 2048
 ///
 /// Memory: the defaults are sized for the 50 MB per-service budget. What grows with load
 /// is the hot cache (~400 B per order: at most `cache_capacity` orders, ~4 MB at the
-/// default), SQLite's page cache (at most `sqlite_cache_kib` per connection, and
-/// `database.max_connections` readers' connections and the writer's: 4 MiB at the defaults), the broadcast ring
+/// default), SQLite's page cache (at most `sqlite_cache_kib` per connection: the writer's
+/// and `database.max_connections` readers', 4 MiB at the defaults), the broadcast ring
 /// (`feed_broadcast_capacity` changes of ~400 B once it has filled: ~3 MB), librdkafka's
 /// prefetch (`consumer.queued_max_kbytes`, two to three times that in fact) and the batch
 /// being written (`consumer.batch_max`).

@@ -59,11 +59,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Copies the WAL into the database file every `every`, on a thread and a connection of its
 /// own, until `stop`'s sender is dropped.
 ///
-/// Why not SQLite's automatic checkpoint: it runs inside the commit that crosses its
+/// Why not SQLite's automatic checkpoint alone: it runs inside the commit that crosses its
 /// threshold, so that one batch waited for tens of megabytes to be copied and synced (an 8%
 /// share of the writer's time, and its slowest batches). A passive checkpoint blocks neither
-/// the writer nor the readers; the writer's own automatic checkpoint stays as the fallback
-/// should this thread fall behind.
+/// the writer nor the readers; the writer's automatic checkpoint then only finishes what is
+/// left (see [`Writer::open`]).
 fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>, every: Duration) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -97,6 +97,8 @@ impl Writer {
         // Every statement of the write path stays prepared.
         conn.set_prepared_statement_cache_capacity(32);
         let checkpointer = Connection::open(file)?;
+        // Checkpoints copy WAL frames without the page cache: it needs next to none.
+        checkpointer.execute_batch("PRAGMA cache_size = -64")?;
         let (stop, stopped) = mpsc::channel();
         std::thread::Builder::new()
             .name("order-view-checkpoint".into())
