@@ -43,21 +43,26 @@ pub enum StoreError {
 /// created from now on (an existing file keeps its size until a `VACUUM`).
 const PAGE_SIZE: u32 = 16384;
 
-const ORDER_COLUMNS: &str =
+/// The columns of a row as [`OrderRow`] holds them, in its order (the writer reads them by
+/// position).
+pub(crate) const ORDER_COLUMNS: &str =
     "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at";
-const CUSTOMER_COLUMNS: &str =
+/// The same for [`CustomerRow`].
+pub(crate) const CUSTOMER_COLUMNS: &str =
     "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at";
 const CHANGE_COLUMNS: &str = "seq, kind, customer_id, order_id, data";
+
+/// An orders row as stored; [`Order::try_from`] checks what the text columns hold.
 #[derive(sqlx::FromRow)]
-struct OrderRow {
-    id: String,
-    customer_id: String,
-    customer_name: Option<String>,
-    status: String,
-    total_cents: i64,
-    reason: Option<String>,
-    created_at: i64,
-    updated_at: i64,
+pub(crate) struct OrderRow {
+    pub(crate) id: String,
+    pub(crate) customer_id: String,
+    pub(crate) customer_name: Option<String>,
+    pub(crate) status: String,
+    pub(crate) total_cents: i64,
+    pub(crate) reason: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -81,14 +86,14 @@ impl TryFrom<OrderRow> for Order {
 }
 
 #[derive(sqlx::FromRow)]
-struct CustomerRow {
-    id: String,
-    name: Option<String>,
-    credit_limit_cents: i64,
-    credit_reserved_cents: i64,
-    limit_at: Option<i64>,
-    reserved_at: Option<i64>,
-    updated_at: i64,
+pub(crate) struct CustomerRow {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) credit_limit_cents: i64,
+    pub(crate) credit_reserved_cents: i64,
+    pub(crate) limit_at: Option<i64>,
+    pub(crate) reserved_at: Option<i64>,
+    pub(crate) updated_at: i64,
 }
 
 impl From<CustomerRow> for Customer {

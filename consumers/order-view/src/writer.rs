@@ -10,16 +10,16 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{LazyLock, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
 
 use crate::apply::{Event, WorkingSet};
 use crate::cache::Cache;
 use crate::feed::FeedHub;
-use crate::model::{Customer, Kind, Order, Status};
-use crate::store::{Memory, StoreError};
+use crate::model::{Customer, Kind, Order};
+use crate::store::{CUSTOMER_COLUMNS, CustomerRow, Memory, ORDER_COLUMNS, OrderRow, StoreError};
 
 /// What one committed batch did.
 #[derive(Debug)]
@@ -72,10 +72,36 @@ fn checkpoint(conn: Connection, stop: mpsc::Receiver<()>, every: Duration) {
     }
 }
 
-const ORDER_COLUMNS: &str =
-    "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at";
-const CUSTOMER_COLUMNS: &str =
-    "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at";
+/// The write path's statements, built once: `prepare_cached` finds a prepared statement by
+/// its text, so the text must not be formatted again for every use.
+static SELECT_ORDER: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"));
+static SELECT_CUSTOMER: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?1"));
+static SELECT_ORDERS_NAMED_OTHERWISE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = ?1 AND customer_name IS NOT ?2")
+});
+// Not customer_id in the update: it never changes (every event of an order names the same
+// customer), and leaving it out spares its index an update.
+static UPSERT_ORDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (id) DO UPDATE SET \
+         customer_name = excluded.customer_name, status = excluded.status, \
+         total_cents = excluded.total_cents, reason = excluded.reason, \
+         created_at = excluded.created_at, updated_at = excluded.updated_at"
+    )
+});
+static UPSERT_CUSTOMER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+         credit_limit_cents = excluded.credit_limit_cents, \
+         credit_reserved_cents = excluded.credit_reserved_cents, \
+         limit_at = excluded.limit_at, reserved_at = excluded.reserved_at, \
+         updated_at = excluded.updated_at"
+    )
+});
 
 impl Writer {
     /// Opens the (already migrated) file with the writer's settings.
@@ -274,18 +300,17 @@ fn load(
             registrations.insert(registration);
         }
     }
+    let mut select = conn.prepare_cached(&SELECT_ORDER)?;
     for id in order_ids {
         let order = match cache.order(id) {
             Some(order) => Some(Order::clone(&order)),
-            None => order_by_id(conn, id)?,
+            None => order_by_id(&mut select, id)?,
         };
         if let Some(order) = order {
             ws.orders.insert(id.to_owned(), order);
         }
     }
-    let mut select = conn.prepare_cached(&format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?1"
-    ))?;
+    let mut select = conn.prepare_cached(&SELECT_CUSTOMER)?;
     for id in customer_ids {
         let customer = match cache.customer(id) {
             Some(customer) => Some(Customer::clone(&customer)),
@@ -296,48 +321,41 @@ fn load(
         }
     }
     // Orders that arrived before their customer's registration take its name.
-    let mut select = conn.prepare_cached(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = ?1 AND customer_name IS NOT ?2"
-    ))?;
+    let mut select = conn.prepare_cached(&SELECT_ORDERS_NAMED_OTHERWISE)?;
     for (customer, name) in registrations {
-        for order in select.query_map([customer, name], read_order)? {
-            let order = order??;
+        for row in select.query_map([customer, name], order_row)? {
+            let order = Order::try_from(row?)?;
             ws.orders.entry(order.id.clone()).or_insert(order);
         }
     }
     Ok(())
 }
 
-fn order_by_id(conn: &Connection, id: &str) -> Result<Option<Order>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?
-        .query_row([id], read_order)
+fn order_by_id(select: &mut Statement<'_>, id: &str) -> Result<Option<Order>, StoreError> {
+    select
+        .query_row([id], order_row)
         .optional()?
+        .map(Order::try_from)
         .transpose()
 }
 
-/// An order row; an unknown status is `Err` (a corrupt row, not an SQLite failure).
-fn read_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Order, StoreError>> {
-    let status: String = row.get(3)?;
-    let Some(status) = Status::parse(&status) else {
-        return Ok(Err(StoreError::Corrupt {
-            table: "orders",
-            reason: format!("unknown status {status:?}"),
-        }));
-    };
-    Ok(Ok(Order {
+/// Reads the columns of [`ORDER_COLUMNS`], in their order.
+fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok(OrderRow {
         id: row.get(0)?,
         customer_id: row.get(1)?,
         customer_name: row.get(2)?,
-        status,
+        status: row.get(3)?,
         total_cents: row.get(4)?,
         reason: row.get(5)?,
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
-    }))
+    })
 }
 
+/// Reads the columns of [`CUSTOMER_COLUMNS`], in their order.
 fn read_customer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Customer> {
-    Ok(Customer {
+    Ok(Customer::from(CustomerRow {
         id: row.get(0)?,
         name: row.get(1)?,
         credit_limit_cents: row.get(2)?,
@@ -345,29 +363,14 @@ fn read_customer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Customer> {
         limit_at: row.get(4)?,
         reserved_at: row.get(5)?,
         updated_at: row.get(6)?,
-    })
+    }))
 }
 
 /// Writes the rows the batch changed, in the order they first changed (so new orders get
 /// their positions in event order), and its changes.
 pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), StoreError> {
-    let mut upsert_order = conn.prepare_cached(&format!(
-        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-         ON CONFLICT (id) DO UPDATE SET \
-         customer_name = excluded.customer_name, status = excluded.status, \
-         total_cents = excluded.total_cents, reason = excluded.reason, \
-         created_at = excluded.created_at, updated_at = excluded.updated_at"
-    ))?;
-    // Not customer_id above: it never changes (every event of an order names the same
-    // customer), and leaving it out spares its index an update.
-    let mut upsert_customer = conn.prepare_cached(&format!(
-        "INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-         ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-         credit_limit_cents = excluded.credit_limit_cents, \
-         credit_reserved_cents = excluded.credit_reserved_cents, \
-         limit_at = excluded.limit_at, reserved_at = excluded.reserved_at, \
-         updated_at = excluded.updated_at"
-    ))?;
+    let mut upsert_order = conn.prepare_cached(&UPSERT_ORDER)?;
+    let mut upsert_customer = conn.prepare_cached(&UPSERT_CUSTOMER)?;
     let mut insert_change = conn.prepare_cached(
         "INSERT INTO changes (seq, kind, customer_id, order_id, data) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -419,7 +422,7 @@ pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), Store
 mod tests {
     use super::*;
     use crate::metrics::ViewMetrics;
-    use crate::model::{Change, Filter};
+    use crate::model::{Change, Filter, Status};
     use crate::store::Store;
     use feedline::config::DatabaseSettings;
     use feedline_schemas::types::{OrderApproved, OrderCreated, OrderEvent, OrderEventPayload};
@@ -549,11 +552,12 @@ mod tests {
             .unwrap();
         let written: Vec<Change> = ws.changes.iter().map(|c| Change::clone(c)).collect();
         assert_eq!(page.changes, written);
+        let mut select = writer.conn.prepare_cached(&SELECT_ORDER).unwrap();
         for expected in [order, plain] {
-            let loaded = order_by_id(&writer.conn, &expected.id).unwrap();
+            let loaded = order_by_id(&mut select, &expected.id).unwrap();
             assert_eq!(loaded, Some(expected));
         }
-        assert_eq!(order_by_id(&writer.conn, "missing").unwrap(), None);
+        assert_eq!(order_by_id(&mut select, "missing").unwrap(), None);
     }
 
     #[tokio::test]
