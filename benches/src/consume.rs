@@ -291,6 +291,8 @@ struct Progress {
     first: Mutex<Option<(Instant, u64)>>,
     last: Mutex<Option<Instant>>,
     batches: Mutex<(Histogram<u64>, u64)>,
+    /// What the handler rejected: bench events are all valid, so any is a failed run.
+    rejected: Mutex<Option<String>>,
 }
 
 struct Counting<H> {
@@ -316,10 +318,8 @@ impl<H: Handler> Handler for Counting<H> {
         *p.last.lock().expect("poisoned") = Some(now);
         p.meter.add(batch.len() as u64);
         if !outcome.rejected().is_empty() {
-            return Err(HandlerError::Fatal(anyhow::anyhow!(
-                "bench events rejected: {:?}",
-                outcome.rejected()
-            )));
+            *p.rejected.lock().expect("poisoned") =
+                Some(format!("bench events rejected: {:?}", outcome.rejected()));
         }
         Ok(outcome)
     }
@@ -338,6 +338,7 @@ async fn phase<H: Handler>(
         first: Mutex::new(None),
         last: Mutex::new(None),
         batches: Mutex::new((common::histogram(), 0)),
+        rejected: Mutex::new(None),
     });
     let metrics = Metrics::new("bench-consume");
     let group = settings
@@ -360,6 +361,9 @@ async fn phase<H: Handler>(
     let deadline = Instant::now() + patience(total);
     while progress.meter.total() < total as u64 {
         anyhow::ensure!(!running.is_finished(), "{name}: the consumer stopped early");
+        if let Some(rejected) = progress.rejected.lock().expect("poisoned").take() {
+            anyhow::bail!("{name}: {rejected}");
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "{name}: only {} of {total} events consumed",
@@ -679,7 +683,7 @@ impl Handler for PgHandler {
         .await?;
         self.write(decoded.into_iter().map(|(_, e)| e).collect())
             .await
-            .map_err(HandlerError::Retry)?;
+            .map_err(HandlerError::Unknown)?;
         Ok(outcome)
     }
 }

@@ -110,6 +110,9 @@ pub struct ConsumerSettings {
     pub retry_backoff_max_ms: u64,
     pub queued_max_kbytes: u32,
     pub fetch_queue_backoff_ms: u32,
+    pub max_poll_interval_ms: u64,
+    pub unknown_error_attempts: u32,
+    pub stall_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +308,10 @@ impl KafkaSettings {
             .set(
                 "fetch.queue.backoff.ms",
                 consumer.fetch_queue_backoff_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                consumer.max_poll_interval_ms.to_string(),
             );
         config
     }
@@ -316,6 +323,9 @@ impl ConsumerSettings {
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
     }
 }
 

@@ -21,10 +21,14 @@ use crate::admin::{Admin, AdminError, TopicSpec};
 use crate::config::{ConsumerSettings, KafkaSettings};
 use crate::context::FeedlineContext;
 use crate::dlq::{self, Rejection};
+use crate::errors::{Classify, ErrorClass};
 use crate::metrics::Metrics;
 use crate::producer::{ProduceError, Producer};
 
 mod fetch;
+mod progress;
+
+pub use progress::Progress;
 
 /// What the handler did with a batch whose effects it committed.
 #[derive(Debug, Default)]
@@ -47,16 +51,52 @@ impl Outcome {
     }
 }
 
+/// Why a batch failed, by class (see [`crate::errors`]); in every case nothing of the batch
+/// was committed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Nothing was committed and a later try may succeed (database busy, broker down):
-    /// the runtime retries the same batch with backoff.
+    /// A dependency is away (database, broker, registry): the runtime retries the same batch
+    /// with backoff for as long as it takes, its partitions paused, its member in the group.
     #[error("transient handler error: {0:#}")]
-    Retry(anyhow::Error),
-    /// Nothing was committed and retrying will not help: the consumer stops without storing
-    /// offsets, so the batch is delivered again after a restart.
-    #[error("fatal handler error: {0:#}")]
-    Fatal(anyhow::Error),
+    Transient(anyhow::Error),
+    /// Some message of the batch can never be processed: the runtime bisects the batch to
+    /// find it, commits the rest and dead-letters it.
+    #[error("permanent handler error: {0:#}")]
+    Permanent(anyhow::Error),
+    /// Neither is known: the batch is retried `consumer.unknown_error_attempts` times, then
+    /// handled one message at a time, and a message that still fails is dead-lettered.
+    #[error("handler error: {0:#}")]
+    Unknown(anyhow::Error),
+}
+
+impl HandlerError {
+    /// The error in the variant of its class.
+    pub fn classified(error: impl Classify + Into<anyhow::Error>) -> Self {
+        let class = error.class();
+        HandlerError::of_class(class, error.into())
+    }
+
+    pub fn of_class(class: ErrorClass, error: anyhow::Error) -> Self {
+        match class {
+            ErrorClass::Transient => HandlerError::Transient(error),
+            ErrorClass::Permanent => HandlerError::Permanent(error),
+            ErrorClass::Unknown => HandlerError::Unknown(error),
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            HandlerError::Transient(_) => ErrorClass::Transient,
+            HandlerError::Permanent(_) => ErrorClass::Permanent,
+            HandlerError::Unknown(_) => ErrorClass::Unknown,
+        }
+    }
+
+    fn into_inner(self) -> anyhow::Error {
+        match self {
+            HandlerError::Transient(e) | HandlerError::Permanent(e) | HandlerError::Unknown(e) => e,
+        }
+    }
 }
 
 /// Processes a batch of messages (in partition order) and makes their effects durable
@@ -75,8 +115,6 @@ pub enum ConsumerError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Admin(#[from] AdminError),
-    #[error(transparent)]
-    Handler(HandlerError),
     #[error("cannot dead-letter a message: {0}")]
     DeadLetter(#[from] ProduceError),
     #[error("handler rejected index {index} of a batch of {len}")]
@@ -101,6 +139,7 @@ pub struct Consumer<H> {
     kafka: KafkaSettings,
     settings: ConsumerSettings,
     metrics: Arc<Metrics>,
+    progress: Progress,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -110,6 +149,17 @@ impl<H> std::fmt::Debug for Consumer<H> {
             .field("topics", &self.topics)
             .finish_non_exhaustive()
     }
+}
+
+/// How many times a part of a split batch is tried when it fails with an unknown error:
+/// the whole batch already failed `unknown_error_attempts` times, so this only rides out a
+/// blip between the parts.
+const SPLIT_ATTEMPTS: u32 = 3;
+
+enum Attempt {
+    Done(Outcome),
+    Failed(HandlerError),
+    Abandoned,
 }
 
 enum Processed {
@@ -134,7 +184,9 @@ impl<H: Handler> Consumer<H> {
         let consumer: BaseConsumer<FeedlineContext> = kafka
             .consumer_config(group, settings)
             .create_with_context(context.clone())?;
+        let progress = Progress::new(context.clone(), settings.stall_timeout());
         Ok(Consumer {
+            progress,
             consumer: Arc::new(consumer),
             context,
             handler,
@@ -147,7 +199,12 @@ impl<H: Handler> Consumer<H> {
         })
     }
 
-    /// Consumes until `token` is cancelled or the handler fails fatally. On the way out it
+    /// What the health endpoints read: register it with [`Progress::register`].
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// Consumes until `token` is cancelled. On the way out it
     /// finishes (or, after the drain timeout, abandons) the batch in flight, commits the
     /// stored offsets and leaves the group.
     pub async fn run(self, token: CancellationToken) -> Result<(), ConsumerError> {
@@ -199,6 +256,7 @@ impl<H: Handler> Consumer<H> {
             context: self.context.clone(),
             group: self.group.clone(),
             handoff: handoff.clone(),
+            progress: self.progress.clone(),
         };
         let fetch_thread = std::thread::Builder::new()
             .name("feedline-fetch".into())
@@ -267,48 +325,140 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
+    /// Handles the batch until all of it is committed or dead-lettered, then stores its
+    /// offsets. A failing batch is split (see [`HandlerError`]) into parts handled in order,
+    /// so the messages that can be processed are, and only the one that cannot goes to the
+    /// DLQ.
     async fn process(
         &self,
         batch: &[OwnedMessage],
         token: &CancellationToken,
     ) -> Result<Processed, ConsumerError> {
-        let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
         let started = Instant::now();
-        let outcome = loop {
-            let Some(result) = self.until_drained(self.handler.handle(batch), token).await else {
-                return Ok(Processed::Abandoned);
-            };
-            match result {
-                Ok(outcome) => break outcome,
-                Err(HandlerError::Retry(e)) => {
-                    self.count_handler_error("retry");
-                    tracing::warn!(group = %self.group, error = format!("{e:#}"), backoff_ms = backoff.as_millis() as u64, "handler failed, retrying batch");
-                    if !self.sleep(&mut backoff, token).await {
-                        return Ok(Processed::Abandoned);
+        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
+        // Parts still to handle, the next one last; each with the attempts an unknown
+        // error gets before the part is split.
+        let mut parts = vec![(0..batch.len(), self.settings.unknown_error_attempts.max(1))];
+        while let Some((range, attempts)) = parts.pop() {
+            let start = range.start;
+            let part = &batch[range.clone()];
+            let failed = match self.attempt(part, attempts, token).await {
+                Attempt::Abandoned => return Ok(Processed::Abandoned),
+                Attempt::Done(outcome) => {
+                    for (index, rejection) in outcome.rejected {
+                        if index >= part.len() {
+                            return Err(ConsumerError::BadRejection {
+                                index,
+                                len: part.len(),
+                            });
+                        }
+                        rejected.push((start + index, rejection));
                     }
+                    continue;
                 }
-                Err(fatal @ HandlerError::Fatal(_)) => {
-                    self.count_handler_error("fatal");
-                    return Err(ConsumerError::Handler(fatal));
-                }
+                Attempt::Failed(failed) => failed,
+            };
+            let class = failed.class();
+            let error = failed.into_inner();
+            if part.len() == 1 {
+                let msg = &part[0];
+                tracing::warn!(
+                    group = %self.group, topic = msg.topic(), partition = msg.partition(),
+                    offset = msg.offset(), class = ?class, error = format!("{error:#}"),
+                    "message cannot be processed"
+                );
+                let kind = match class {
+                    ErrorClass::Permanent => "permanent",
+                    _ => "unknown",
+                };
+                rejected.push((start, Rejection::new(kind, format!("{error:#}"))));
+                continue;
             }
-        };
+            tracing::warn!(
+                group = %self.group, messages = part.len(), class = ?class,
+                error = format!("{error:#}"), "batch failed, splitting it to find the message at fault"
+            );
+            if class == ErrorClass::Permanent {
+                // The data is at fault and the statement does not say which row: halves.
+                let middle = start + part.len() / 2;
+                parts.push((middle..range.end, SPLIT_ATTEMPTS));
+                parts.push((start..middle, SPLIT_ATTEMPTS));
+            } else {
+                parts.extend(range.rev().map(|i| (i..i + 1, SPLIT_ATTEMPTS)));
+            }
+        }
+        rejected.sort_by_key(|(index, _)| *index);
         self.metrics
             .handler_seconds
             .with_label_values(&[&self.group])
             .observe(started.elapsed().as_secs_f64());
 
-        for (index, rejection) in outcome.rejected() {
-            let msg = batch.get(*index).ok_or(ConsumerError::BadRejection {
-                index: *index,
-                len: batch.len(),
-            })?;
-            if !self.dead_letter(msg, rejection, token).await? {
+        for (index, rejection) in &rejected {
+            if !self.dead_letter(&batch[*index], rejection, token).await? {
                 return Ok(Processed::Abandoned);
             }
         }
         self.store_offsets(batch);
         Ok(Processed::Done)
+    }
+
+    /// Handles `part`, retrying transient failures until they pass (or shutdown) and
+    /// unknown ones up to `attempts` times.
+    async fn attempt(
+        &self,
+        part: &[OwnedMessage],
+        attempts: u32,
+        token: &CancellationToken,
+    ) -> Attempt {
+        let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
+        let mut tries = 0;
+        let mut outage: Option<Instant> = None;
+        loop {
+            self.progress.attempt_started();
+            let result = self.until_drained(self.handler.handle(part), token).await;
+            self.progress.attempt_ended();
+            let Some(result) = result else {
+                return Attempt::Abandoned;
+            };
+            let error = match result {
+                Ok(outcome) => {
+                    if let Some(since) = outage {
+                        self.progress.waiting(false);
+                        tracing::info!(group = %self.group, after_s = since.elapsed().as_secs_f64(), "dependency back, batch handled");
+                    }
+                    return Attempt::Done(outcome);
+                }
+                Err(e) => e,
+            };
+            tries += 1;
+            match &error {
+                HandlerError::Transient(e) => {
+                    self.count_handler_error("transient");
+                    // Once per outage: the retries are counted, not logged.
+                    if outage.is_none() {
+                        outage = Some(Instant::now());
+                        self.progress.waiting(true);
+                        tracing::warn!(group = %self.group, error = format!("{e:#}"), "dependency unavailable, retrying the batch until it is back");
+                    }
+                }
+                HandlerError::Permanent(_) => {
+                    self.count_handler_error("permanent");
+                    self.progress.waiting(false);
+                    return Attempt::Failed(error);
+                }
+                HandlerError::Unknown(e) => {
+                    self.count_handler_error("unknown");
+                    if tries >= attempts {
+                        self.progress.waiting(false);
+                        return Attempt::Failed(error);
+                    }
+                    tracing::warn!(group = %self.group, error = format!("{e:#}"), attempt = tries, of = attempts, "handler failed, retrying the batch");
+                }
+            }
+            if !self.sleep(&mut backoff, token).await {
+                return Attempt::Abandoned;
+            }
+        }
     }
 
     /// Runs `work`; once shutdown starts it gets `drain_timeout` more, then is abandoned.

@@ -5,7 +5,7 @@
 //! and never block on the async runtime.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -23,6 +23,18 @@ pub struct FeedlineContext {
     /// Bumped after every revocation, so the fetch loop's check after each poll is one
     /// atomic load; it takes the lock only when the number moved.
     revocations: Arc<AtomicU64>,
+    /// Bumped after every assignment, so a fetch thread holding its partitions paused knows
+    /// to pause the new ones.
+    assignments: Arc<AtomicU64>,
+    /// Whether this member holds an assignment (possibly empty) of its group: set when one
+    /// was applied, cleared when it was revoked or the rebalance failed.
+    joined: Arc<AtomicBool>,
+    /// Broker connections seen up in the last statistics that saw any; -1 before that, 0
+    /// after "all brokers down" until a connection is seen up again.
+    brokers_up: Arc<AtomicI64>,
+    /// Whether librdkafka's statistics arrived since this client started: until then the
+    /// lag gauges say nothing.
+    stats_seen: Arc<AtomicBool>,
 }
 
 impl FeedlineContext {
@@ -31,6 +43,10 @@ impl FeedlineContext {
             metrics,
             revoked: Arc::default(),
             revocations: Arc::default(),
+            assignments: Arc::default(),
+            joined: Arc::default(),
+            brokers_up: Arc::new(AtomicI64::new(-1)),
+            stats_seen: Arc::default(),
         }
     }
 
@@ -44,6 +60,36 @@ impl FeedlineContext {
     /// partitions: their new owner will receive them from the last stored offset.
     pub(crate) fn take_revoked(&self) -> HashSet<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().expect("revoked set poisoned"))
+    }
+
+    /// How many assignments this client has applied.
+    pub(crate) fn assignments(&self) -> u64 {
+        self.assignments.load(Ordering::Acquire)
+    }
+
+    /// Whether the consumer is a member of its group with an assignment applied.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    /// Whether the client can reach Kafka: no "all brokers down" since the last statistics
+    /// that saw a broker up.
+    pub fn kafka_reachable(&self) -> Result<(), String> {
+        match self.brokers_up.load(Ordering::Acquire) {
+            0 => Err("no broker connection is up".to_owned()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this consumer's lag is known: a group joined and statistics reported.
+    pub fn lag_known(&self) -> Result<(), String> {
+        if !self.joined() {
+            return Err("consumer group not joined".to_owned());
+        }
+        if !self.stats_seen.load(Ordering::Acquire) {
+            return Err("no statistics yet, lag unknown".to_owned());
+        }
+        Ok(())
     }
 
     /// Notes partitions this member lost and starts a new generation.
@@ -73,10 +119,21 @@ impl ClientContext for FeedlineContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers_up.store(0, Ordering::Release);
+        }
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
     }
 
     fn stats(&self, stats: Statistics) {
+        // An idle client may hold no connection at all (librdkafka connects sparsely), so
+        // only "all brokers down" makes Kafka unreachable, and only a connection seen up
+        // ends that.
+        let up = stats.brokers.values().filter(|b| b.state == "UP").count();
+        if up > 0 {
+            self.brokers_up.store(up as i64, Ordering::Release);
+        }
+        self.stats_seen.store(true, Ordering::Release);
         self.metrics
             .rdkafka_queue_messages
             .with_label_values(&[&stats.client_id])
@@ -124,6 +181,18 @@ impl ConsumerContext for FeedlineContext {
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => {
+                self.joined.store(true, Ordering::Release);
+                self.assignments.fetch_add(1, Ordering::Release);
+            }
+            Rebalance::Revoke(_) | Rebalance::Error(_) => {
+                self.joined.store(false, Ordering::Release)
+            }
         }
     }
 }

@@ -7,8 +7,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
 
-/// The tables every service with a PostgreSQL database gets: the transactional outbox and
-/// the consumer-side dedup log. `IF NOT EXISTS`, so services may run it at every start
+/// The tables every service with a PostgreSQL database gets: the transactional outbox, the
+/// rows it could never publish, and the consumer-side dedup log. `IF NOT EXISTS`, so services may run it at every start
 /// beside their own migrations.
 pub const PLATFORM_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS outbox (
@@ -18,6 +18,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload       BYTEA       NOT NULL,
     headers       BYTEA       NOT NULL DEFAULT ''::bytea,
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS outbox_quarantine (
+    id             BIGINT      PRIMARY KEY,
+    topic          TEXT        NOT NULL,
+    msg_key        BYTEA,
+    payload        BYTEA       NOT NULL,
+    headers        BYTEA       NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL,
+    error          TEXT        NOT NULL,
+    quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS processed_events (
     consumer     TEXT        NOT NULL,
@@ -42,10 +52,15 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
     Ok(options.options([("plan_cache_mode", "force_custom_plan")]))
 }
 
+/// How long a caller waits for a pooled connection: while the database is away, work fails
+/// fast and is retried with backoff instead of hanging in the pool.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects lazily-validated: the first query fails if the database is unreachable.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(connect_options(settings)?)
         .await
 }

@@ -1,17 +1,26 @@
-//! The operational HTTP surface every service shares: `/metrics` and `/health`.
+//! The operational HTTP surface every service shares: `/metrics`, `/health/live`,
+//! `/health/ready` and `/health` (readiness).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, Report};
 use crate::metrics::Metrics;
 
-pub fn ops_router(metrics: Arc<Metrics>) -> Router {
+pub fn ops_router(metrics: Arc<Metrics>, health: Health) -> Router {
+    let ready = {
+        let health = health.clone();
+        move || {
+            let health = health.clone();
+            async move { answer(health.ready().await) }
+        }
+    };
     Router::new()
         .route(
             "/metrics",
@@ -26,10 +35,25 @@ pub fn ops_router(metrics: Arc<Metrics>) -> Router {
                 }
             }),
         )
+        .route("/health", get(ready.clone()))
+        .route("/health/ready", get(ready))
         .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+            "/health/live",
+            get(move || {
+                let report = health.live();
+                async move { answer(report) }
+            }),
         )
+}
+
+/// 200 with the report, or 503 when a check failed (what probes and load balancers act on).
+fn answer(report: Report) -> axum::response::Response {
+    let status = if report.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
 }
 
 /// Serves `router` until `token` is cancelled, then finishes in-flight requests.

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub outbox_published: IntCounterVec,
+    pub outbox_quarantined: IntCounterVec,
     pub rdkafka_queue_messages: IntGaugeVec,
 }
 
@@ -93,7 +94,7 @@ impl Metrics {
             ),
             handler_errors: counter(
                 "handler_errors_total",
-                "handler failures (batch retried or consumer stopped)",
+                "handler failures by class (transient: retried until it passes; permanent and unknown: the batch is split)",
                 &["group", "kind"],
             ),
             event_age_seconds: histogram_with(
@@ -120,6 +121,11 @@ impl Metrics {
                 "outbox_published_total",
                 "outbox rows published and deleted",
                 &["topic"],
+            ),
+            outbox_quarantined: counter(
+                "outbox_quarantined_total",
+                "outbox rows the broker refused, moved to outbox_quarantine",
+                &[],
             ),
             rdkafka_queue_messages: gauge(
                 "rdkafka_queue_messages",

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::producer::{Outgoing, PendingDelivery, ProduceError, Producer};
 
@@ -48,6 +49,10 @@ const RELAY_LOCK: i64 = 0x0fee_d11e;
 /// Transactions whose rows may wait for the relay in memory; beyond that the hand-off is
 /// dropped and the rows are read from the table.
 const HANDOFF_CAPACITY: usize = 256;
+
+/// The relay's first and longest wait before it reconnects to a dependency that went away.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Messages published and not yet acknowledged at most: bounds what the acknowledging task
 /// holds, and makes the relay wait for the broker rather than pile up.
@@ -74,6 +79,36 @@ pub enum OutboxError {
     Produce(#[from] ProduceError),
     #[error("outbox row {id} has malformed headers")]
     Headers { id: i64 },
+    /// The broker refused the row itself (too large, invalid): no retry can publish it.
+    #[error("outbox row {id} cannot be published: {source}")]
+    Rejected { id: i64, source: ProduceError },
+}
+
+impl OutboxError {
+    /// The row at fault, when the error is the row's and not a dependency's.
+    fn bad_row(&self) -> Option<i64> {
+        match self {
+            OutboxError::Headers { id } | OutboxError::Rejected { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// A produce failure of row `id`, blamed on the row only when the broker refused the
+    /// message itself; anything else (a topic missing for a while, a broker away) is an
+    /// outage the relay waits out.
+    fn produce(id: i64, e: ProduceError) -> Self {
+        use rdkafka::types::RDKafkaErrorCode::*;
+        let ProduceError::Fatal { source, .. } = &e else {
+            return OutboxError::Produce(e);
+        };
+        match source.rdkafka_error_code() {
+            Some(
+                MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord
+                | InvalidArgument | BadMessage,
+            ) => OutboxError::Rejected { id, source: e },
+            _ => OutboxError::Produce(e),
+        }
+    }
 }
 
 /// Appends `messages` to the outbox inside the caller's transaction, in order, and notifies
@@ -185,6 +220,8 @@ struct Shared {
     receiver: Mutex<Option<mpsc::Receiver<Vec<Staged>>>>,
     /// Wakes the relay when `missed` was set.
     wake: Notify,
+    /// Set while the relay cannot reach its database or the broker: readiness says so.
+    outage: AtomicBool,
 }
 
 impl Shared {
@@ -224,6 +261,7 @@ impl Outbox {
                 sender,
                 receiver: Mutex::new(Some(receiver)),
                 wake: Notify::new(),
+                outage: AtomicBool::new(false),
             }),
         }
     }
@@ -274,6 +312,19 @@ impl Outbox {
         if shared.sender.try_send(rows).is_err() {
             shared.miss();
         }
+    }
+
+    /// Adds the relay's readiness to `health`: not ready while it waits out an outage.
+    pub fn register(&self, health: &Health) {
+        let shared = self.shared.clone();
+        health.ready_check("outbox", move || {
+            let outage = shared.outage.load(Ordering::SeqCst);
+            std::future::ready(if outage {
+                Err("the outbox relay cannot reach its database or the broker".to_owned())
+            } else {
+                Ok(())
+            })
+        });
     }
 
     /// The relay publishing this outbox; run it once per process.
@@ -327,24 +378,58 @@ impl OutboxRelay {
     }
 
     /// Publishes until `token` is cancelled. Only the holder of the relay lock publishes.
+    /// It outlives its dependencies: when the database or the broker goes away it stands
+    /// by, reconnects with backoff and carries on where the table says; an error ends it
+    /// only at start (a second relay for the same outbox).
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
         let taken = self.outbox.shared.receiver.lock().expect("poisoned").take();
         let Some(mut handoffs) = taken else {
             anyhow::bail!("this outbox already has a relay");
         };
+        let shared = &self.outbox.shared;
+        let mut outage: Option<Instant> = None;
+        let mut backoff = RECONNECT_BACKOFF;
         loop {
-            let Some(lock_conn) = self.lock(&token).await? else {
-                return Ok(());
+            let stopped = match self.lock(&token).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(lock_conn)) => {
+                    if let Some(since) = outage.take() {
+                        shared.outage.store(false, Ordering::SeqCst);
+                        tracing::info!(
+                            after_s = since.elapsed().as_secs_f64(),
+                            "outbox relay reconnected"
+                        );
+                    }
+                    backoff = RECONNECT_BACKOFF;
+                    tracing::info!("outbox relay active");
+                    let stopped = self.publish(lock_conn, &mut handoffs, &token).await;
+                    shared.active.store(false, Ordering::SeqCst);
+                    // Their rows are in the table, for whoever holds the lock next.
+                    while handoffs.try_recv().is_ok() {}
+                    stopped
+                }
+                Err(e) => Err(e),
             };
-            tracing::info!("outbox relay active");
-            let stopped = self.publish(lock_conn, &mut handoffs, &token).await;
-            self.outbox.shared.active.store(false, Ordering::SeqCst);
-            // Their rows are in the table, for whoever holds the lock next.
-            while handoffs.try_recv().is_ok() {}
-            match stopped? {
-                Stopped::Shutdown => return Ok(()),
-                Stopped::LockLost => {
+            match stopped {
+                Ok(Stopped::Shutdown) => return Ok(()),
+                Ok(Stopped::LockLost) => {
                     tracing::warn!("outbox relay lost its lock connection, standing by");
+                }
+                Err(e) => {
+                    // Once per outage; the retries are not worth a line each.
+                    if outage.is_none() {
+                        outage = Some(Instant::now());
+                        shared.outage.store(true, Ordering::SeqCst);
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "outbox relay lost a dependency, reconnecting until it is back"
+                        );
+                    }
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 }
             }
         }
@@ -424,6 +509,16 @@ impl OutboxRelay {
                         continue;
                     }
                     Err(e) => {
+                        if let Some(id) = e.bad_row() {
+                            // The row can never go out: set it aside with its reason and
+                            // publish what follows it.
+                            let (next, _) = flight.settle().await;
+                            flight = next?;
+                            self.quarantine(id, &e).await?;
+                            recent.clear();
+                            behind = true;
+                            continue;
+                        }
                         let _ = flight.settle().await;
                         return Err(e.into());
                     }
@@ -493,8 +588,32 @@ impl OutboxRelay {
         }
     }
 
+    /// Moves row `id` from the outbox to `outbox_quarantine` with the reason it cannot be
+    /// published, where an operator can inspect, fix and re-insert it.
+    async fn quarantine(&self, id: i64, error: &OutboxError) -> Result<(), sqlx::Error> {
+        let reason = error.to_string();
+        sqlx::query(
+            "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
+             INSERT INTO outbox_quarantine (id, topic, msg_key, payload, headers, created_at, error)
+             SELECT id, topic, msg_key, payload, headers, created_at, $2 FROM moved",
+        )
+        .bind(id)
+        .bind(&reason)
+        .execute(&self.outbox.pool)
+        .await?;
+        tracing::error!(id, error = %reason, "outbox row quarantined");
+        self.metrics
+            .outbox_quarantined
+            .with_label_values::<&str>(&[])
+            .inc();
+        Ok(())
+    }
+
     async fn send(&self, flight: &Flight, row: Staged) -> Result<(), OutboxError> {
-        let delivery = self.enqueue(&row.message).await?;
+        let delivery = self
+            .enqueue(&row.message)
+            .await
+            .map_err(|e| OutboxError::produce(row.id, e))?;
         flight.push(row.id, row.message.topic, delivery).await;
         Ok(())
     }
@@ -744,7 +863,7 @@ async fn acknowledge(
                 Ok(_) => {}
                 Err(e) => {
                     if error.is_none() {
-                        error = Some(e.into());
+                        error = Some(OutboxError::produce(flight.id, e));
                         failed.set();
                     }
                 }

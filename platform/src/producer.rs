@@ -214,6 +214,7 @@ impl PendingDelivery {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer<FeedlineContext>,
+    context: FeedlineContext,
     metrics: Arc<Metrics>,
     id: u64,
     topics: Arc<RwLock<HashMap<String, Arc<TopicCounters>>>>,
@@ -227,11 +228,13 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub fn new(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
+        let context = FeedlineContext::new(metrics.clone());
         let inner = settings
             .producer_config()
-            .create_with_context(FeedlineContext::new(metrics.clone()))?;
+            .create_with_context(context.clone())?;
         Ok(Producer {
             inner,
+            context,
             metrics,
             id: NEXT_PRODUCER_ID.fetch_add(1, Ordering::Relaxed),
             topics: Arc::default(),
@@ -331,6 +334,11 @@ impl Producer {
         tokio::task::spawn_blocking(move || inner.flush(timeout))
             .await
             .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// The client's context: its view of the brokers, for readiness.
+    pub fn context(&self) -> FeedlineContext {
+        self.context.clone()
     }
 
     pub fn inner(&self) -> &FutureProducer<FeedlineContext> {

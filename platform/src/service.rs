@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::consumer::{Consumer, Handler};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::producer::Producer;
@@ -57,21 +58,6 @@ where
     result
 }
 
-/// Serves `/metrics` and `/health` on the configured address until shutdown.
-pub async fn serve_ops(
-    settings: &Settings,
-    metrics: Arc<Metrics>,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let addr = settings.http_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("failed to bind {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
-    crate::http::serve(listener, crate::http::ops_router(metrics), token).await?;
-    Ok(())
-}
-
 /// A service built around one consumer: the consumer, the outbox relay when it writes
 /// events through a PostgreSQL outbox, and an HTTP server. What is left to each service is
 /// its start-up (database, topics, contracts) and its handler.
@@ -86,8 +72,12 @@ pub struct ConsumerService<H> {
     /// The outbox the relay publishes (the handler hands its committed rows to the same
     /// [`Outbox`]); `None` for a service without one.
     pub outbox: Option<Outbox>,
-    /// What the HTTP server answers; `None` for `/metrics` and `/health` only.
+    /// What the HTTP server answers; `None` for the ops routes only (`/metrics`, `/health`).
+    /// A router of its own merges [`crate::http::ops_router`] with the same `health`.
     pub router: Option<Router>,
+    /// The service's health checks; the consumer, the registry and (with an outbox) the
+    /// database and the relay add theirs.
+    pub health: Health,
 }
 
 impl<H: Handler> ConsumerService<H> {
@@ -127,6 +117,13 @@ impl<H: Handler> ConsumerService<H> {
         )
         .context("failed to create the kafka consumer")?;
 
+        consumer.progress().register(&self.health, "consumer");
+        self.health.registry(&settings.registry.url);
+        if let Some(outbox) = &self.outbox {
+            self.health.database("database", outbox.pool().clone());
+            outbox.register(&self.health);
+        }
+
         let addr = settings.http_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -147,7 +144,7 @@ impl<H: Handler> ConsumerService<H> {
         }
         let router = self
             .router
-            .unwrap_or_else(|| crate::http::ops_router(self.metrics));
+            .unwrap_or_else(|| crate::http::ops_router(self.metrics, self.health));
         tasks.spawn("http", async move {
             crate::http::serve(listener, router, token)
                 .await

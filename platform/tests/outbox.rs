@@ -47,14 +47,10 @@ impl Handler for Ledger {
             .iter()
             .map(|m| header(m, "event-id").expect("event-id header").to_owned())
             .collect();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| HandlerError::Retry(e.into()))?;
+        let mut tx = self.pool.begin().await.map_err(HandlerError::classified)?;
         let fresh = feedline::dedup::first_time(&mut tx, "ledger", &ids)
             .await
-            .map_err(|e| HandlerError::Retry(e.into()))?;
+            .map_err(HandlerError::classified)?;
         let new: Vec<&String> = ids
             .iter()
             .zip(&fresh)
@@ -65,10 +61,8 @@ impl Handler for Ledger {
             .bind(&new)
             .execute(&mut *tx)
             .await
-            .map_err(|e| HandlerError::Retry(e.into()))?;
-        tx.commit()
-            .await
-            .map_err(|e| HandlerError::Retry(e.into()))?;
+            .map_err(HandlerError::classified)?;
+        tx.commit().await.map_err(HandlerError::classified)?;
         self.handled.fetch_add(batch.len(), Ordering::SeqCst);
         if let Some(notify) = &self.stall_after_commit
             && !self.stalled.swap(true, Ordering::SeqCst)

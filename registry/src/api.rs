@@ -58,7 +58,7 @@ impl App {
     }
 }
 
-pub fn router(app: Arc<App>, platform_metrics: Arc<Metrics>) -> Router {
+pub fn router(app: Arc<App>, platform_metrics: Arc<Metrics>, health: feedline::Health) -> Router {
     let api = Router::new()
         .route("/", get(root))
         .route("/subjects", get(list_subjects))
@@ -107,7 +107,7 @@ pub fn router(app: Arc<App>, platform_metrics: Arc<Metrics>) -> Router {
         )
         .route("/mode", get(mode))
         .with_state(Arc::clone(&app));
-    api.merge(feedline::http::ops_router(platform_metrics))
+    api.merge(feedline::http::ops_router(platform_metrics, health))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))

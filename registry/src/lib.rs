@@ -133,7 +133,9 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
         writer: writes,
         metrics,
     });
-    let router = api::router(app, platform_metrics);
+    // Serving at all means `_schemas` was read to its end at start-up; later reads and
+    // writes report the store's own errors.
+    let router = api::router(app, platform_metrics, feedline::Health::new());
     let http_token = token.clone();
     tasks.spawn("http", async move {
         feedline::http::serve(listener, router, http_token)

@@ -186,7 +186,7 @@ async fn media_types_are_negotiated_and_any_json_body_is_accepted() {
     );
 
     let health = reg.get("/health").await;
-    assert_eq!(health.ok()["status"], json!("ok"));
+    assert_eq!(health.ok()["status"], json!("ready"));
     let metrics = reg.get("/metrics").await;
     assert!(metrics.status.is_success());
     assert!(

@@ -1,17 +1,18 @@
-//! The consumer's [`Handler`]: a batch of `customer-commands` and `order-events` becomes one
-//! PostgreSQL transaction (customers + reservations + outbox rows + processed event ids).
+//! The customer service's [`Domain`]: a batch of `customer-commands` and `order-events` runs
+//! the credit rules in one transaction (customers + reservations + outbox rows + processed
+//! event ids, see [`feedline::transactional`]).
 
 use std::collections::BTreeSet;
 use std::future::Future;
 
-use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, decode_batch};
-use feedline::consumer::{Handler, HandlerError, Outcome};
-use feedline::outbox::{Outbox, OutboxMessage};
-use feedline::{Rejection, dedup};
+use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient};
+use feedline::errors::{Classify, ErrorClass};
+use feedline::outbox::OutboxMessage;
+use feedline::transactional::{Applied, Domain, TransactionalHandler, Work};
 use feedline_schemas::types::{CreditEvent, CustomerCommand, CustomerEvent, Envelope, OrderEvent};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::credit::{Event, Input, Ledger};
@@ -20,6 +21,9 @@ use crate::metrics::{CustomerMetrics, Tally};
 
 /// The key of this service's rows in `processed_events`.
 pub const DEDUP_CONSUMER: &str = "customers";
+
+/// The consumer's handler: the platform's transactional handler over [`Customers`].
+pub type CustomersHandler = TransactionalHandler<Customers>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,14 +43,15 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(e: Error) -> Self {
-        match e {
-            // Our own event failing our own schema is a bug; retrying cannot fix it.
-            Error::Encode(_) | Error::Db(DbError::BadStatus { .. }) => {
-                HandlerError::Fatal(e.into())
-            }
-            Error::Db(_) | Error::Conflict(_) => HandlerError::Retry(e.into()),
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Error::Db(DbError::Sql(e)) => e.class(),
+            // The other transaction committed: the next try reads its row.
+            Error::Conflict(_) => ErrorClass::Transient,
+            // A stored status this release does not know, our own event failing our own
+            // schema: no rule says which; retried, then the message is set aside.
+            Error::Db(_) | Error::Encode(_) => ErrorClass::Unknown,
         }
     }
 }
@@ -61,7 +66,7 @@ pub struct Topics {
 }
 
 #[derive(Debug)]
-enum Incoming {
+pub enum Incoming {
     Command(CustomerCommand),
     Order(OrderEvent),
 }
@@ -82,18 +87,8 @@ impl Incoming {
     }
 }
 
-/// A message that asks something of a customer, with the metadata its effects carry on.
-struct Work {
-    event_id: String,
-    correlation_id: String,
-    input: Input,
-}
-
 #[derive(Debug)]
-pub struct CustomersHandler {
-    pub pool: PgPool,
-    /// Where the batch's events go: rows in the transaction, then handed to the relay.
-    pub outbox: Outbox,
+pub struct Customers {
     pub topics: Topics,
     pub commands: AvroDecoder<CustomerCommand, RegistryClient>,
     pub orders: AvroDecoder<OrderEvent, RegistryClient>,
@@ -104,44 +99,18 @@ pub struct CustomersHandler {
     pub metrics: CustomerMetrics,
 }
 
-impl Handler for CustomersHandler {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
-        let mut outcome = Outcome::ok();
-        let decoded = decode_batch(batch, &mut outcome, |msg| self.decode(msg)).await?;
-        let mut work = Vec::with_capacity(decoded.len());
-        for (index, incoming) in decoded {
-            let envelope = incoming.envelope();
-            match incoming.input() {
-                Ok(Some(input)) => work.push(Work {
-                    event_id: envelope.event_id().to_owned(),
-                    correlation_id: envelope.correlation_id().to_owned(),
-                    input,
-                }),
-                // Approved and rejected orders: nothing to do, nothing to remember.
-                Ok(None) => {}
-                Err(reason) => {
-                    let msg = &batch[index];
-                    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "invalid message");
-                    outcome.reject(index, Rejection::new("validation", reason));
-                }
-            }
-        }
-        if !work.is_empty() {
-            let tally = self.apply(&work).await?;
-            tally.record(&self.metrics);
-        }
-        Ok(outcome)
-    }
-}
+impl Domain for Customers {
+    type Message = Incoming;
+    type Input = Input;
+    type Summary = Tally;
+    type Error = Error;
 
-impl CustomersHandler {
     /// Decodes without I/O when the writer's schema is cached (always, after the first
-    /// message of a schema); the returned future owns what it needs, so it does not borrow
-    /// the message.
-    fn decode(
-        &self,
+    /// message of a schema).
+    fn decode<'a>(
+        &'a self,
         msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Incoming, CodecError>> + use<'_> {
+    ) -> impl Future<Output = Result<Incoming, CodecError>> + Send + use<'a> {
         let bytes = msg.payload().unwrap_or_default();
         let is_command = msg.topic() == self.topics.commands;
         let cached = if is_command {
@@ -170,23 +139,24 @@ impl CustomersHandler {
         }
     }
 
-    /// Applies the batch in one transaction: dedup, lock the reservations and customers it
-    /// touches, run the credit rules in memory, write rows and outbox messages set-based,
-    /// commit.
-    async fn apply(&self, work: &[Work]) -> Result<Tally, Error> {
-        let mut tx = self.pool.begin().await?;
-        let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();
-        let fresh = dedup::first_time(&mut tx, DEDUP_CONSUMER, &event_ids).await?;
-        let work: Vec<&Work> = work
-            .iter()
-            .zip(fresh)
-            .filter_map(|(w, fresh)| fresh.then_some(w))
-            .collect();
+    fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
+        let envelope = message.envelope();
+        // Approved and rejected orders ask nothing: nothing to do, nothing to remember.
+        Ok(message.input()?.map(|input| Work {
+            event_id: envelope.event_id().to_owned(),
+            correlation_id: envelope.correlation_id().to_owned(),
+            input,
+        }))
+    }
+
+    /// Locks the reservations and customers the batch touches, runs the credit rules in
+    /// memory and writes the rows set-based.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        work: &[&Work<Input>],
+    ) -> Result<Applied<Tally>, Error> {
         let mut tally = Tally::default();
-        if work.is_empty() {
-            tx.commit().await?;
-            return Ok(tally);
-        }
 
         let order_ids: Vec<Uuid> = work
             .iter()
@@ -194,7 +164,7 @@ impl CustomersHandler {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let reservations = db::lock_reservations(&mut tx, &order_ids).await?;
+        let reservations = db::lock_reservations(&mut *tx, &order_ids).await?;
         // A release touches the reservation's customer, whatever the event says.
         let customer_ids: Vec<Uuid> = work
             .iter()
@@ -203,7 +173,7 @@ impl CustomersHandler {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let customers = db::lock_customers(&mut tx, &customer_ids).await?;
+        let customers = db::lock_customers(&mut *tx, &customer_ids).await?;
         let mut ledger = Ledger::new(customers, reservations);
 
         let mut messages = Vec::new();
@@ -247,21 +217,24 @@ impl CustomersHandler {
 
         // Customers before reservations: a reservation references its customer.
         let new_customers = ledger.customer_inserts();
-        let inserted = db::insert_customers(&mut tx, &new_customers).await?;
+        let inserted = db::insert_customers(&mut *tx, &new_customers).await?;
         if inserted != new_customers.len() as u64 {
             return Err(Error::Conflict(new_customers.len() as u64 - inserted));
         }
-        db::update_customers(&mut tx, &ledger.customer_updates()).await?;
+        db::update_customers(&mut *tx, &ledger.customer_updates()).await?;
         let new_reservations = ledger.reservation_inserts();
-        let inserted = db::insert_reservations(&mut tx, &new_reservations).await?;
+        let inserted = db::insert_reservations(&mut *tx, &new_reservations).await?;
         if inserted != new_reservations.len() as u64 {
             return Err(Error::Conflict(new_reservations.len() as u64 - inserted));
         }
-        db::update_reservations(&mut tx, &ledger.reservation_updates()).await?;
-        let enqueued = self.outbox.enqueue(&mut tx, messages).await?;
-        tx.commit().await?;
-        // Published from memory now; the rows are the fallback should this process die first.
-        self.outbox.committed(enqueued);
-        Ok(tally)
+        db::update_reservations(&mut *tx, &ledger.reservation_updates()).await?;
+        Ok(Applied {
+            messages,
+            summary: tally,
+        })
+    }
+
+    fn committed(&self, tally: Tally) {
+        tally.record(&self.metrics);
     }
 }

@@ -22,13 +22,13 @@ use anyhow::Context;
 use feedline::codec::RegistryClient;
 use feedline::outbox::Outbox;
 use feedline::service::ConsumerService;
-use feedline::{CancellationToken, Metrics, Settings};
+use feedline::{CancellationToken, Health, Metrics, Settings};
 use feedline_schemas::{
     CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, Contracts, ORDER_EVENTS,
 };
 use tokio::task::JoinHandle;
 
-use crate::handler::{CustomersHandler, Topics};
+use crate::handler::{Customers, CustomersHandler, Topics};
 use crate::metrics::CustomerMetrics;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -77,9 +77,7 @@ pub async fn spawn(
         .await
         .context("failed to register the schemas")?;
     let outbox = Outbox::new(pool.clone());
-    let handler = CustomersHandler {
-        pool,
-        outbox: outbox.clone(),
+    let customers = Customers {
         topics: Topics {
             commands: kafka.name(CUSTOMER_COMMANDS),
             orders: kafka.name(ORDER_EVENTS),
@@ -106,15 +104,20 @@ pub async fn spawn(
 
     ConsumerService {
         group: kafka.name(GROUP),
-        // Read before `handler` moves in.
         topics: vec![
-            handler.topics.commands.clone(),
-            handler.topics.orders.clone(),
+            customers.topics.commands.clone(),
+            customers.topics.orders.clone(),
         ],
-        handler,
+        handler: CustomersHandler {
+            pool,
+            outbox: outbox.clone(),
+            dedup_consumer: handler::DEDUP_CONSUMER,
+            domain: customers,
+        },
         metrics,
         outbox: Some(outbox),
         router: None,
+        health: Health::new(),
     }
     .spawn(&settings, token)
     .await

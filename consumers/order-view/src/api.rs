@@ -15,7 +15,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use feedline::Metrics;
+use feedline::{Health, Metrics};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -43,7 +43,7 @@ pub struct App {
     pub token: CancellationToken,
 }
 
-pub fn router(app: Arc<App>, platform: Arc<Metrics>) -> Router {
+pub fn router(app: Arc<App>, platform: Arc<Metrics>, health: Health) -> Router {
     Router::new()
         .route("/orders", get(list_orders))
         .route("/orders/{id}", get(get_order))
@@ -51,7 +51,7 @@ pub fn router(app: Arc<App>, platform: Arc<Metrics>) -> Router {
         .route("/customers/{id}/orders", get(customer_orders))
         .route("/feed", get(feed))
         .with_state(app)
-        .merge(feedline::http::ops_router(platform))
+        .merge(feedline::http::ops_router(platform, health))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

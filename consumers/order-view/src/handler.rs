@@ -22,6 +22,7 @@ use crate::feed::FeedHub;
 use crate::metrics::ViewMetrics;
 use crate::store::{Store, StoreError};
 use crate::writer::{Applied, Piece, Writer};
+use feedline::Classify as _;
 
 /// The topics order-view consumes (unprefixed).
 pub const TOPICS: [&str; 3] = [ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
@@ -203,10 +204,7 @@ impl Handler for ViewHandler {
             let applied = written
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-                .map_err(|e| match e {
-                    StoreError::Corrupt { .. } => HandlerError::Fatal(e.into()),
-                    e => retry(e),
-                })?;
+                .map_err(failed)?;
             self.count(&applied);
         }
         self.metrics.batch_size.observe(batch.len() as f64);
@@ -233,6 +231,10 @@ impl ViewHandler {
     }
 }
 
-fn retry(e: StoreError) -> HandlerError {
-    HandlerError::Retry(anyhow::Error::new(e).context("failed to write the read model"))
+fn failed(e: StoreError) -> HandlerError {
+    let class = e.class();
+    HandlerError::of_class(
+        class,
+        anyhow::Error::new(e).context("failed to write the read model"),
+    )
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use feedline::codec::RegistryClient;
 use feedline::service::ConsumerService;
-use feedline::{CancellationToken, Metrics, Settings};
+use feedline::{CancellationToken, Health, Metrics, Settings};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
@@ -210,13 +210,16 @@ pub async fn spawn(
         keep_alive: Duration::from_secs(view.feed_keep_alive_secs),
         token: token.clone(),
     });
+    let health = Health::new();
+    health.database("read model", store.pool().clone());
     let service = ConsumerService {
         group,
         topics: handler.topics().to_vec(),
         handler,
         metrics: platform.clone(),
         outbox: None,
-        router: Some(api::router(app, platform)),
+        router: Some(api::router(app, platform, health.clone())),
+        health,
     };
     let (addr, running) = service.start(&settings, token).await?;
     let handle = tokio::spawn(async move {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feedline::config::DatabaseSettings;
+use feedline::errors::{Classify, ErrorClass};
 use secrecy::ExposeSecret;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -34,6 +35,20 @@ pub enum StoreError {
     NotSqlite,
     #[error("unreadable row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Sqlite(e) => e.class(),
+            StoreError::Write(rusqlite::Error::SqliteFailure(e, _)) => {
+                feedline::errors::sqlite_class(&e.extended_code.to_string())
+            }
+            // The handler went before the batch was written; the next try writes it all.
+            StoreError::Abandoned | StoreError::Thread(_) => ErrorClass::Transient,
+            _ => ErrorClass::Unknown,
+        }
+    }
 }
 
 /// 16 KiB, not SQLite's 4 KiB: the writer appends to the right edges of its tables and
@@ -199,6 +214,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The readers' pool (what readiness checks).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Opens (creating if missing) and migrates the file named by `database.url`.
     pub async fn open(settings: &DatabaseSettings) -> Result<Self, StoreError> {
         Self::open_with(settings, Memory::default()).await

@@ -160,7 +160,17 @@ async fn a_saga_builds_the_read_model_and_listings_page() {
         "{metrics}"
     );
     assert!(metrics.contains("feedline_order_view_batch_seconds_bucket"));
-    assert_eq!(app.ok("/health").await["status"], "ok");
+    assert_eq!(app.ok("/health/live").await["status"], "live");
+    // Ready once the consumer joined its group and reported its lag, with the registry and
+    // the read model reachable.
+    eventually("order-view ready", || async {
+        let (status, body) = app.get("/health/ready").await;
+        status == 200
+            && body["checks"]["consumer"]["ok"] == true
+            && body["checks"]["read model"]["ok"] == true
+    })
+    .await;
+    assert_eq!(app.get("/health").await.0, 200, "/health is readiness");
     app.stop().await;
 }
 

@@ -1,17 +1,18 @@
-//! The consumer's [`Handler`]: a batch of `order-commands` and `credit-events` becomes one
-//! PostgreSQL transaction (order rows + outbox rows + processed event ids).
+//! The order service's [`Domain`]: a batch of `order-commands` and `credit-events` runs the
+//! order state machine in one transaction (order rows + outbox rows + processed event ids,
+//! see [`feedline::transactional`]).
 
 use std::collections::BTreeSet;
 use std::future::Future;
 
-use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, decode_batch};
-use feedline::consumer::{Handler, HandlerError, Outcome};
-use feedline::outbox::{Outbox, OutboxMessage};
-use feedline::{Rejection, dedup};
+use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient};
+use feedline::errors::{Classify, ErrorClass};
+use feedline::outbox::OutboxMessage;
+use feedline::transactional::{Applied, Domain, TransactionalHandler, Work};
 use feedline_schemas::types::{CreditEvent, Envelope, OrderCommand, OrderEvent};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db::{self, DbError};
@@ -20,6 +21,9 @@ use crate::order::{Book, Input};
 
 /// The key of this service's rows in `processed_events`.
 pub const DEDUP_CONSUMER: &str = "orders";
+
+/// The consumer's handler: the platform's transactional handler over [`Orders`].
+pub type OrdersHandler = TransactionalHandler<Orders>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,13 +42,15 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(e: Error) -> Self {
-        match e {
-            // Our own event failing our own schema is a bug; retrying cannot fix it.
-            Error::Encode(_) => HandlerError::Fatal(e.into()),
-            Error::Db(DbError::BadStatus { .. }) => HandlerError::Fatal(e.into()),
-            Error::Db(_) | Error::Conflict(_) => HandlerError::Retry(e.into()),
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Error::Db(DbError::Sql(e)) => e.class(),
+            // The other transaction committed: the next try reads its row.
+            Error::Conflict(_) => ErrorClass::Transient,
+            // A stored status this release does not know, our own event failing our own
+            // schema: no rule says which; retried, then the message is set aside.
+            Error::Db(_) | Error::Encode(_) => ErrorClass::Unknown,
         }
     }
 }
@@ -58,7 +64,7 @@ pub struct Topics {
 }
 
 #[derive(Debug)]
-enum Incoming {
+pub enum Incoming {
     Command(OrderCommand),
     Credit(CreditEvent),
 }
@@ -79,18 +85,8 @@ impl Incoming {
     }
 }
 
-/// A message that asks something of an order, with the metadata its effects carry on.
-struct Work {
-    event_id: String,
-    correlation_id: String,
-    input: Input,
-}
-
 #[derive(Debug)]
-pub struct OrdersHandler {
-    pub pool: PgPool,
-    /// Where the batch's events go: rows in the transaction, then handed to the relay.
-    pub outbox: Outbox,
+pub struct Orders {
     pub topics: Topics,
     pub commands: AvroDecoder<OrderCommand, RegistryClient>,
     pub credit: AvroDecoder<CreditEvent, RegistryClient>,
@@ -100,43 +96,18 @@ pub struct OrdersHandler {
     pub metrics: OrderMetrics,
 }
 
-impl Handler for OrdersHandler {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
-        let mut outcome = Outcome::ok();
-        let decoded = decode_batch(batch, &mut outcome, |msg| self.decode(msg)).await?;
-        let mut work = Vec::with_capacity(decoded.len());
-        for (index, incoming) in decoded {
-            let envelope = incoming.envelope();
-            match incoming.input() {
-                Ok(Some(input)) => work.push(Work {
-                    event_id: envelope.event_id().to_owned(),
-                    correlation_id: envelope.correlation_id().to_owned(),
-                    input,
-                }),
-                Ok(None) => {}
-                Err(reason) => {
-                    let msg = &batch[index];
-                    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "invalid message");
-                    outcome.reject(index, Rejection::new("validation", reason));
-                }
-            }
-        }
-        if !work.is_empty() {
-            let tally = self.apply(&work).await?;
-            tally.record(&self.metrics);
-        }
-        Ok(outcome)
-    }
-}
+impl Domain for Orders {
+    type Message = Incoming;
+    type Input = Input;
+    type Summary = Tally;
+    type Error = Error;
 
-impl OrdersHandler {
     /// Decodes without I/O when the writer's schema is cached (always, after the first
-    /// message of a schema); the returned future owns what it needs, so it does not borrow
-    /// the message.
-    fn decode(
-        &self,
+    /// message of a schema).
+    fn decode<'a>(
+        &'a self,
         msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Incoming, CodecError>> + use<'_> {
+    ) -> impl Future<Output = Result<Incoming, CodecError>> + Send + use<'a> {
         let bytes = msg.payload().unwrap_or_default();
         let is_command = msg.topic() == self.topics.commands;
         let cached = if is_command {
@@ -165,30 +136,30 @@ impl OrdersHandler {
         }
     }
 
-    /// Applies the batch in one transaction: dedup, lock the orders it touches, run the
-    /// state machine in memory, write rows and outbox messages set-based, commit.
-    async fn apply(&self, work: &[Work]) -> Result<Tally, Error> {
-        let mut tx = self.pool.begin().await?;
-        let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();
-        let fresh = dedup::first_time(&mut tx, DEDUP_CONSUMER, &event_ids).await?;
-        let work: Vec<&Work> = work
-            .iter()
-            .zip(fresh)
-            .filter_map(|(w, fresh)| fresh.then_some(w))
-            .collect();
-        let mut tally = Tally::default();
-        if work.is_empty() {
-            tx.commit().await?;
-            return Ok(tally);
-        }
+    fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
+        let envelope = message.envelope();
+        Ok(message.input()?.map(|input| Work {
+            event_id: envelope.event_id().to_owned(),
+            correlation_id: envelope.correlation_id().to_owned(),
+            input,
+        }))
+    }
 
+    /// Locks the orders the batch touches, runs the state machine in memory and writes
+    /// the rows set-based.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        work: &[&Work<Input>],
+    ) -> Result<Applied<Tally>, Error> {
         let ids: Vec<Uuid> = work
             .iter()
             .map(|w| w.input.order_id())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut book = Book::new(db::lock_orders(&mut tx, &ids).await?);
+        let mut book = Book::new(db::lock_orders(&mut *tx, &ids).await?);
+        let mut tally = Tally::default();
         let mut messages = Vec::new();
         for w in work {
             match book.apply(&w.input) {
@@ -212,15 +183,18 @@ impl OrdersHandler {
         }
 
         let inserts = book.inserts();
-        let inserted = db::insert_orders(&mut tx, &inserts).await?;
+        let inserted = db::insert_orders(&mut *tx, &inserts).await?;
         if inserted != inserts.len() as u64 {
             return Err(Error::Conflict(inserts.len() as u64 - inserted));
         }
-        db::update_orders(&mut tx, &book.updates()).await?;
-        let enqueued = self.outbox.enqueue(&mut tx, messages).await?;
-        tx.commit().await?;
-        // Published from memory now; the rows are the fallback should this process die first.
-        self.outbox.committed(enqueued);
-        Ok(tally)
+        db::update_orders(&mut *tx, &book.updates()).await?;
+        Ok(Applied {
+            messages,
+            summary: tally,
+        })
+    }
+
+    fn committed(&self, tally: Tally) {
+        tally.record(&self.metrics);
     }
 }

@@ -20,11 +20,11 @@ use anyhow::Context;
 use feedline::codec::RegistryClient;
 use feedline::outbox::Outbox;
 use feedline::service::ConsumerService;
-use feedline::{CancellationToken, Metrics, Settings};
+use feedline::{CancellationToken, Health, Metrics, Settings};
 use feedline_schemas::{CREDIT_EVENTS, Contracts, ORDER_COMMANDS, ORDER_EVENTS};
 use tokio::task::JoinHandle;
 
-use crate::handler::{OrdersHandler, Topics};
+use crate::handler::{Orders, OrdersHandler, Topics};
 use crate::metrics::OrderMetrics;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -73,9 +73,7 @@ pub async fn spawn(
         .await
         .context("failed to register the schemas")?;
     let outbox = Outbox::new(pool.clone());
-    let handler = OrdersHandler {
-        pool,
-        outbox: outbox.clone(),
+    let orders = Orders {
         topics: Topics {
             commands: kafka.name(ORDER_COMMANDS),
             credit: kafka.name(CREDIT_EVENTS),
@@ -97,15 +95,17 @@ pub async fn spawn(
 
     ConsumerService {
         group: kafka.name(GROUP),
-        // Read before `handler` moves in.
-        topics: vec![
-            handler.topics.commands.clone(),
-            handler.topics.credit.clone(),
-        ],
-        handler,
+        topics: vec![orders.topics.commands.clone(), orders.topics.credit.clone()],
+        handler: OrdersHandler {
+            pool,
+            outbox: outbox.clone(),
+            dedup_consumer: handler::DEDUP_CONSUMER,
+            domain: orders,
+        },
         metrics,
         outbox: Some(outbox),
         router: None,
+        health: Health::new(),
     }
     .spawn(&settings, token)
     .await

@@ -126,7 +126,7 @@ where
             Err(e) if e.is_poison() => {
                 outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))
             }
-            Err(e) => return Err(crate::HandlerError::Retry(e.into())),
+            Err(e) => return Err(crate::HandlerError::classified(e)),
         }
     }
     Ok(())

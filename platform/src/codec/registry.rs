@@ -132,7 +132,9 @@ impl SchemaResolver for RegistryClient {
         let body: SchemaBody = self
             .call(
                 || self.http.get(&url),
-                |_| Some(CodecError::UnknownSchemaId(id)),
+                // Only the registry's own "schema not found" condemns the message: a 404
+                // from a proxy or a wrong path is the registry being unreachable.
+                |code| (code == Some(40403)).then_some(CodecError::UnknownSchemaId(id)),
             )
             .await?;
         Ok(body.schema)

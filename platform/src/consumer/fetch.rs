@@ -10,17 +10,25 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::Notify;
 
+use super::Progress;
 use crate::context::FeedlineContext;
 
 /// How long the fetch thread waits in one poll: the bound on how late it notices that the
 /// handler side has gone, and on how long librdkafka's events (rebalances, statistics) wait
 /// when no messages arrive.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a full batch may wait for the handler before the fetch thread pauses the
+/// assignment and goes back to polling. A busy handler takes the batch well within this;
+/// one retrying a batch while its database is away does not, and polling keeps the member
+/// in its group (`max.poll.interval.ms`) and serves rebalances meanwhile. Not at once:
+/// pausing drops librdkafka's prefetched messages, which resuming fetches again.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// The one pending batch, shared by the fetch thread (which fills it) and the handler side
 /// (which takes it).
@@ -186,29 +194,51 @@ pub(super) struct Fetcher {
     pub(super) context: FeedlineContext,
     pub(super) group: String,
     pub(super) handoff: Arc<Handoff>,
+    pub(super) progress: Progress,
 }
 
 impl Fetcher {
     pub(super) fn run(self) {
         let handoff = &*self.handoff;
         let _stopped = Stopped(handoff);
+        let mut full_since: Option<Instant> = None;
+        // The assignment generation whose partitions are paused, while holding.
+        let mut paused: Option<u64> = None;
         loop {
             // At most one batch waits for the handler: while it is full, fetch no more, so
             // a slow handler does not pile up messages a rebalance or shutdown would drop.
-            {
+            let hold = {
                 let mut pending = handoff.lock();
-                while pending.batch.len() >= handoff.batch_max && !pending.handler_gone {
+                loop {
+                    if pending.handler_gone {
+                        return;
+                    }
+                    if pending.batch.len() < handoff.batch_max {
+                        full_since = None;
+                        break false;
+                    }
+                    if full_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER {
+                        break true;
+                    }
                     pending = handoff
                         .taken
                         .wait_timeout(pending, IDLE_POLL)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                    self.progress.polled();
                 }
-                if pending.handler_gone {
-                    return;
+            };
+            if hold {
+                let generation = self.context.assignments();
+                if paused != Some(generation) {
+                    self.set_paused(true);
+                    paused = Some(generation);
                 }
+            } else if paused.take().is_some() {
+                self.set_paused(false);
             }
             let polled = self.consumer.poll(IDLE_POLL);
+            self.progress.polled();
             let message = match polled {
                 Some(Ok(message)) => Some(message.detach()),
                 Some(Err(e)) => {
@@ -221,6 +251,31 @@ impl Fetcher {
                 None => None,
             };
             handoff.add(&self.context, message);
+        }
+    }
+
+    /// Pauses or resumes every assigned partition. librdkafka resumes from the position of
+    /// the last message handed out, so nothing is skipped.
+    fn set_paused(&self, pause: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "cannot read the assignment");
+                TopicPartitionList::new()
+            }
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                tracing::debug!(group = %self.group, pause, partitions = assignment.count(), "fetching paused or resumed")
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, pause, "cannot pause or resume fetching")
+            }
         }
     }
 }

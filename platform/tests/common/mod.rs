@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use feedline::admin::{Admin, TopicSpec};
-use feedline::config::Settings;
-use feedline::consumer::{Consumer, ConsumerError, Handler};
+use feedline::config::{ConsumerSettings, Settings};
+use feedline::consumer::{Consumer, ConsumerError, Handler, Progress};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -90,9 +90,27 @@ impl TestCtx {
         topics: &[String],
         handler: H,
     ) -> (CancellationToken, JoinHandle<Result<(), ConsumerError>>) {
+        let (token, handle, _) =
+            self.spawn_watched(group, topics, handler, &self.settings.consumer);
+        (token, handle)
+    }
+
+    /// [`TestCtx::spawn_consumer`] with its own consumer settings, returning the consumer's
+    /// progress (what its health endpoints read) too.
+    pub fn spawn_watched<H: Handler>(
+        &self,
+        group: &str,
+        topics: &[String],
+        handler: H,
+        settings: &ConsumerSettings,
+    ) -> (
+        CancellationToken,
+        JoinHandle<Result<(), ConsumerError>>,
+        Progress,
+    ) {
         let consumer = Consumer::new(
             &self.settings.kafka,
-            &self.settings.consumer,
+            settings,
             &self.name(group),
             topics,
             handler,
@@ -100,9 +118,10 @@ impl TestCtx {
             self.metrics.clone(),
         )
         .expect("consumer");
+        let progress = consumer.progress();
         let token = CancellationToken::new();
         let handle = tokio::spawn(consumer.run(token.clone()));
-        (token, handle)
+        (token, handle, progress)
     }
 
     /// The offsets the group committed for `topic`'s partitions (-1001 when none).

@@ -101,15 +101,19 @@ pub fn route_table() -> Vec<RouteInfo> {
 }
 
 /// What `feedline::http::ops_router` serves.
-const OPS_ROUTES: [&str; 2] = ["/metrics", "/health"];
+const OPS_ROUTES: [&str; 4] = ["/metrics", "/health", "/health/live", "/health/ready"];
 
 /// The whole service: API, ops routes, JSON errors for unknown routes and methods, request
 /// metrics on everything.
-pub fn router(state: Arc<AppState>, platform_metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    platform_metrics: Arc<Metrics>,
+    health: feedline::Health,
+) -> Router {
     let metrics = state.metrics.clone();
     let (api, _) = api();
     api.with_state(state)
-        .merge(feedline::http::ops_router(platform_metrics))
+        .merge(feedline::http::ops_router(platform_metrics, health))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

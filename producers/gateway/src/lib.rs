@@ -178,7 +178,10 @@ pub async fn spawn(
         max_wait: config.max_wait(),
         shutdown: token.clone(),
     });
-    let router = app::router(state.clone(), platform_metrics);
+    let health = feedline::Health::new();
+    health.kafka(producer.context());
+    health.registry(&settings.registry.url);
+    let router = app::router(state.clone(), platform_metrics, health);
 
     let addr = settings.http_addr()?;
     let listener = TcpListener::bind(addr)

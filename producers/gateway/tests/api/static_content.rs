@@ -112,7 +112,11 @@ async fn openapi_documents_every_route_the_router_serves() {
 async fn ops_routes_and_request_metrics() {
     let app = TestApp::spawn().await;
     let health = app.send(app.http.get(app.at("/health"))).await;
-    assert_eq!(health.body, serde_json::json!({"status": "ok"}));
+    assert_eq!(health.body["status"], "ready", "{:?}", health.body);
+    assert_eq!(health.body["checks"]["kafka"]["ok"], true);
+    assert_eq!(health.body["checks"]["registry"]["ok"], true);
+    let live = app.send(app.http.get(app.at("/health/live"))).await;
+    assert_eq!(live.body["status"], "live");
 
     let id = uuid::Uuid::new_v4();
     let _ = app

@@ -1,0 +1,151 @@
+//! The transactional batch handler a service with a PostgreSQL database and an outbox is
+//! built on: a batch of messages becomes one transaction holding the state change, the
+//! events it emits (outbox rows) and the ids of the messages applied (`processed_events`).
+//!
+//! The service supplies its [`Domain`] (decode a message, say what it asks, apply a batch of
+//! fresh inputs in the transaction); the platform supplies the rest and classifies every
+//! failure in one place (see [`crate::errors`]), so that a bad message is dead-lettered, a
+//! database blip is waited out, and nothing else stops the consumer.
+
+use std::future::Future;
+
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use sqlx::{PgConnection, PgPool};
+
+use crate::codec::{CodecError, decode_batch};
+use crate::consumer::{Handler, HandlerError, Outcome};
+use crate::dedup;
+use crate::dlq::Rejection;
+use crate::errors::Classify;
+use crate::outbox::{Outbox, OutboxMessage};
+
+/// One message's request, with the metadata its effects carry on.
+#[derive(Debug, Clone)]
+pub struct Work<I> {
+    /// The message's event id: the key of `processed_events`.
+    pub event_id: String,
+    pub correlation_id: String,
+    pub input: I,
+}
+
+/// What applying a batch produced: the events to emit, and whatever the service records
+/// once the transaction committed (its business counters).
+#[derive(Debug)]
+pub struct Applied<S> {
+    pub messages: Vec<OutboxMessage>,
+    pub summary: S,
+}
+
+/// A service's business logic over its database.
+pub trait Domain: Send + Sync + 'static {
+    /// A decoded message.
+    type Message: Send;
+    /// What a message asks of the service.
+    type Input: Send + Sync;
+    type Summary: Send;
+    /// The domain's failures; their class decides what the runtime does (a rule the data
+    /// violates is permanent, a lost connection transient).
+    type Error: std::error::Error + Classify + Send + Sync + 'static;
+
+    /// Decodes one message. The future must not borrow the message: decoding a cached
+    /// schema needs no I/O, and only a miss copies the bytes for the registry call.
+    fn decode<'a>(
+        &'a self,
+        msg: &OwnedMessage,
+    ) -> impl Future<Output = Result<Self::Message, CodecError>> + Send + use<'a, Self>;
+
+    /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
+    /// when it is invalid (it goes to the dead-letter topic).
+    fn work(&self, message: Self::Message) -> Result<Option<Work<Self::Input>>, String>;
+
+    /// Applies inputs never applied before, in order, inside `tx` (which the platform
+    /// commits): lock what they touch, change the state, return the events to emit.
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        work: &[&Work<Self::Input>],
+    ) -> impl Future<Output = Result<Applied<Self::Summary>, Self::Error>> + Send;
+
+    /// Called once the transaction holding `summary`'s changes committed.
+    fn committed(&self, summary: Self::Summary);
+}
+
+/// A [`Handler`] that runs a [`Domain`] in one transaction per batch.
+#[derive(Debug)]
+pub struct TransactionalHandler<D> {
+    pub pool: PgPool,
+    /// Where the batch's events go: rows in the transaction, then handed to the relay.
+    pub outbox: Outbox,
+    /// This service's name in `processed_events`.
+    pub dedup_consumer: &'static str,
+    pub domain: D,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TxError<E> {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Domain(E),
+}
+
+impl<E: Classify> Classify for TxError<E> {
+    fn class(&self) -> crate::ErrorClass {
+        match self {
+            TxError::Database(e) => e.class(),
+            TxError::Domain(e) => e.class(),
+        }
+    }
+}
+
+impl<D: Domain> Handler for TransactionalHandler<D> {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        let mut outcome = Outcome::ok();
+        let decoded = decode_batch(batch, &mut outcome, |msg| self.domain.decode(msg)).await?;
+        let mut work = Vec::with_capacity(decoded.len());
+        for (index, message) in decoded {
+            match self.domain.work(message) {
+                Ok(Some(w)) => work.push(w),
+                Ok(None) => {}
+                Err(reason) => {
+                    let msg = &batch[index];
+                    tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "invalid message");
+                    outcome.reject(index, Rejection::new("validation", reason));
+                }
+            }
+        }
+        if !work.is_empty() {
+            self.apply(&work).await.map_err(HandlerError::classified)?;
+        }
+        Ok(outcome)
+    }
+}
+
+impl<D: Domain> TransactionalHandler<D> {
+    async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<D::Error>> {
+        let mut tx = self.pool.begin().await?;
+        let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();
+        let fresh = dedup::first_time(&mut tx, self.dedup_consumer, &event_ids).await?;
+        let work: Vec<&Work<D::Input>> = work
+            .iter()
+            .zip(fresh)
+            .filter_map(|(w, fresh)| fresh.then_some(w))
+            .collect();
+        if work.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let applied = self
+            .domain
+            .apply(&mut tx, &work)
+            .await
+            .map_err(TxError::Domain)?;
+        let enqueued = self.outbox.enqueue(&mut tx, applied.messages).await?;
+        tx.commit().await?;
+        // Published from memory now; the rows are the fallback should this process die first.
+        self.outbox.committed(enqueued);
+        self.domain.committed(applied.summary);
+        Ok(())
+    }
+}
