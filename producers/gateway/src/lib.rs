@@ -6,6 +6,7 @@
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
 //! - [`admission`]: refusing commands while the services behind are too far behind
+//! - [`idempotency`]: `Idempotency-Key`: ids derived from the key, answers replayed
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod idempotency;
 pub mod jwt;
 pub mod metrics;
 pub mod money;
@@ -42,6 +44,7 @@ use crate::app::AppState;
 use crate::auth::{Auth, Clients};
 use crate::commands::CommandTopic;
 use crate::config::GatewayConfig;
+use crate::idempotency::Answers;
 use crate::jwt::TokenKeys;
 use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
@@ -82,6 +85,14 @@ customers = ["customer-commands", "order-events"]
 # counts, so the saga cannot outrun the read model that clients see outcomes in.
 [gateway.admission.group_prefixes]
 "order-view." = ["order-events", "customer-events", "credit-events"]
+
+# Answers to requests with an Idempotency-Key are replayed to retries for 24 hours, as
+# payment APIs do; an answer is a few hundred bytes, so 50,000 of them take some 25 MB.
+# Past either bound a retry still gets the same ids (they derive from the key) and the
+# services drop its command as a duplicate.
+[gateway.idempotency]
+ttl_secs = 86400
+max_entries = 50000
 
 [gateway.clients.demo]
 # sha256("demo-secret")
@@ -175,6 +186,7 @@ pub async fn spawn(
         orders,
         customers,
         order_view: OrderView::new(&config.order_view_url, config.proxy_timeout()),
+        answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),
     });
