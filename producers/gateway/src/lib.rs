@@ -10,11 +10,13 @@
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
+//! - [`client`]: how the CLI and the benches send commands (with a key, retried)
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dashboard;
