@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -267,11 +268,12 @@ struct Accepted {
     feed_url: String,
 }
 
-/// A command's answer, kept to be replayed to retries of its `Idempotency-Key`.
+/// A command's answer, kept to be replayed to retries of its `Idempotency-Key`: the body
+/// as the JSON text sent, a third of the memory of its `Value`.
 #[derive(Debug, Clone)]
 pub struct CommandAnswer {
     status: StatusCode,
-    body: Value,
+    body: Bytes,
     location: String,
     correlation_id: String,
     replayed: bool,
@@ -279,7 +281,15 @@ pub struct CommandAnswer {
 
 impl IntoResponse for CommandAnswer {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body,
+        )
+            .into_response();
         let headers = response.headers_mut();
         if let Ok(location) = HeaderValue::from_str(&self.location) {
             headers.insert(header::LOCATION, location);
@@ -329,7 +339,8 @@ fn answer(
     };
     CommandAnswer {
         status,
-        body: Value::Object(body),
+        // Serializing a map of strings cannot fail.
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
         location: status_url,
         correlation_id: correlation_id.to_owned(),
         replayed: false,

@@ -89,12 +89,12 @@ customers = ["customer-commands", "order-events"]
 "order-view." = ["order-events", "customer-events", "credit-events"]
 
 # Answers to requests with an Idempotency-Key are replayed to retries for 24 hours, as
-# payment APIs do; an answer is a few hundred bytes, so 50,000 of them take some 25 MB.
-# Past either bound a retry still gets the same ids (they derive from the key) and the
-# services drop its command as a duplicate.
+# payment APIs do, up to 10,000 of them (a few hundred bytes each: seconds of full load,
+# hours of a normal day). Past either bound a retry still gets the same ids (they derive from the
+# key), the services drop its command as a duplicate, and its answer is built afresh.
 [gateway.idempotency]
 ttl_secs = 86400
-max_entries = 50000
+max_entries = 10000
 
 [gateway.clients.demo]
 # sha256("demo-secret")
