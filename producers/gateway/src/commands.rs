@@ -461,7 +461,7 @@ impl AppState {
                     .idempotency
                     .with_label_values(&["replayed"])
                     .inc();
-                tracing::info!(target = %request.target, "idempotent request replayed");
+                tracing::info!(request = %request.target, "idempotent request replayed");
                 return Ok(CommandAnswer {
                     replayed: true,
                     ..answer
@@ -480,7 +480,7 @@ impl AppState {
             .idempotency
             .with_label_values(&[error.label()])
             .inc();
-        tracing::info!(target = %request.target, error = %error, "idempotency key refused");
+        tracing::info!(request = %request.target, error = %error, "idempotency key refused");
         error.into()
     }
 

@@ -225,11 +225,6 @@ impl<A: Clone> Answers<A> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner<A>> {
-        // The critical sections only move entries: one that panicked left nothing half-done.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub fn begin(
         &self,
         key: &IdempotencyKey,
@@ -241,7 +236,6 @@ impl<A: Clone> Answers<A> {
             Some(Entry::Done {
                 fingerprint: first,
                 answer,
-                ..
             }) if *first == fingerprint => Ok(Begin::Replay(answer.clone())),
             Some(Entry::InFlight(first)) if *first == fingerprint => Err(KeyError::InFlight),
             Some(_) => Err(KeyError::Reused),
@@ -265,6 +259,13 @@ impl<A: Clone> Answers<A> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<A> Answers<A> {
+    fn lock(&self) -> MutexGuard<'_, Inner<A>> {
+        // The critical sections only move entries: one that panicked left nothing half-done.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -295,11 +296,7 @@ impl<A> Claim<'_, A> {
     pub fn complete(mut self, answer: A) {
         self.completed = true;
         let expires = Instant::now() + self.answers.ttl;
-        let mut inner = self
-            .answers
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.answers.lock();
         inner.entries.insert(
             self.key.clone(),
             Entry::Done {
@@ -315,12 +312,7 @@ impl<A> Claim<'_, A> {
 impl<A> Drop for Claim<'_, A> {
     fn drop(&mut self) {
         if !self.completed {
-            let mut inner = self
-                .answers
-                .inner
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            inner.entries.remove(&self.key);
+            self.answers.lock().entries.remove(&self.key);
         }
     }
 }
