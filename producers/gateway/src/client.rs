@@ -13,7 +13,7 @@ use crate::idempotency::HEADER;
 /// Attempts of one command before the last error or answer is returned.
 const ATTEMPTS: u32 = 4;
 /// One attempt's limit: above the gateway's longest wait (30 s) and admission hold.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(45);
 /// A 409 without `Retry-After` (not the gateway's) is retried after this.
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 

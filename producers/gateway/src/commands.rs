@@ -1,6 +1,7 @@
 //! The write side: validate a request, publish its command (Avro, keyed by customer) and
 //! answer `202 Accepted` once the broker acknowledged it, or `200` with the outcome when the
-//! client asked to wait for it.
+//! client asked to wait for it. With an `Idempotency-Key` the ids come from the key and a
+//! retry gets the first answer ([`crate::idempotency`]).
 
 use std::sync::Arc;
 use std::time::Duration;
