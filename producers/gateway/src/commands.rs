@@ -829,6 +829,25 @@ mod tests {
     }
 
     #[test]
+    fn text_with_any_control_character_is_refused_naming_the_field() {
+        for good in [
+            "Ada Lovelace",
+            "Zoë 李",
+            "line\u{2028}separator",
+            "emoji 🎉",
+        ] {
+            assert!(check_text("name", good).is_ok(), "{good:?}");
+        }
+        for bad in ["nul\0", "bell\u{7}", "tab\t", "del\u{7f}", "c1\u{9f}"] {
+            let error = check_text("reason", bad).unwrap_err();
+            assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+            assert_eq!(error.field.as_deref(), Some("reason"));
+        }
+        assert!(check_text("name", &"x".repeat(MAX_TEXT)).is_ok());
+        assert!(check_text("name", &"x".repeat(MAX_TEXT + 1)).is_err());
+    }
+
+    #[test]
     fn accepted_answers_point_at_the_resource() {
         let response = answer(Subject::Order, "o1", "c1", None).into_response();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
