@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use feedline::{CancellationToken, Settings};
 use feedline_cli::system::System;
+use feedline_gateway::client::send_command;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -237,13 +238,13 @@ impl Running {
     async fn customers(&self, n: usize) -> anyhow::Result<Vec<String>> {
         let ids = futures::stream::iter(0..n)
             .map(|i| async move {
-                let response = self
-                    .http
-                    .post(format!("{}/customers?wait=20s", self.base))
-                    .bearer_auth(&self.bearer)
-                    .json(&json!({"name": format!("bench customer {i}"), "credit_limit": "1000000000.00"}))
-                    .send()
-                    .await?;
+                let response = send_command(
+                    self.http
+                        .post(format!("{}/customers?wait=20s", self.base))
+                        .bearer_auth(&self.bearer)
+                        .json(&json!({"name": format!("bench customer {i}"), "credit_limit": "1000000000.00"})),
+                )
+                .await?;
                 anyhow::ensure!(response.status() == 200, "customer registration answered {}", response.status());
                 let body: Value = response.json().await?;
                 Ok(body["customer_id"].as_str().context("no customer_id")?.to_owned())
@@ -256,16 +257,18 @@ impl Running {
 
     /// Places one order; returns its id once the gateway answered 202. A `503` with
     /// `Retry-After` (back-pressure) is waited out and retried, as a well-behaved client
-    /// does: the accept latency of that order includes the wait.
+    /// does: the accept latency of that order includes the wait. Each attempt sends a new
+    /// `Idempotency-Key` (a 503 accepted nothing); a timed-out attempt is sent again with
+    /// its key by `send_command`.
     async fn place(&self, customer: &str) -> anyhow::Result<String> {
         let response = loop {
-            let response = self
-                .http
-                .post(format!("{}/orders", self.base))
-                .bearer_auth(&self.bearer)
-                .json(&json!({"customer_id": customer, "total": "1.00"}))
-                .send()
-                .await?;
+            let response = send_command(
+                self.http
+                    .post(format!("{}/orders", self.base))
+                    .bearer_auth(&self.bearer)
+                    .json(&json!({"customer_id": customer, "total": "1.00"})),
+            )
+            .await?;
             if response.status() != 503 {
                 break response;
             }

@@ -201,12 +201,12 @@ async fn post(
     bearer: &str,
     body: &Value,
 ) -> anyhow::Result<Value> {
-    let response = http
-        .post(format!("{base}{path}"))
-        .bearer_auth(bearer)
-        .json(body)
-        .send()
-        .await?;
+    let response = feedline_gateway::client::send_command(
+        http.post(format!("{base}{path}"))
+            .bearer_auth(bearer)
+            .json(body),
+    )
+    .await?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

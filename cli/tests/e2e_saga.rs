@@ -31,6 +31,11 @@ async fn fresh_database(admin: &PgPool, base_url: &str) -> (String, PgPool) {
 }
 
 async fn start() -> Running {
+    start_with("").await
+}
+
+/// The system with `extra` TOML layered over every service's settings.
+async fn start_with(extra: &'static str) -> Running {
     feedline::telemetry::init();
     let kafka = std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
@@ -57,7 +62,8 @@ async fn start() -> Running {
             "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
              [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n\
              [http]\nport = 0\n[database]\nurl = \"{db}\"\nmax_connections = 5\n"
-        ))?)
+        ))?
+        .with_overrides(extra)?)
     };
     let token = CancellationToken::new();
     let system = System::start(load, token.clone())
@@ -87,14 +93,22 @@ async fn start() -> Running {
 
 impl Running {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.bearer)
-            .json(&body)
-            .send()
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
             .await
-            .unwrap();
+    }
+
+    async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("Idempotency-Key", key)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.bearer).send().await.unwrap();
         (
             response.status().as_u16(),
             response.json().await.unwrap_or(Value::Null),
@@ -474,6 +488,59 @@ async fn many_concurrent_orders_each_reach_one_final_state_and_the_books_balance
         )
         .await;
     }
+}
+
+/// A retry the gateway does not remember (after a restart, or on another replica; here a
+/// gateway that keeps no answers) reaches the services as the same command, with the same
+/// `event_id`, and they apply it once; another request under the key is told apart by
+/// order-view's copy of the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_order_retried_without_the_gateways_memory_is_applied_once() {
+    let sys = start_with("[gateway.idempotency]\nmax_entries = 0\n").await;
+    let customer = sys.customer("Barbara Liskov", "100.00").await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let order = json!({"customer_id": customer, "total": "60.00"});
+
+    let (status, first) = sys.post_keyed("/orders?wait=15s", &key, &order).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "APPROVED");
+    let (status, retry) = sys.post_keyed("/orders?wait=15s", &key, &order).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["order_id"], first["order_id"]);
+    assert_eq!(retry["status"], "APPROVED");
+    let (status, other) = sys
+        .post_keyed(
+            "/orders",
+            &key,
+            &json!({"customer_id": customer, "total": "5.00"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{other}");
+    assert_eq!(other["error"]["field"], "Idempotency-Key");
+
+    // Behind the retries on the customer's partition: once it is decided, they were too.
+    // Had a retry been applied, its 60.00 more would leave no room for this 30.00.
+    let (_, status) = sys
+        .settle(
+            "/orders",
+            json!({"customer_id": customer, "total": "30.00"}),
+        )
+        .await;
+    assert_eq!(status, "APPROVED");
+    let orders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE customer_id::text = $1")
+            .bind(&customer)
+            .fetch_one(&sys.orders_db)
+            .await
+            .unwrap();
+    assert_eq!(orders, 2);
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT credit_reserved_cents FROM customers WHERE id::text = $1")
+            .bind(&customer)
+            .fetch_one(&sys.customers_db)
+            .await
+            .unwrap();
+    assert_eq!(reserved, 9_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,7 +14,8 @@ use feedline::{CancellationToken, Metrics, Producer};
 use feedline_schemas::types::{CustomerCommand, OrderCommand};
 
 use crate::auth::Auth;
-use crate::commands::{self, CommandTopic};
+use crate::commands::{self, CommandAnswer, CommandTopic};
+use crate::idempotency::Answers;
 use crate::metrics::{self as gateway_metrics, GatewayMetrics};
 use crate::orderview::OrderView;
 use crate::{dashboard, error, openapi, proxy, token};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub orders: CommandTopic<OrderCommand>,
     pub customers: CommandTopic<CustomerCommand>,
     pub order_view: OrderView,
+    /// Answers to requests with an `Idempotency-Key`, replayed to their retries.
+    pub answers: Answers<CommandAnswer>,
     pub max_wait: Duration,
     /// Ends waits and live feeds at shutdown, so the graceful drain does not hang on them.
     pub shutdown: CancellationToken,

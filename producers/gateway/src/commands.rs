@@ -1,10 +1,12 @@
 //! The write side: validate a request, publish its command (Avro, keyed by customer) and
 //! answer `202 Accepted` once the broker acknowledged it, or `200` with the outcome when the
-//! client asked to wait for it.
+//! client asked to wait for it. With an `Idempotency-Key` the ids come from the key and a
+//! retry gets the first answer ([`crate::idempotency`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::{Authorized, CustomersWrite, OrdersWrite};
 use crate::error::{ApiError, ApiJson, OptionalJson};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Key, KeyError};
 use crate::money::Money;
 use crate::orderview::{self, WaitOutcome};
 use crate::proxy::UuidPath;
@@ -30,6 +33,9 @@ use crate::proxy::UuidPath;
 const MAX_TEXT: usize = 200;
 /// Longest `X-Correlation-ID` taken from a client.
 const MAX_CORRELATION_ID: usize = 128;
+/// How long a keyed request waits for order-view to say whether its derived id is taken.
+/// It runs beside the publish, so a healthy order-view adds nothing to the answer's time.
+const VIEW_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A command topic (prefixed name) and its encoder, prepared once at start.
 #[derive(Debug)]
@@ -61,33 +67,102 @@ pub struct CreditLimitBody {
     pub credit_limit: Money,
 }
 
-/// The id of a business flow: the client's `X-Correlation-ID`, or a fresh one.
-#[derive(Debug, Clone)]
-pub struct CorrelationId(pub String);
+/// The client's `X-Correlation-ID`, if it sent one.
+fn correlation_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("x-correlation-id") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::invalid_parameter(
+            "X-Correlation-ID",
+            format!("X-Correlation-ID must be 1 to {MAX_CORRELATION_ID} visible ASCII characters"),
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?.trim();
+    if value.is_empty()
+        || value.len() > MAX_CORRELATION_ID
+        || !value.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    Ok(Some(value.to_owned()))
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+/// What every command request carries besides its token and body: its method and path,
+/// `X-Correlation-ID`, the wait and `Idempotency-Key` (tied to the client once the
+/// handler knows it, through [`CommandMeta::request`]).
+#[derive(Debug)]
+pub struct CommandMeta {
+    target: String,
+    correlation_id: Option<String>,
+    wait: Wait,
+    key: Option<Key>,
+}
+
+impl FromRequestParts<Arc<AppState>> for CommandMeta {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get("x-correlation-id") else {
-            return Ok(CorrelationId(Uuid::new_v4().to_string()));
-        };
-        let bad = || {
-            ApiError::invalid_parameter(
-                "X-Correlation-ID",
-                format!(
-                    "X-Correlation-ID must be 1 to {MAX_CORRELATION_ID} visible ASCII characters"
-                ),
-            )
-        };
-        let value = value.to_str().map_err(|_| bad())?.trim();
-        if value.is_empty()
-            || value.len() > MAX_CORRELATION_ID
-            || !value.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(bad());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let key = Key::from_headers(&parts.headers).inspect_err(|e| {
+            state
+                .metrics
+                .idempotency
+                .with_label_values(&[e.label()])
+                .inc();
+        })?;
+        Ok(CommandMeta {
+            // Paths hold only fixed lower-case segments and UUIDs: lower-casing makes a
+            // retry that spells a UUID differently the same request.
+            target: format!("{} {}", parts.method, parts.uri.path().to_ascii_lowercase()),
+            correlation_id: correlation_header(&parts.headers)?,
+            wait: Wait::from_request_parts(parts, state).await?,
+            key,
+        })
+    }
+}
+
+impl CommandMeta {
+    /// The request of `client` whose validated body is `canonical` (one spelling of it).
+    fn request(self, client: &str, canonical: Value) -> CommandRequest {
+        let key = self.key.map(|key| key.of_client(client));
+        let correlation_id = self.correlation_id.unwrap_or_else(|| {
+            key.as_ref()
+                .map_or_else(Uuid::new_v4, |k| k.derive(&self.target, "correlation_id"))
+                .to_string()
+        });
+        CommandRequest {
+            fingerprint: Fingerprint::of(&self.target, &canonical.to_string()),
+            target: self.target,
+            key,
+            correlation_id,
+            wait: self.wait,
         }
-        Ok(CorrelationId(value.to_owned()))
+    }
+}
+
+/// One command request, ready to be answered.
+#[derive(Debug)]
+struct CommandRequest {
+    target: String,
+    key: Option<IdempotencyKey>,
+    fingerprint: Fingerprint,
+    correlation_id: String,
+    wait: Wait,
+}
+
+impl CommandRequest {
+    /// The id `what` of this request: derived from the key, so that a retry gets the same;
+    /// without a key a fresh UUIDv7, time-ordered because every service keys its rows and
+    /// `processed_events` by these ids, and ids that grow with time append to those indexes
+    /// rather than dirtying a random page each.
+    fn id(&self, what: &str) -> String {
+        self.key
+            .as_ref()
+            .map_or_else(Uuid::now_v7, |k| k.derive(&self.target, what))
+            .to_string()
     }
 }
 
@@ -194,7 +269,48 @@ struct Accepted {
     feed_url: String,
 }
 
-fn answer(subject: Subject, id: &str, correlation_id: &str, outcome: Option<Value>) -> Response {
+/// A command's answer, kept to be replayed to retries of its `Idempotency-Key`: the body
+/// as the JSON text sent, a third of the memory of its `Value`.
+#[derive(Debug, Clone)]
+pub struct CommandAnswer {
+    status: StatusCode,
+    body: Bytes,
+    location: String,
+    correlation_id: String,
+    replayed: bool,
+}
+
+impl IntoResponse for CommandAnswer {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Ok(location) = HeaderValue::from_str(&self.location) {
+            headers.insert(header::LOCATION, location);
+        }
+        if let Ok(correlation) = HeaderValue::from_str(&self.correlation_id) {
+            headers.insert("x-correlation-id", correlation);
+        }
+        if self.replayed {
+            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+fn answer(
+    subject: Subject,
+    id: &str,
+    correlation_id: &str,
+    outcome: Option<Value>,
+) -> CommandAnswer {
     let status_url = subject.status_url(id);
     let accepted = Accepted {
         correlation_id: correlation_id.to_owned(),
@@ -222,15 +338,37 @@ fn answer(subject: Subject, id: &str, correlation_id: &str, outcome: Option<Valu
         }
         None => StatusCode::ACCEPTED,
     };
-    let mut response = (status, axum::Json(Value::Object(body))).into_response();
-    let headers = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&status_url) {
-        headers.insert(header::LOCATION, location);
+    CommandAnswer {
+        status,
+        // Serializing a map of strings cannot fail.
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        location: status_url,
+        correlation_id: correlation_id.to_owned(),
+        replayed: false,
     }
-    if let Ok(correlation) = HeaderValue::from_str(correlation_id) {
-        headers.insert("x-correlation-id", correlation);
+}
+
+/// Free text every service can store: no control characters (Unicode Cc: PostgreSQL's
+/// text cannot hold NUL, and the rest only garble logs and screens) and at most
+/// [`MAX_TEXT`] characters.
+fn check_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if let Some((at, c)) = text.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{field} must not contain control characters (U+{:04X} at character {})",
+                u32::from(c),
+                at + 1
+            ),
+        ));
     }
-    response
+    if text.chars().count() > MAX_TEXT {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("{field} must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(())
 }
 
 impl AppState {
@@ -307,17 +445,109 @@ impl AppState {
         }
     }
 
-    fn order_command(&self, correlation_id: String, payload: OrderCommandPayload) -> OrderCommand {
-        // Commands start a flow: nothing caused them but the request.
-        OrderCommand::new(&self.producer_name, correlation_id, None, payload)
+    /// Answers `request` by `work`; a retry of a keyed request this process answered gets
+    /// that answer again instead, and a different request under the same key a 422.
+    async fn answer_once(
+        &self,
+        request: &CommandRequest,
+        work: impl Future<Output = Result<CommandAnswer, ApiError>>,
+    ) -> Result<Response, ApiError> {
+        let Some(key) = &request.key else {
+            return work.await.map(IntoResponse::into_response);
+        };
+        let claim = match self.answers.begin(key, request.fingerprint) {
+            Ok(Begin::First(claim)) => claim,
+            Ok(Begin::Replay(answer)) => {
+                self.metrics
+                    .idempotency
+                    .with_label_values(&["replayed"])
+                    .inc();
+                tracing::info!(request = %request.target, "idempotent request replayed");
+                return Ok(CommandAnswer {
+                    replayed: true,
+                    ..answer
+                }
+                .into_response());
+            }
+            Err(e) => return Err(self.refuse_key(request, e)),
+        };
+        let answer = work.await?;
+        claim.complete(answer.clone());
+        Ok(answer.into_response())
+    }
+
+    fn refuse_key(&self, request: &CommandRequest, error: KeyError) -> ApiError {
+        self.metrics
+            .idempotency
+            .with_label_values(&[error.label()])
+            .inc();
+        tracing::info!(request = %request.target, error = %error, "idempotency key refused");
+        error.into()
+    }
+
+    /// Refuses a keyed request whose derived `id` order-view already holds with other
+    /// values (`differs`): the key was used for another request, before this process's
+    /// memory of it. Unknown or unreachable is no refusal: then the services' dedup on the
+    /// derived `event_id` is what keeps a retry from acting twice.
+    async fn check_view(
+        &self,
+        request: &CommandRequest,
+        subject: Subject,
+        id: &str,
+        differs: impl Fn(&Value) -> bool,
+    ) -> Result<(), ApiError> {
+        if request.key.is_none() {
+            return Ok(());
+        }
+        let path = subject.status_url(id);
+        match tokio::time::timeout(VIEW_CHECK_TIMEOUT, self.order_view.get_json(&path)).await {
+            Ok(Ok(Some(view))) if differs(&view) => Err(self.refuse_key(request, KeyError::Reused)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, path, "cannot compare a keyed request with order-view");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::debug!(
+                    path,
+                    "order-view did not answer in time to compare a keyed request"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn order_command(
+        &self,
+        request: &CommandRequest,
+        payload: OrderCommandPayload,
+    ) -> OrderCommand {
+        OrderCommand {
+            event_id: request.id("event_id"),
+            // Commands start a flow: nothing caused them but the request.
+            ..OrderCommand::new(
+                &self.producer_name,
+                request.correlation_id.clone(),
+                None,
+                payload,
+            )
+        }
     }
 
     fn customer_command(
         &self,
-        correlation_id: String,
+        request: &CommandRequest,
         payload: CustomerCommandPayload,
     ) -> CustomerCommand {
-        CustomerCommand::new(&self.producer_name, correlation_id, None, payload)
+        CustomerCommand {
+            event_id: request.id("event_id"),
+            ..CustomerCommand::new(
+                &self.producer_name,
+                request.correlation_id.clone(),
+                None,
+                payload,
+            )
+        }
     }
 }
 
@@ -328,175 +558,206 @@ fn is_final(status: Option<String>, finals: &[&str]) -> bool {
 /// `POST /orders`.
 pub async fn place_order(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<OrdersWrite>,
-    CorrelationId(correlation_id): CorrelationId,
-    wait: Wait,
+    auth: Authorized<OrdersWrite>,
+    meta: CommandMeta,
     ApiJson(body): ApiJson<PlaceOrderBody>,
 ) -> Result<Response, ApiError> {
-    if body.total.cents() == 0 {
+    let total_cents = body.total.cents();
+    if total_cents == 0 {
         return Err(ApiError::invalid_field(
             "total",
             "total must be greater than zero",
         ));
     }
-    // Time-ordered (UUIDv7): every service keys its order rows by this id, and ids that
-    // grow with time append to those indexes rather than dirtying a random page each.
-    let order_id = Uuid::now_v7().to_string();
     let customer_id = body.customer_id.to_string();
-    let command = app.order_command(
-        correlation_id.clone(),
-        OrderCommandPayload::PlaceOrder(PlaceOrder {
-            order_id: order_id.clone(),
-            customer_id: customer_id.clone(),
-            total_cents: body.total.cents(),
-        }),
-    );
-    app.publish(&app.orders, "PlaceOrder", &customer_id, &command)
-        .await?;
-    let outcome = app
-        .wait_for(wait, Subject::Order, &order_id, |view| {
-            is_final(
-                orderview::order_status(view),
-                &["APPROVED", "REJECTED", "CANCELLED"],
-            )
-        })
-        .await;
-    Ok(answer(Subject::Order, &order_id, &correlation_id, outcome))
+    let request = meta.request(&auth.claims.sub, json!([customer_id, total_cents]));
+    let order_id = request.id("order_id");
+    app.answer_once(&request, async {
+        let command = app.order_command(
+            &request,
+            OrderCommandPayload::PlaceOrder(PlaceOrder {
+                order_id: order_id.clone(),
+                customer_id: customer_id.clone(),
+                total_cents,
+            }),
+        );
+        // Side by side: should order-view hold another order under this id, the command
+        // just published carries that order's event_id and the orders service drops it.
+        let (published, checked) = tokio::join!(
+            app.publish(&app.orders, "PlaceOrder", &customer_id, &command),
+            app.check_view(&request, Subject::Order, &order_id, |view| {
+                orderview::field(view, "order", "customer_id").and_then(Value::as_str)
+                    != Some(customer_id.as_str())
+                    || orderview::field(view, "order", "total_cents").and_then(Value::as_i64)
+                        != Some(total_cents)
+            }),
+        );
+        checked?;
+        published?;
+        let outcome = app
+            .wait_for(request.wait, Subject::Order, &order_id, |view| {
+                is_final(
+                    orderview::order_status(view),
+                    &["APPROVED", "REJECTED", "CANCELLED"],
+                )
+            })
+            .await;
+        Ok(answer(
+            Subject::Order,
+            &order_id,
+            &request.correlation_id,
+            outcome,
+        ))
+    })
+    .await
 }
 
 /// `POST /orders/{id}/cancel`. The key is the order's customer, which only order-view
 /// knows: an order it has not seen (yet) is a 404.
 pub async fn cancel_order(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<OrdersWrite>,
+    auth: Authorized<OrdersWrite>,
     UuidPath(ids): UuidPath,
-    CorrelationId(correlation_id): CorrelationId,
-    wait: Wait,
+    meta: CommandMeta,
     OptionalJson(body): OptionalJson<CancelOrderBody>,
 ) -> Result<Response, ApiError> {
     let order_id = path_id(&ids)?;
     let reason = body.unwrap_or_default().reason;
-    if let Some(reason) = &reason
-        && reason.chars().count() > MAX_TEXT
-    {
-        return Err(ApiError::invalid_field(
-            "reason",
-            format!("reason must be at most {MAX_TEXT} characters"),
-        ));
+    if let Some(reason) = &reason {
+        check_text("reason", reason)?;
     }
-    let view = app
-        .order_view
-        .get_json(&format!("/orders/{order_id}"))
-        .await
-        .map_err(|e| {
-            app.metrics
-                .upstream_errors
-                .with_label_values(&[e.kind()])
-                .inc();
-            tracing::warn!(error = %e, %order_id, "cannot look up the order to cancel");
-            ApiError::upstream_unavailable(format!("cannot look up order {order_id}: {e}"))
-        })?
-        .ok_or_else(|| ApiError::not_found(format!("order {order_id} not found")))?;
-    let customer_id = orderview::field(&view, "order", "customer_id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| {
-            ApiError::upstream_unavailable(format!(
-                "order-view's answer for order {order_id} has no customer_id"
-            ))
-        })?
-        .to_string();
-    let command = app.order_command(
-        correlation_id.clone(),
-        OrderCommandPayload::CancelOrder(CancelOrder {
-            order_id: order_id.clone(),
-            customer_id: customer_id.clone(),
-            reason,
-        }),
-    );
-    app.publish(&app.orders, "CancelOrder", &customer_id, &command)
-        .await?;
-    // A rejected order stays rejected: that is the answer to a cancel too.
-    let outcome = app
-        .wait_for(wait, Subject::Order, &order_id, |view| {
-            is_final(orderview::order_status(view), &["CANCELLED", "REJECTED"])
-        })
-        .await;
-    Ok(answer(Subject::Order, &order_id, &correlation_id, outcome))
+    let request = meta.request(&auth.claims.sub, json!([reason]));
+    app.answer_once(&request, async {
+        let view = app
+            .order_view
+            .get_json(&format!("/orders/{order_id}"))
+            .await
+            .map_err(|e| {
+                app.metrics
+                    .upstream_errors
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                tracing::warn!(error = %e, %order_id, "cannot look up the order to cancel");
+                ApiError::upstream_unavailable(format!("cannot look up order {order_id}: {e}"))
+            })?
+            .ok_or_else(|| ApiError::not_found(format!("order {order_id} not found")))?;
+        let customer_id = orderview::field(&view, "order", "customer_id")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| {
+                ApiError::upstream_unavailable(format!(
+                    "order-view's answer for order {order_id} has no customer_id"
+                ))
+            })?
+            .to_string();
+        let command = app.order_command(
+            &request,
+            OrderCommandPayload::CancelOrder(CancelOrder {
+                order_id: order_id.clone(),
+                customer_id: customer_id.clone(),
+                reason,
+            }),
+        );
+        app.publish(&app.orders, "CancelOrder", &customer_id, &command)
+            .await?;
+        // A rejected order stays rejected: that is the answer to a cancel too.
+        let outcome = app
+            .wait_for(request.wait, Subject::Order, &order_id, |view| {
+                is_final(orderview::order_status(view), &["CANCELLED", "REJECTED"])
+            })
+            .await;
+        Ok(answer(
+            Subject::Order,
+            &order_id,
+            &request.correlation_id,
+            outcome,
+        ))
+    })
+    .await
 }
 
 /// `POST /customers`.
 pub async fn register_customer(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<CustomersWrite>,
-    CorrelationId(correlation_id): CorrelationId,
-    wait: Wait,
+    auth: Authorized<CustomersWrite>,
+    meta: CommandMeta,
     ApiJson(body): ApiJson<RegisterCustomerBody>,
 ) -> Result<Response, ApiError> {
     let name = body.name.trim();
     if name.is_empty() {
         return Err(ApiError::invalid_field("name", "name must not be empty"));
     }
-    if name.chars().count() > MAX_TEXT {
-        return Err(ApiError::invalid_field(
-            "name",
-            format!("name must be at most {MAX_TEXT} characters"),
-        ));
-    }
-    // Time-ordered, as order ids are.
-    let customer_id = Uuid::now_v7().to_string();
-    let command = app.customer_command(
-        correlation_id.clone(),
-        CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
-            customer_id: customer_id.clone(),
-            name: name.to_owned(),
-            credit_limit_cents: body.credit_limit.cents(),
-        }),
-    );
-    app.publish(&app.customers, "RegisterCustomer", &customer_id, &command)
-        .await?;
-    let outcome = app
-        .wait_for(wait, Subject::Customer, &customer_id, |_| true)
-        .await;
-    Ok(answer(
-        Subject::Customer,
-        &customer_id,
-        &correlation_id,
-        outcome,
-    ))
+    check_text("name", name)?;
+    let credit_limit_cents = body.credit_limit.cents();
+    let request = meta.request(&auth.claims.sub, json!([name, credit_limit_cents]));
+    let customer_id = request.id("customer_id");
+    app.answer_once(&request, async {
+        let command = app.customer_command(
+            &request,
+            CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
+                customer_id: customer_id.clone(),
+                name: name.to_owned(),
+                credit_limit_cents,
+            }),
+        );
+        // As for orders; only the name is compared, the limit may have changed since.
+        let (published, checked) = tokio::join!(
+            app.publish(&app.customers, "RegisterCustomer", &customer_id, &command),
+            app.check_view(&request, Subject::Customer, &customer_id, |view| {
+                orderview::field(view, "customer", "name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|known| known != name)
+            }),
+        );
+        checked?;
+        published?;
+        let outcome = app
+            .wait_for(request.wait, Subject::Customer, &customer_id, |_| true)
+            .await;
+        Ok(answer(
+            Subject::Customer,
+            &customer_id,
+            &request.correlation_id,
+            outcome,
+        ))
+    })
+    .await
 }
 
 /// `PUT /customers/{id}/credit-limit`.
 pub async fn change_credit_limit(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<CustomersWrite>,
+    auth: Authorized<CustomersWrite>,
     UuidPath(ids): UuidPath,
-    CorrelationId(correlation_id): CorrelationId,
-    wait: Wait,
+    meta: CommandMeta,
     ApiJson(body): ApiJson<CreditLimitBody>,
 ) -> Result<Response, ApiError> {
     let customer_id = path_id(&ids)?;
     let limit = body.credit_limit;
-    let command = app.customer_command(
-        correlation_id.clone(),
-        CustomerCommandPayload::ChangeCreditLimit(ChangeCreditLimit {
-            customer_id: customer_id.clone(),
-            credit_limit_cents: limit.cents(),
-        }),
-    );
-    app.publish(&app.customers, "ChangeCreditLimit", &customer_id, &command)
-        .await?;
-    let outcome = app
-        .wait_for(wait, Subject::Customer, &customer_id, |view| {
-            credit_limit_of(view) == Some(limit)
-        })
-        .await;
-    Ok(answer(
-        Subject::Customer,
-        &customer_id,
-        &correlation_id,
-        outcome,
-    ))
+    let request = meta.request(&auth.claims.sub, json!([limit.cents()]));
+    app.answer_once(&request, async {
+        let command = app.customer_command(
+            &request,
+            CustomerCommandPayload::ChangeCreditLimit(ChangeCreditLimit {
+                customer_id: customer_id.clone(),
+                credit_limit_cents: limit.cents(),
+            }),
+        );
+        app.publish(&app.customers, "ChangeCreditLimit", &customer_id, &command)
+            .await?;
+        let outcome = app
+            .wait_for(request.wait, Subject::Customer, &customer_id, |view| {
+                credit_limit_of(view) == Some(limit)
+            })
+            .await;
+        Ok(answer(
+            Subject::Customer,
+            &customer_id,
+            &request.correlation_id,
+            outcome,
+        ))
+    })
+    .await
 }
 
 fn path_id(ids: &[(String, Uuid)]) -> Result<String, ApiError> {
@@ -568,8 +829,27 @@ mod tests {
     }
 
     #[test]
+    fn text_with_any_control_character_is_refused_naming_the_field() {
+        for good in [
+            "Ada Lovelace",
+            "Zoë 李",
+            "line\u{2028}separator",
+            "emoji 🎉",
+        ] {
+            assert!(check_text("name", good).is_ok(), "{good:?}");
+        }
+        for bad in ["nul\0", "bell\u{7}", "tab\t", "del\u{7f}", "c1\u{9f}"] {
+            let error = check_text("reason", bad).unwrap_err();
+            assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+            assert_eq!(error.field.as_deref(), Some("reason"));
+        }
+        assert!(check_text("name", &"x".repeat(MAX_TEXT)).is_ok());
+        assert!(check_text("name", &"x".repeat(MAX_TEXT + 1)).is_err());
+    }
+
+    #[test]
     fn accepted_answers_point_at_the_resource() {
-        let response = answer(Subject::Order, "o1", "c1", None);
+        let response = answer(Subject::Order, "o1", "c1", None).into_response();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         assert_eq!(response.headers()[header::LOCATION], "/orders/o1");
         let response = answer(
@@ -578,6 +858,6 @@ mod tests {
             "c1",
             Some(json!({"status": "APPROVED"})),
         );
-        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.status, StatusCode::OK);
     }
 }

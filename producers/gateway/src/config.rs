@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub replica: Option<String>,
     /// When to refuse commands because the services behind are too far behind.
     pub admission: AdmissionConfig,
+    /// How many answers to `Idempotency-Key` requests are kept, and for how long.
+    pub idempotency: IdempotencyConfig,
     /// OAuth2 clients allowed to get tokens, by client id.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
@@ -61,6 +63,22 @@ pub struct ClientConfig {
     /// `false` removes a client the defaults define (such as `demo`) without deleting it.
     #[serde(default = "yes")]
     pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a keyed answer is replayed to a retry.
+    pub ttl_secs: u64,
+    /// At most this many answers are kept (the oldest go first); 0 keeps none, and a retry
+    /// is then only deduplicated by the services.
+    pub max_entries: usize,
+}
+
+impl IdempotencyConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
 }
 
 fn yes() -> bool {
@@ -115,6 +133,9 @@ impl GatewayConfig {
         }
         if self.admission.max_backlog > 0 && self.admission.check_interval_ms == 0 {
             return invalid("admission.check_interval_ms", "must be at least 1");
+        }
+        if self.idempotency.ttl_secs == 0 {
+            return invalid("idempotency.ttl_secs", "must be at least 1");
         }
         if self.max_wait_secs > 30 {
             return invalid(

@@ -6,18 +6,22 @@
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
 //! - [`admission`]: refusing commands while the services behind are too far behind
+//! - [`idempotency`]: `Idempotency-Key`: ids derived from the key, answers replayed
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
+//! - [`client`]: how the CLI and the benches send commands (with a key, retried)
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod idempotency;
 pub mod jwt;
 pub mod metrics;
 pub mod money;
@@ -42,6 +46,7 @@ use crate::app::AppState;
 use crate::auth::{Auth, Clients};
 use crate::commands::CommandTopic;
 use crate::config::GatewayConfig;
+use crate::idempotency::Answers;
 use crate::jwt::TokenKeys;
 use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
@@ -82,6 +87,14 @@ customers = ["customer-commands", "order-events"]
 # counts, so the saga cannot outrun the read model that clients see outcomes in.
 [gateway.admission.group_prefixes]
 "order-view." = ["order-events", "customer-events", "credit-events"]
+
+# Answers to requests with an Idempotency-Key are replayed to retries for 24 hours, as
+# payment APIs do, up to 10,000 of them (a few hundred bytes each: seconds of full load,
+# hours of a normal day). Past either bound a retry still gets the same ids (they derive from the
+# key), the services drop its command as a duplicate, and its answer is built afresh.
+[gateway.idempotency]
+ttl_secs = 86400
+max_entries = 10000
 
 [gateway.clients.demo]
 # sha256("demo-secret")
@@ -175,6 +188,7 @@ pub async fn spawn(
         orders,
         customers,
         order_view: OrderView::new(&config.order_view_url, config.proxy_timeout()),
+        answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),
     });

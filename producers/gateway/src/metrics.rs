@@ -32,6 +32,9 @@ pub struct GatewayMetrics {
     pub wait_outcomes: IntCounterVec,
     /// Calls to order-view that failed: `unreachable`, `timeout`.
     pub upstream_errors: IntCounterVec,
+    /// Keyed requests that were not answered afresh: `replayed`, `reused` (a different
+    /// request under a used key), `in_flight`, `malformed`.
+    pub idempotency: IntCounterVec,
     /// Messages the watched consumer groups have yet to consume (see [`crate::admission`]).
     pub backlog: IntGauge,
     /// Commands answered 503 because the backlog was over the limit.
@@ -127,6 +130,11 @@ impl GatewayMetrics {
                 "gateway_upstream_errors_total",
                 "failed calls to order-view, by kind",
                 &["kind"],
+            ),
+            idempotency: counter(
+                "gateway_idempotency_total",
+                "requests with an Idempotency-Key answered from an earlier request, or refused",
+                &["outcome"],
             ),
             backlog,
             commands_refused,

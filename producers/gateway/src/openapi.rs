@@ -71,6 +71,7 @@ fn command(c: Command<'_>) -> Value {
         extra_errors,
     } = c;
     let mut parameters = vec![
+        parameter("IdempotencyKey"),
         parameter("Wait"),
         parameter("Prefer"),
         parameter("CorrelationId"),
@@ -79,12 +80,19 @@ fn command(c: Command<'_>) -> Value {
         parameters.insert(0, parameter("Id"));
     }
     let mut responses = json!({
-        "200": json_response("the outcome was reached within the requested wait", outcome),
+        "200": {
+            "description": "the outcome was reached within the requested wait",
+            "headers": {
+                "Idempotent-Replayed": { "$ref": "#/components/headers/IdempotentReplayed" }
+            },
+            "content": { "application/json": { "schema": schema(outcome) } }
+        },
         "202": {
             "description": "the command was acknowledged by Kafka and will be processed",
             "headers": {
                 "Location": { "description": "the status URL", "schema": { "type": "string" } },
-                "X-Correlation-ID": { "$ref": "#/components/headers/CorrelationId" }
+                "X-Correlation-ID": { "$ref": "#/components/headers/CorrelationId" },
+                "Idempotent-Replayed": { "$ref": "#/components/headers/IdempotentReplayed" }
             },
             "content": { "application/json": { "schema": schema(accepted) } }
         },
@@ -92,6 +100,7 @@ fn command(c: Command<'_>) -> Value {
         "401": response("Unauthorized"),
         "403": response("Forbidden"),
         "413": response("PayloadTooLarge"),
+        "409": response("IdempotencyKeyInUse"),
         "415": response("UnsupportedMediaType"),
         "422": response("Unprocessable"),
         "503": response("KafkaUnavailable")
@@ -151,7 +160,10 @@ fn build() -> Value {
                 validated, published to Kafka as Avro and answered with 202 once the broker \
                 acknowledged them; queries and the live feed are order-view's, passed through. \
                 Every error has the body `{\"error\": {\"code\", \"message\", \"field\"}}`. \
-                Money is a decimal string (\"60.00\") or a JSON number with at most 2 decimals.",
+                Money is a decimal string (\"60.00\") or a JSON number with at most 2 decimals. \
+                Clients should send an `Idempotency-Key` with every command and retry a \
+                timed-out command with the same key: the retry gets the same ids and answer, \
+                and the command takes effect once.",
             "license": { "name": "Apache-2.0", "identifier": "Apache-2.0" }
         },
         "servers": [{ "url": "/" }],
@@ -232,7 +244,8 @@ fn build() -> Value {
             "/orders": {
                 "post": command(Command {
                     summary: "place an order",
-                    description: "Publishes PlaceOrder on order-commands (key: customer_id) with a fresh order_id.",
+                    description: "Publishes PlaceOrder on order-commands (key: customer_id) with a new order_id, \
+                        derived from the Idempotency-Key when there is one.",
                     scope: "orders:write",
                     id_param: false,
                     body: json_body("PlaceOrderRequest", true),
@@ -262,7 +275,8 @@ fn build() -> Value {
             "/customers": {
                 "post": command(Command {
                     summary: "register a customer",
-                    description: "Publishes RegisterCustomer on customer-commands with a fresh customer_id.",
+                    description: "Publishes RegisterCustomer on customer-commands with a new customer_id, derived \
+                        from the Idempotency-Key when there is one.",
                     scope: "customers:write",
                     id_param: false,
                     body: json_body("RegisterCustomerRequest", true),
@@ -381,6 +395,19 @@ fn build() -> Value {
                     "description": "RFC 7240 `wait=<seconds>`, same as ?wait=",
                     "schema": { "type": "string" }, "example": "wait=5"
                 },
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key", "in": "header", "required": false,
+                    "description": "recommended: a unique value per command (a UUID), 1 to 255 \
+                        printable ASCII characters, bare or as a quoted string. A retry with the \
+                        same key from the same client within 24 h gets the same ids and the \
+                        first answer (status and body, with `Idempotent-Replayed: true`), and \
+                        reaches the services as the same command, which they apply once. The \
+                        same key with a different request is a 422; while the first request \
+                        of a key is still being answered, a retry gets 409. Without a key every \
+                        request is a new command.",
+                    "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$" },
+                    "example": "8e03978e-40d5-43e8-bc93-6894a57f9324"
+                },
                 "CorrelationId": {
                     "name": "X-Correlation-ID", "in": "header", "required": false,
                     "description": "the correlation id of the flow (1 to 128 visible ASCII \
@@ -392,6 +419,11 @@ fn build() -> Value {
                 "CorrelationId": {
                     "description": "the command's correlation id",
                     "schema": { "type": "string" }
+                },
+                "IdempotentReplayed": {
+                    "description": "`true` when this is the kept answer to an earlier request \
+                        with the same Idempotency-Key",
+                    "schema": { "const": "true" }
                 }
             },
             "responses": {
@@ -423,8 +455,18 @@ fn build() -> Value {
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
                 "Unprocessable": {
-                    "description": "a field is missing, of the wrong type or out of range; \
-                        `field` names it",
+                    "description": "a field is missing, of the wrong type or out of range, or \
+                        text holds control characters (`invalid_field`, `missing_field`; \
+                        `field` names it); or the Idempotency-Key was already used for a \
+                        different request (`idempotency_key_reused`, `field` is \
+                        `Idempotency-Key`)",
+                    "content": { "application/json": { "schema": schema("Error") } }
+                },
+                "IdempotencyKeyInUse": {
+                    "description": "`idempotency_key_in_use`: the first request with this \
+                        Idempotency-Key is still being answered; retry after `Retry-After` \
+                        seconds with the same key",
+                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
                 "KafkaUnavailable": {
@@ -459,7 +501,8 @@ fn build() -> Value {
                                         "invalid_parameter", "not_found", "method_not_allowed",
                                         "invalid_client", "invalid_request", "invalid_scope",
                                         "unsupported_grant_type", "payload_too_large",
-                                        "kafka_unavailable", "overloaded", "upstream_unavailable", "upstream_timeout"]
+                                        "kafka_unavailable", "overloaded", "upstream_unavailable", "upstream_timeout",
+                                        "idempotency_key_reused", "idempotency_key_in_use"]
                                 },
                                 "message": { "type": "string" },
                                 "field": { "type": "string", "description": "the input to blame, when there is one" }
@@ -507,13 +550,21 @@ fn build() -> Value {
                 },
                 "CancelOrderRequest": {
                     "type": "object",
-                    "properties": { "reason": { "type": ["string", "null"], "maxLength": 200 } }
+                    "properties": {
+                        "reason": {
+                            "type": ["string", "null"], "maxLength": 200,
+                            "description": "no control characters", "pattern": "^\\P{Cc}*$"
+                        }
+                    }
                 },
                 "RegisterCustomerRequest": {
                     "type": "object",
                     "required": ["name", "credit_limit"],
                     "properties": {
-                        "name": { "type": "string", "minLength": 1, "maxLength": 200 },
+                        "name": {
+                            "type": "string", "minLength": 1, "maxLength": 200,
+                            "description": "no control characters", "pattern": "^\\P{Cc}*$"
+                        },
                         "credit_limit": schema("Money")
                     }
                 },
@@ -607,6 +658,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `POST /auth/token` is left out: issuing another token changes nothing, so it takes
+    /// no key.
+    #[test]
+    fn every_command_documents_its_idempotency_key_and_422() {
+        let doc = &*DOCUMENT;
+        let mut commands = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if !["post", "put"].contains(&method.as_str()) || path == "/auth/token" {
+                    continue;
+                }
+                commands += 1;
+                let parameters = op["parameters"].as_array().unwrap();
+                assert!(
+                    parameters.contains(&parameter("IdempotencyKey")),
+                    "{method} {path}"
+                );
+                for status in ["409", "422"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+        assert_eq!(commands, 4);
+        let key = &doc["components"]["parameters"]["IdempotencyKey"];
+        assert_eq!(key["name"], crate::idempotency::HEADER);
     }
 
     #[test]

@@ -87,6 +87,11 @@ async fn bad_input_to_every_route_is_a_4xx_naming_the_field() {
         case(post.clone(), "/customers", r#"{"name": "   ", "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
         case(post.clone(), "/customers", format!(r#"{{"name": "{}", "credit_limit": "1.00"}}"#, "x".repeat(201)), 422, "invalid_field", Some("name")),
         case(post.clone(), "/customers", r#"{"name": 7, "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
+        // Text no service can store (PostgreSQL text holds no NUL) or show: any control character.
+        case(post.clone(), "/customers", r#"{"name": "Ada\u0000", "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
+        case(post.clone(), "/customers", r#"{"name": "A\nda", "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
+        case(post.clone(), "/customers", r#"{"name": "Ada\u007f", "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
+        case(post.clone(), "/customers", r#"{"name": "A\u0085da", "credit_limit": "1.00"}"#, 422, "invalid_field", Some("name")),
         case(post.clone(), "/customers", r#"{"name": "x", "credit_limit": "-1.00"}"#, 422, "invalid_field", Some("credit_limit")),
         case(post.clone(), "/customers", r#"{"name": "x", "credit_limit": "1.234"}"#, 422, "invalid_field", Some("credit_limit")),
         case(post.clone(), "/customers", r#"{"name": "x", "credit_limit": "lots"}"#, 422, "invalid_field", Some("credit_limit")),
@@ -104,6 +109,8 @@ async fn bad_input_to_every_route_is_a_4xx_naming_the_field() {
         case(post.clone(), "/orders/123/cancel", "", 400, "invalid_parameter", Some("id")),
         case(post.clone(), cancel.clone(), "{", 400, "malformed_json", None),
         case(post.clone(), cancel.clone(), r#"{"reason": 5}"#, 422, "invalid_field", Some("reason")),
+        case(post.clone(), cancel.clone(), r#"{"reason": "\u0000"}"#, 422, "invalid_field", Some("reason")),
+        case(post.clone(), cancel.clone(), r#"{"reason": "too\tlate"}"#, 422, "invalid_field", Some("reason")),
         case(post.clone(), cancel.clone(), format!(r#"{{"reason": "{}"}}"#, "r".repeat(201)), 422, "invalid_field", Some("reason")),
         typed(case(post.clone(), cancel.clone(), "reason", 415, "unsupported_media_type", None), Some("text/plain")),
         // Queries: ids are checked before order-view is asked.

@@ -61,13 +61,16 @@ pub struct TestApp {
     pub url: String,
     pub http: reqwest::Client,
     pub settings: Settings,
+    /// Stops the registry, and the gateway with it.
+    registry: CancellationToken,
+    /// Stops the gateway only.
     token: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.token.cancel();
+        self.registry.cancel();
     }
 }
 
@@ -130,8 +133,8 @@ impl TestApp {
     pub async fn spawn_with(options: Options) -> TestApp {
         feedline::telemetry::init();
         let prefix = random_prefix();
-        let token = CancellationToken::new();
-        let registry_url = start_registry(&prefix, token.clone()).await;
+        let registry = CancellationToken::new();
+        let registry_url = start_registry(&prefix, registry.clone()).await;
         let order_view_url = match options.order_view_url {
             Some(url) => url,
             None => closed_port().await,
@@ -167,6 +170,12 @@ impl TestApp {
             extra = options.extra_toml,
         ))
         .expect("test settings");
+        Self::start(settings, registry).await
+    }
+
+    /// A gateway on `settings`, stopped with `registry`.
+    async fn start(settings: Settings, registry: CancellationToken) -> TestApp {
+        let token = registry.child_token();
         let (addr, handle) = tokio::time::timeout(
             Duration::from_secs(30),
             feedline_gateway::spawn(settings.clone(), token.clone()),
@@ -181,6 +190,7 @@ impl TestApp {
                 .build()
                 .unwrap(),
             settings,
+            registry,
             token,
             handle: Some(handle),
         }
@@ -188,6 +198,10 @@ impl TestApp {
 
     /// Stops the gateway and checks it stopped cleanly and in time.
     pub async fn stop(mut self) {
+        self.stop_gateway().await;
+    }
+
+    async fn stop_gateway(&mut self) {
         self.token.cancel();
         let handle = self.handle.take().expect("running");
         tokio::time::timeout(Duration::from_secs(10), handle)
@@ -195,6 +209,15 @@ impl TestApp {
             .expect("gateway stopped in time")
             .expect("gateway task joined")
             .expect("gateway stopped cleanly");
+    }
+
+    /// Stops this gateway and starts a fresh one on the same settings, topics and registry
+    /// (on another port): a restart, or another replica, as a client sees it.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop_gateway().await;
+        // The registry lives on in the new gateway's hands.
+        let registry = std::mem::replace(&mut self.registry, CancellationToken::new());
+        Self::start(self.settings.clone(), registry).await
     }
 
     pub fn at(&self, path: &str) -> String {

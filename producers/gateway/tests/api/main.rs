@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod commands;
 mod helpers;
+mod idempotency;
 mod proxy;
 mod static_content;
 mod stub_order_view;

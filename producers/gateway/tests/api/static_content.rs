@@ -22,6 +22,10 @@ async fn dashboard_is_cached_with_a_strong_etag() {
         "the page follows the live feed"
     );
     assert!(page.text.contains("access_token"));
+    assert!(
+        page.text.contains("\"Idempotency-Key\""),
+        "the page sends its commands with keys"
+    );
 
     for tag in [
         etag.clone(),
