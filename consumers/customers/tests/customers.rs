@@ -328,3 +328,54 @@ async fn unknown_customers_repeats_and_limit_changes() {
     assert_eq!((limit, reserved), (300, 400));
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_the_database_refuses_is_dead_lettered_and_the_rest_goes_on() {
+    let (env, service, pool) = start().await;
+    let mut credit = env.events::<CreditEvent>(CREDIT_EVENTS);
+    let mut dead = env.reader(&format!("{CUSTOMER_COMMANDS}.dlq"));
+    let (poisoned, fine) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut poison = register(poisoned, 1000);
+    if let CustomerCommandPayload::RegisterCustomer(r) = &mut poison.payload {
+        // Valid Avro and valid UTF-8, but PostgreSQL stores no NUL in text (SQLSTATE 22021).
+        r.name = "Ada\u{0}Lovelace".into();
+    }
+    // In one batch with good commands: the batch is split around the poison.
+    env.send_all(
+        CUSTOMER_COMMANDS,
+        &[
+            (fine, register(fine, 1000)),
+            (poisoned, poison),
+            (fine, change_limit(fine, 2000)),
+        ],
+    )
+    .await;
+    let order = Uuid::new_v4();
+    env.send(ORDER_EVENTS, fine, &created(order, fine, 1500))
+        .await;
+    credit.until("the reservation", |e| !e.is_empty()).await;
+    assert!(matches!(
+        nth(&credit.events, 0),
+        Some(CreditEventPayload::CreditReserved(r)) if r.order_id == order.to_string()
+    ));
+    dead.until("the poison dead-lettered", |m| !m.is_empty())
+        .await;
+    let letter = &dead.messages[0];
+    assert_eq!(header(letter, "dlq.error.kind"), Some("permanent"));
+    assert!(
+        header(letter, "dlq.error").unwrap().contains("0x00"),
+        "{:?}",
+        header(letter, "dlq.error")
+    );
+    assert_eq!(
+        rdkafka::Message::key(letter),
+        Some(poisoned.to_string().as_bytes())
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE id = $1")
+        .bind(poisoned)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    service.stop().await;
+}

@@ -349,16 +349,22 @@ fn build() -> Value {
             "/health": {
                 "get": {
                     "tags": ["operations"],
-                    "summary": "liveness",
-                    "responses": {
-                        "200": {
-                            "description": "the process serves requests",
-                            "content": { "application/json": { "schema": {
-                                "type": "object",
-                                "properties": { "status": { "const": "ok" } }
-                            } } }
-                        }
-                    }
+                    "summary": "readiness (the same as /health/ready)",
+                    "responses": health_responses("ready", "not ready")
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "tags": ["operations"],
+                    "summary": "readiness: Kafka reachable, the registry answering",
+                    "responses": health_responses("ready", "not ready")
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "tags": ["operations"],
+                    "summary": "liveness: the process is making progress",
+                    "responses": health_responses("live", "not live")
                 }
             }
         },
@@ -729,4 +735,33 @@ mod tests {
             }
         }
     }
+}
+
+/// A health report: every check by name, with the reason of those that failed; 503 when
+/// one did.
+fn health_responses(ok: &str, not: &str) -> Value {
+    let report = |status: &str| {
+        json!({ "application/json": { "schema": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": { "const": status },
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["ok"],
+                        "properties": {
+                            "ok": { "type": "boolean" },
+                            "error": { "type": "string" }
+                        }
+                    }
+                }
+            }
+        } } })
+    };
+    json!({
+        "200": { "description": "every check passed", "content": report(ok) },
+        "503": { "description": "a check failed", "content": report(not) }
+    })
 }
