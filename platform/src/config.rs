@@ -93,6 +93,12 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     pub default_partitions: i32,
     pub statistics_interval_ms: u32,
+    /// `retention.ms` of the event topics a read model is rebuilt from (-1: forever).
+    pub event_retention_ms: i64,
+    /// Topic-level config by unprefixed topic name, over what feedline sets itself:
+    /// `[kafka.topic_config.order-events] "retention.ms" = "2592000000"`.
+    #[serde(default)]
+    pub topic_config: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     #[serde(default)]

@@ -1,0 +1,56 @@
+//! The topics as the real broker (started by `infra/up.sh`) creates them: the event topics
+//! a read model is rebuilt from keep their events forever, the others the broker's default.
+
+use feedline::Settings;
+use feedline::admin::Admin;
+use feedline_schemas::{EVENT_TOPICS, ORDER_COMMANDS, TOPICS, ensure_topics};
+
+fn settings(prefix: &str) -> Settings {
+    let bootstrap =
+        std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    Settings::from_toml(&format!(
+        r#"
+        [kafka]
+        bootstrap_servers = "{bootstrap}"
+        topic_prefix = "{prefix}"
+        default_partitions = 1
+        [kafka.topic_config.customer-commands]
+        "retention.ms" = "3600000"
+        "#
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn created_event_topics_keep_their_events_forever() {
+    let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
+    let kafka = settings(&prefix).kafka;
+    ensure_topics(&kafka).await.unwrap();
+    let admin = Admin::new(&kafka).unwrap();
+
+    for topic in EVENT_TOPICS {
+        let config = admin.topic_config(&kafka.name(topic)).await.unwrap();
+        assert_eq!(config["retention.ms"], "-1", "{topic}");
+    }
+    let commands = admin
+        .topic_config(&kafka.name(ORDER_COMMANDS))
+        .await
+        .unwrap();
+    assert_ne!(
+        commands["retention.ms"], "-1",
+        "commands keep the broker's default"
+    );
+    let customer_commands = admin
+        .topic_config(&kafka.name("customer-commands"))
+        .await
+        .unwrap();
+    assert_eq!(
+        customer_commands["retention.ms"], "3600000",
+        "a topic's own config"
+    );
+
+    let created: Vec<String> = admin.topics_with_prefix(&prefix).await.unwrap();
+    assert_eq!(created.len(), TOPICS.len() + 1, "{created:?}");
+    let names: Vec<&str> = created.iter().map(String::as_str).collect();
+    admin.delete_topics(&names).await.unwrap();
+}
