@@ -596,7 +596,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
         let token = feedline::CancellationToken::new();
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, token);
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, token);
         let cache = Cache::new(100);
         let batch: Vec<Event> = (0..3).map(uuid_event).collect();
 
@@ -623,7 +623,7 @@ mod tests {
         let file = dir.path().join("view.db");
         let before = std::fs::metadata(&file).unwrap().len();
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, Default::default());
         let mut writer = store.writer(10_000).await.unwrap();
         let batch: Vec<Event> = (0..2_000).map(uuid_event).collect();
         writer.apply(whole(&batch), &Cache::new(10), &hub).unwrap();
@@ -644,7 +644,7 @@ mod tests {
     async fn pieces_build_on_each_other_and_an_unfinished_batch_writes_nothing() {
         let (_dir, store) = temp_store().await;
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, Default::default());
         let cache = Cache::new(100);
         let mut writer = store.writer(10).await.unwrap();
         let created = uuid_event(1);
