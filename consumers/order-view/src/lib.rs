@@ -205,6 +205,18 @@ pub async fn spawn(
     )
     .await
     .context("failed to read the change log")?;
+    // Forgets applied event ids after dedup.retention_hours, until the service stops.
+    let pruner = handler.pruner();
+    let (retention, chunk) = (settings.dedup.retention(), settings.dedup.prune_chunk);
+    tokio::spawn(feedline::dedup::keep_pruning(
+        settings.dedup.clone(),
+        platform.clone(),
+        token.clone(),
+        move || {
+            let pruner = pruner.clone();
+            async move { pruner.prune_chunk(retention, chunk).await }
+        },
+    ));
     let app = Arc::new(api::App {
         store: store.clone(),
         cache,
