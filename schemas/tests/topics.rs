@@ -3,16 +3,21 @@
 
 use feedline::Settings;
 use feedline::admin::Admin;
-use feedline_schemas::{EVENT_TOPICS, ORDER_COMMANDS, TOPICS, ensure_topics};
+use feedline_schemas::{EVENT_TOPICS, ORDER_COMMANDS, SCHEMAS_TOPIC, TOPICS, ensure_topics};
 
 fn settings(prefix: &str) -> Settings {
     let bootstrap =
         std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    cluster_settings(&bootstrap, prefix, -1)
+}
+
+fn cluster_settings(bootstrap: &str, prefix: &str, replication: i32) -> Settings {
     Settings::from_toml(&format!(
         r#"
         [kafka]
         bootstrap_servers = "{bootstrap}"
         topic_prefix = "{prefix}"
+        replication_factor = {replication}
         default_partitions = 1
         [kafka.topic_config.customer-commands]
         "retention.ms" = "3600000"
@@ -51,6 +56,28 @@ async fn created_event_topics_keep_their_events_forever() {
 
     let created: Vec<String> = admin.topics_with_prefix(&prefix).await.unwrap();
     assert_eq!(created.len(), TOPICS.len() + 1, "{created:?}");
+    let names: Vec<&str> = created.iter().map(String::as_str).collect();
+    admin.delete_topics(&names).await.unwrap();
+}
+
+/// On the three-broker cluster of `infra/up.sh --cluster`, named by `FEEDLINE_TEST_CLUSTER`
+/// (e.g. `127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094`); without it there is nothing
+/// to run this against (the single broker cannot hold three replicas).
+#[tokio::test]
+async fn on_a_cluster_three_replicas_need_two_in_sync() {
+    let Ok(bootstrap) = std::env::var("FEEDLINE_TEST_CLUSTER") else {
+        eprintln!("FEEDLINE_TEST_CLUSTER is not set: skipped");
+        return;
+    };
+    let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
+    let kafka = cluster_settings(&bootstrap, &prefix, 3).kafka;
+    ensure_topics(&kafka).await.unwrap();
+    let admin = Admin::new(&kafka).unwrap();
+    for topic in TOPICS.iter().chain([&SCHEMAS_TOPIC]) {
+        let config = admin.topic_config(&kafka.name(topic)).await.unwrap();
+        assert_eq!(config["min.insync.replicas"], "2", "{topic}");
+    }
+    let created: Vec<String> = admin.topics_with_prefix(&prefix).await.unwrap();
     let names: Vec<&str> = created.iter().map(String::as_str).collect();
     admin.delete_topics(&names).await.unwrap();
 }
