@@ -96,6 +96,16 @@ impl TopicSpec {
     }
 }
 
+/// A topic-level setting of an existing topic that is not what its spec asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub topic: String,
+    pub key: String,
+    pub wanted: String,
+    /// `None` when the broker reports no value.
+    pub actual: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct Admin {
     client: Arc<AdminClient<DefaultClientContext>>,
@@ -112,22 +122,26 @@ impl Admin {
         })
     }
 
-    /// Creates the topics that do not exist yet; existing ones are left as they are.
+    /// The replication `spec` is created with, and its topic-level config.
+    fn resolve(&self, spec: &TopicSpec) -> (i32, BTreeMap<String, String>) {
+        let replication = if spec.replication == -1 {
+            self.default_replication
+        } else {
+            spec.replication
+        };
+        (replication, spec.effective_config(replication))
+    }
+
+    /// Creates the topics that do not exist yet. Existing ones are left as they are (their
+    /// config may have been tuned on purpose), but every setting that differs from what
+    /// their spec asks for is logged as a warning: a retention shorter than a rebuild needs
+    /// must not go unnoticed.
     pub async fn ensure_topics(&self, specs: &[TopicSpec]) -> Result<(), AdminError> {
         if specs.is_empty() {
             return Ok(());
         }
-        let resolved: Vec<(i32, BTreeMap<String, String>)> = specs
-            .iter()
-            .map(|spec| {
-                let replication = if spec.replication == -1 {
-                    self.default_replication
-                } else {
-                    spec.replication
-                };
-                (replication, spec.effective_config(replication))
-            })
-            .collect();
+        let resolved: Vec<(i32, BTreeMap<String, String>)> =
+            specs.iter().map(|spec| self.resolve(spec)).collect();
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
             .zip(&resolved)
@@ -143,14 +157,59 @@ impl Admin {
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let mut existing = Vec::new();
         for result in self.client.create_topics(&new_topics, &options).await? {
             match result {
                 Ok(topic) => tracing::info!(topic, "topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
                 Err((topic, code)) => return Err(AdminError::CreateTopic { topic, code }),
             }
         }
+        let existing: Vec<TopicSpec> = specs
+            .iter()
+            .filter(|spec| existing.contains(&spec.name))
+            .cloned()
+            .collect();
+        if existing.is_empty() {
+            return Ok(());
+        }
+        // Only a check: a broker that cannot describe configs must not stop a service.
+        match self.config_drift(&existing).await {
+            Ok(drifts) => {
+                for d in drifts {
+                    tracing::warn!(
+                        topic = d.topic,
+                        key = d.key,
+                        wanted = d.wanted,
+                        actual = d.actual.as_deref().unwrap_or("unset"),
+                        "an existing topic's config differs from feedline's, change it with \
+                         kafka-configs.sh --alter --entity-type topics --add-config key=wanted"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the config of existing topics"),
+        }
         Ok(())
+    }
+
+    /// The settings of the (existing) topics of `specs` that differ from what their spec
+    /// asks for ([`TopicSpec::effective_config`]).
+    pub async fn config_drift(&self, specs: &[TopicSpec]) -> Result<Vec<Drift>, AdminError> {
+        let mut drifts = Vec::new();
+        for spec in specs {
+            let actual = self.topic_config(&spec.name).await?;
+            for (key, wanted) in self.resolve(spec).1 {
+                if actual.get(&key) != Some(&wanted) {
+                    drifts.push(Drift {
+                        topic: spec.name.clone(),
+                        actual: actual.get(&key).cloned(),
+                        key,
+                        wanted,
+                    });
+                }
+            }
+        }
+        Ok(drifts)
     }
 
     /// Every topic whose name starts with `prefix`: a bench run's or a test's topics.

@@ -2,8 +2,10 @@
 //! a read model is rebuilt from keep their events forever, the others the broker's default.
 
 use feedline::Settings;
-use feedline::admin::Admin;
-use feedline_schemas::{EVENT_TOPICS, ORDER_COMMANDS, SCHEMAS_TOPIC, TOPICS, ensure_topics};
+use feedline::admin::{Admin, Drift, TopicSpec};
+use feedline_schemas::{
+    CREDIT_EVENTS, EVENT_TOPICS, ORDER_COMMANDS, SCHEMAS_TOPIC, TOPICS, ensure_topics, topic_specs,
+};
 
 fn settings(prefix: &str) -> Settings {
     let bootstrap =
@@ -56,6 +58,37 @@ async fn created_event_topics_keep_their_events_forever() {
 
     let created: Vec<String> = admin.topics_with_prefix(&prefix).await.unwrap();
     assert_eq!(created.len(), TOPICS.len() + 1, "{created:?}");
+    let names: Vec<&str> = created.iter().map(String::as_str).collect();
+    admin.delete_topics(&names).await.unwrap();
+}
+
+/// A topic created before (or by someone else) keeps its config, and what differs from
+/// feedline's is reported.
+#[tokio::test]
+async fn an_existing_topic_is_left_alone_and_its_drift_reported() {
+    let prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
+    let kafka = settings(&prefix).kafka;
+    let admin = Admin::new(&kafka).unwrap();
+    let credit = kafka.name(CREDIT_EVENTS);
+    admin
+        .ensure_topics(&[TopicSpec::new(&credit, 1).retention_ms(3_600_000)])
+        .await
+        .unwrap();
+    ensure_topics(&kafka).await.unwrap();
+    let config = admin.topic_config(&credit).await.unwrap();
+    assert_eq!(config["retention.ms"], "3600000", "left as it was");
+
+    let drifts = admin.config_drift(&topic_specs(&kafka)).await.unwrap();
+    assert_eq!(
+        drifts,
+        [Drift {
+            topic: credit,
+            key: "retention.ms".into(),
+            wanted: "-1".into(),
+            actual: Some("3600000".into()),
+        }]
+    );
+    let created: Vec<String> = admin.topics_with_prefix(&prefix).await.unwrap();
     let names: Vec<&str> = created.iter().map(String::as_str).collect();
     admin.delete_topics(&names).await.unwrap();
 }
