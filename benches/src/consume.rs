@@ -707,6 +707,7 @@ async fn view_handler(
     )?;
     let cache = Arc::new(Cache::new(100_000));
     let hub = Arc::new(FeedHub::new(
+        &store.generation().await?,
         store.clone(),
         metrics.clone(),
         16_384,

@@ -40,6 +40,7 @@ pub struct Settings {
     pub registry: RegistrySettings,
     pub database: DatabaseSettings,
     pub http: HttpSettings,
+    pub dedup: DedupSettings,
     /// Every layer merged, kept for the service sections.
     #[serde(skip)]
     figment: Option<Figment>,
@@ -55,6 +56,7 @@ impl std::fmt::Debug for Settings {
             .field("registry", &self.registry)
             .field("database", &self.database)
             .field("http", &self.http)
+            .field("dedup", &self.dedup)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +95,12 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     pub default_partitions: i32,
     pub statistics_interval_ms: u32,
+    /// `retention.ms` of the event topics a read model is rebuilt from (-1: forever).
+    pub event_retention_ms: i64,
+    /// Topic-level config by unprefixed topic name, over what feedline sets itself:
+    /// `[kafka.topic_config.order-events] "retention.ms" = "2592000000"`.
+    #[serde(default)]
+    pub topic_config: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
@@ -137,6 +145,29 @@ pub struct DatabaseSettings {
 pub struct HttpSettings {
     pub host: String,
     pub port: u16,
+}
+
+/// How long `processed_events` remembers an event id, and how its pruning runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSettings {
+    /// Ids of events processed longer ago than this are deleted: a redelivery comes from
+    /// uncommitted offsets or a relay's retry, minutes after the first copy, not days.
+    pub retention_hours: u64,
+    /// Seconds between pruning runs.
+    pub prune_interval_secs: u64,
+    /// Rows deleted per statement: each chunk is its own short transaction, so pruning never
+    /// holds locks for long.
+    pub prune_chunk: u32,
+}
+
+impl DedupSettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours * 3600)
+    }
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_secs(self.prune_interval_secs)
+    }
 }
 
 impl Settings {
@@ -233,6 +264,15 @@ impl Settings {
         }
         if self.kafka.default_partitions < 1 {
             return invalid("kafka.default_partitions", "must be at least 1");
+        }
+        if self.dedup.retention_hours == 0 {
+            return invalid("dedup.retention_hours", "must be at least 1");
+        }
+        if self.dedup.prune_interval_secs == 0 {
+            return invalid("dedup.prune_interval_secs", "must be at least 1");
+        }
+        if self.dedup.prune_chunk == 0 {
+            return invalid("dedup.prune_chunk", "must be at least 1");
         }
         Ok(())
     }

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS processed_events (
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
+-- What the pruner deletes by (feedline::dedup): without it every pruning run would read the
+-- whole table. processed_at only grows, so the index takes appends.
+CREATE INDEX IF NOT EXISTS processed_events_processed_at ON processed_events (processed_at);
 "#;
 
 /// The connection options of `database.url`, with every statement planned for its own

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Platform metrics: produce, consume, handler latency, event age, DLQ, consumer lag, outbox.
@@ -22,6 +23,8 @@ pub struct Metrics {
     pub outbox_published: IntCounterVec,
     pub outbox_quarantined: IntCounterVec,
     pub rdkafka_queue_messages: IntGaugeVec,
+    pub processed_pruned: IntCounter,
+    pub processed_prune_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -43,6 +46,13 @@ impl Metrics {
             Registry::new_custom(Some("feedline".into()), Some(labels)).expect("valid registry");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique counter");
@@ -131,6 +141,14 @@ impl Metrics {
                 "rdkafka_queue_messages",
                 "messages waiting in librdkafka's producer queue",
                 &["client"],
+            ),
+            processed_pruned: plain_counter(
+                "processed_events_pruned_total",
+                "processed_events rows deleted for being older than dedup.retention_hours",
+            ),
+            processed_prune_errors: plain_counter(
+                "processed_events_prune_errors_total",
+                "pruning runs of processed_events that failed (retried at the next run)",
             ),
             registry,
         })

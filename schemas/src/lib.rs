@@ -38,24 +38,33 @@ pub const TOPICS: &[&str] = &[
     CREDIT_EVENTS,
 ];
 
+/// The event topics the read model (order-view) is rebuilt from: they keep their events for
+/// `kafka.event_retention_ms` (forever by default).
+pub const EVENT_TOPICS: &[&str] = &[ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
+
 /// The value subject of `topic` under the TopicNameStrategy.
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
-/// The topics a deployment needs, with the configured prefix, partitions and replication.
+/// The topics a deployment needs, with the configured prefix, partitions, replication and
+/// topic-level config (the event topics' retention, then `kafka.topic_config`).
 pub fn topic_specs(kafka: &KafkaSettings) -> Vec<TopicSpec> {
+    let spec = |topic: &str, partitions| {
+        let spec =
+            TopicSpec::new(kafka.name(topic), partitions).replication(kafka.replication_factor);
+        let spec = match topic {
+            SCHEMAS_TOPIC => spec.compacted(),
+            t if EVENT_TOPICS.contains(&t) => spec.retention_ms(kafka.event_retention_ms),
+            _ => spec,
+        };
+        let own = kafka.topic_config.get(topic).into_iter().flatten();
+        own.fold(spec, |spec, (key, value)| spec.config(key, value))
+    };
     TOPICS
         .iter()
-        .map(|t| {
-            TopicSpec::new(kafka.name(t), kafka.default_partitions)
-                .replication(kafka.replication_factor)
-        })
-        .chain(std::iter::once(
-            TopicSpec::new(kafka.name(SCHEMAS_TOPIC), 1)
-                .replication(kafka.replication_factor)
-                .compacted(),
-        ))
+        .map(|t| spec(t, kafka.default_partitions))
+        .chain(std::iter::once(spec(SCHEMAS_TOPIC, 1)))
         .collect()
 }
 
@@ -162,5 +171,50 @@ mod tests {
                 .contains(&("cleanup.policy".into(), "compact".into()))
         );
         assert_eq!(specs.len(), TOPICS.len() + 1);
+    }
+
+    #[test]
+    fn event_topics_keep_their_events_and_commands_the_broker_default() {
+        let settings = feedline::Settings::from_toml("").unwrap();
+        for spec in topic_specs(&settings.kafka) {
+            let config = spec.effective_config(1);
+            let retention = config.get("retention.ms").map(String::as_str);
+            if EVENT_TOPICS.contains(&spec.name.as_str()) {
+                assert_eq!(retention, Some("-1"), "{}", spec.name);
+            } else {
+                assert_eq!(retention, None, "{}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn topic_config_and_the_event_retention_are_configurable() {
+        let settings = feedline::Settings::from_toml(
+            r#"
+            [kafka]
+            topic_prefix = "p."
+            event_retention_ms = 86400000
+            replication_factor = 3
+            [kafka.topic_config.order-events]
+            "retention.ms" = "-1"
+            "segment.ms" = "3600000"
+            "#,
+        )
+        .unwrap();
+        let specs = topic_specs(&settings.kafka);
+        let config = |topic: &str| {
+            let spec = specs
+                .iter()
+                .find(|s| s.name == format!("p.{topic}"))
+                .unwrap();
+            spec.effective_config(spec.replication)
+        };
+        let orders = config(ORDER_EVENTS);
+        assert_eq!(orders["retention.ms"], "-1", "a topic's own config wins");
+        assert_eq!(orders["segment.ms"], "3600000");
+        assert_eq!(config(CREDIT_EVENTS)["retention.ms"], "86400000");
+        for topic in [ORDER_COMMANDS, CREDIT_EVENTS, SCHEMAS_TOPIC] {
+            assert_eq!(config(topic)["min.insync.replicas"], "2", "{topic}");
+        }
     }
 }

@@ -68,6 +68,13 @@ pub async fn spawn(
     db::prepare(&pool)
         .await
         .context("failed to prepare the customers database")?;
+    // Forgets applied event ids after dedup.retention_hours, until the service stops.
+    feedline::dedup::spawn_pruner(
+        pool.clone(),
+        &settings.dedup,
+        metrics.clone(),
+        token.clone(),
+    );
 
     feedline_schemas::ensure_topics(kafka)
         .await

@@ -212,10 +212,6 @@ impl Params {
             )),
         }
     }
-
-    fn event_id(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        self.0.get(name).map(|v| event_id(name, v)).transpose()
-    }
 }
 
 /// A UUID parameter in canonical form (the form ids are stored in).
@@ -223,16 +219,6 @@ fn uuid_param(name: &str, value: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(value)
         .map(|id| id.hyphenated().to_string())
         .map_err(|_| ApiError::invalid(name, format!("{name} must be a UUID, got {value:?}")))
-}
-
-fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
-    match value.trim().parse::<i64>() {
-        Ok(n) if n >= 0 => Ok(n),
-        _ => Err(ApiError::invalid(
-            name,
-            format!("{name} must be a change number this feed sent, got {value:?}"),
-        )),
-    }
 }
 
 fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -335,7 +321,9 @@ async fn customer_orders(
 
 /// `GET /feed?customer_id=&order_id=&last_event_id=`: Server-Sent Events of every change.
 /// A `Last-Event-ID` header wins over the parameter: a browser's EventSource keeps the URL
-/// it started with and sends the header with the newest id when it reconnects.
+/// it started with and sends the header with the newest id when it reconnects. Any id is
+/// accepted: one this read model cannot resume from (another replica's, from before a
+/// rebuild, garbled) gets a snapshot, which is what such a client needs, not an error.
 async fn feed(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -346,26 +334,16 @@ async fn feed(
         customer_id: params.uuid("customer_id")?,
         order_id: params.uuid("order_id")?,
     };
-    let header = match headers.get("last-event-id") {
-        Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| ApiError::invalid("Last-Event-ID", "Last-Event-ID is not text"))?;
-            if text.trim().is_empty() {
-                None
-            } else {
-                Some(event_id("Last-Event-ID", text)?)
-            }
-        }
-        None => None,
-    };
-    let resume = match header {
-        Some(id) => Some(id),
-        None => params.event_id("last_event_id")?,
-    };
+    let header = headers.get("last-event-id").map(|value| {
+        // Bytes that are not text are no id of ours either: a snapshot.
+        String::from_utf8_lossy(value.as_bytes()).into_owned()
+    });
+    let resume = header
+        .filter(|id| !id.trim().is_empty())
+        .or_else(|| params.0.get("last_event_id").cloned());
     let stream = app
         .hub
-        .subscribe(filter, resume)
+        .subscribe(filter, resume.as_deref())
         .take_until(app.token.clone().cancelled_owned());
     let sse =
         Sse::new(stream).keep_alive(KeepAlive::new().interval(app.keep_alive).text("keep-alive"));

@@ -8,6 +8,14 @@
 //! broadcast delivers it), and live changes numbered at or below the last one the read
 //! covered are skipped.
 //!
+//! Event ids are `<generation>-<seq>`: the generation is drawn when the SQLite file is
+//! created (see [`Store::generation`]), so a change number is only ever compared with numbers
+//! of the same log. Another replica's file, or a rebuilt one, numbers its changes from 1
+//! again: the same number there names another change, and resuming from it would skip or
+//! repeat changes without anyone noticing. An id of another generation (or one this feed
+//! never sent, or too old to resume from) gets a snapshot of the current state instead, then
+//! the live changes.
+//!
 //! How a slow client is kept from hurting anyone: each subscriber has a small pump task that
 //! drains the broadcast into the client's own bounded buffer. The pump never waits for the
 //! client; when the buffer is full (or the pump itself fell behind the broadcast), it gives
@@ -15,6 +23,7 @@
 //! the id to resume from, and the stream ends. The writer never waits for anybody.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,9 +40,54 @@ use crate::store::{Store, StoreError};
 /// Rows per read of the change log while catching up.
 const PAGE: u32 = 500;
 
+/// A feed event's id: the read model's generation and a change number in its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    pub generation: String,
+    pub seq: i64,
+}
+
+impl EventId {
+    /// `<generation>-<seq>` (a generation is letters and digits), as [`fmt::Display`] writes
+    /// it; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (generation, seq) = text.trim().rsplit_once('-')?;
+        let seq = seq.parse::<i64>().ok().filter(|seq| *seq >= 0)?;
+        let named = !generation.is_empty() && generation.bytes().all(|b| b.is_ascii_alphanumeric());
+        named.then(|| EventId {
+            generation: generation.to_owned(),
+            seq,
+        })
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.generation, self.seq)
+    }
+}
+
+/// The generation's part of every id this hub sends.
+#[derive(Debug, Clone)]
+struct Ids(Arc<str>);
+
+impl Ids {
+    fn of(&self, seq: i64) -> String {
+        format!("{}-{seq}", self.0)
+    }
+
+    /// The change number to resume after, when `resume` is an id of this generation.
+    fn ours(&self, resume: &str) -> Option<i64> {
+        EventId::parse(resume)
+            .filter(|id| *id.generation == *self.0)
+            .map(|id| id.seq)
+    }
+}
+
 #[derive(Debug)]
 pub struct FeedHub {
     sender: broadcast::Sender<Arc<Change>>,
+    ids: Ids,
     store: Store,
     metrics: ViewMetrics,
     client_buffer: usize,
@@ -41,8 +95,10 @@ pub struct FeedHub {
 }
 
 impl FeedHub {
-    /// `capacity` bounds the broadcast ring, `client_buffer` each subscriber's own buffer.
+    /// `generation` is the read model's ([`Store::generation`]); `capacity` bounds the
+    /// broadcast ring, `client_buffer` each subscriber's own buffer.
     pub fn new(
+        generation: &str,
         store: Store,
         metrics: ViewMetrics,
         capacity: usize,
@@ -51,6 +107,7 @@ impl FeedHub {
     ) -> Self {
         FeedHub {
             sender: broadcast::channel(capacity.max(1)).0,
+            ids: Ids(generation.into()),
             store,
             metrics,
             client_buffer: client_buffer.max(1),
@@ -67,13 +124,17 @@ impl FeedHub {
     }
 
     /// A subscriber's stream of SSE events: with `resume` (the client's Last-Event-ID) first
-    /// every change after it, or a snapshot when those are no longer retained; then the live
-    /// changes. Only changes `filter` matches.
+    /// every change after it, or a snapshot when it is not an id of this generation or the
+    /// changes after it are no longer retained; then the live changes. Only changes `filter`
+    /// matches.
     pub fn subscribe(
         &self,
         filter: Filter,
-        resume: Option<i64>,
+        resume: Option<&str>,
     ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + use<> {
+        // `None` inside: an id to answer with a snapshot.
+        let resume = resume.map(|id| self.ids.ours(id));
+        let ids = self.ids.clone();
         // Join first, read later: see the module comment.
         let receiver = self.sender.subscribe();
         let (buffer, mut live) = mpsc::channel(self.client_buffer);
@@ -102,10 +163,10 @@ impl FeedHub {
             };
             if let Some(after) = resume {
                 let newest = covered;
-                // An id above the newest is not from this log (another replica's, or from
-                // before a rebuild): only a snapshot is right for it.
-                let mut snapshot = after > newest;
-                let mut cursor = after;
+                // Not an id of this log, or one it never sent (above the newest): only a
+                // snapshot is right for it.
+                let mut snapshot = after.is_none_or(|after| after > newest);
+                let mut cursor = after.unwrap_or(newest);
                 while !snapshot && cursor < newest {
                     let page = match store.changes_page(cursor, newest, &filter, PAGE).await {
                         Ok(page) => page,
@@ -125,7 +186,7 @@ impl FeedHub {
                         _ => newest,
                     };
                     for change in &page.changes {
-                        yield Ok(change_event(change));
+                        yield Ok(change_event(&ids, change));
                     }
                 }
                 if snapshot {
@@ -133,7 +194,7 @@ impl FeedHub {
                         Ok(snapshot) => {
                             metrics.feed_snapshots.inc();
                             covered = snapshot.seq;
-                            yield Ok(snapshot_event(snapshot));
+                            yield Ok(snapshot_event(&ids, snapshot));
                         }
                         Err(e) => {
                             yield Ok(unavailable(&e));
@@ -147,18 +208,19 @@ impl FeedHub {
                     continue;
                 }
                 covered = change.seq;
-                yield Ok(change_event(&change));
+                yield Ok(change_event(&ids, &change));
             }
             if lagged.load(Ordering::SeqCst) {
                 // With the id, a browser's EventSource reconnects from the right place too.
+                let id = ids.of(covered);
                 yield Ok(SseEvent::default()
-                    .id(covered.to_string())
+                    .id(&id)
                     .event("lagged")
                     .data(
                         json!({
-                            "last_event_id": covered,
+                            "last_event_id": id,
                             "message": format!(
-                                "client too slow, reconnect with Last-Event-ID: {covered}"
+                                "client too slow, reconnect with Last-Event-ID: {id}"
                             ),
                         })
                         .to_string(),
@@ -225,23 +287,57 @@ async fn pump(
     tracing::info!("feed client fell behind, disconnecting it");
 }
 
-fn change_event(change: &Change) -> SseEvent {
+fn change_event(ids: &Ids, change: &Change) -> SseEvent {
     SseEvent::default()
-        .id(change.seq.to_string())
+        .id(ids.of(change.seq))
         .event(change.kind.as_str())
         .data(&*change.data)
 }
 
-fn snapshot_event(snapshot: crate::store::Snapshot) -> SseEvent {
+fn snapshot_event(ids: &Ids, snapshot: crate::store::Snapshot) -> SseEvent {
     SseEvent::default()
-        .id(snapshot.seq.to_string())
+        .id(ids.of(snapshot.seq))
         .event("snapshot")
         .data(
             json!({
+                "generation": &*ids.0,
                 "seq": snapshot.seq,
                 "customers": snapshot.customers,
                 "orders": snapshot.orders,
             })
             .to_string(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_names_its_generation_and_its_change() {
+        let id = EventId::parse("0f3a-42").unwrap();
+        assert_eq!((id.generation.as_str(), id.seq), ("0f3a", 42));
+        assert_eq!(id.to_string(), "0f3a-42");
+        assert_eq!(EventId::parse(" 0f3a-0 ").unwrap().seq, 0);
+        for text in ["42", "-42", "0f3a-", "0f3a--1", "0f3a-x", "", "0f3a-4 2"] {
+            assert_eq!(EventId::parse(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_ids_of_this_generation_resume() {
+        let ids = Ids("0f3a".into());
+        assert_eq!(ids.of(7), "0f3a-7");
+        assert_eq!(ids.ours("0f3a-7"), Some(7));
+        assert_eq!(
+            ids.ours("beef-7"),
+            None,
+            "another replica's or a rebuilt file's"
+        );
+        assert_eq!(
+            ids.ours("7"),
+            None,
+            "a bare number, from before generations"
+        );
+    }
 }

@@ -146,6 +146,12 @@ impl ViewHandler {
         self.decoders.topics()
     }
 
+    /// Prunes `processed_events` through the single writer, between batches: SQLite has one
+    /// writer at a time, and taking turns on the writer's lock spares both a busy wait.
+    pub fn pruner(&self) -> Pruner {
+        Pruner(self.writer.clone())
+    }
+
     fn count(&self, applied: &Applied) {
         self.metrics
             .events_duplicate
@@ -228,6 +234,28 @@ impl ViewHandler {
             writer.apply(pieces, &cache, &hub)
         });
         (sender, written)
+    }
+}
+
+/// See [`ViewHandler::pruner`].
+#[derive(Debug, Clone)]
+pub struct Pruner(Arc<Mutex<Writer>>);
+
+impl Pruner {
+    /// [`Writer::prune_chunk`] at the current time, on a blocking thread.
+    pub async fn prune_chunk(
+        &self,
+        retention: std::time::Duration,
+        chunk: u32,
+    ) -> Result<u64, StoreError> {
+        let writer = self.0.clone();
+        let now = crate::writer::now_ms();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer.prune_chunk(now, retention, chunk)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 }
 

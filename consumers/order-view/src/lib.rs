@@ -169,6 +169,8 @@ pub async fn spawn(
     //   sharing one group would each hold only their share of the read model;
     // - a kept file keeps its generation, so a restart resumes from the committed offsets,
     //   and the change numbers continue where they were.
+    // The feed's event ids name the generation too (see `feed`): a change number means
+    // something only within its own file.
     // A file that is deleted leaves its group behind, expired by the broker after
     // offsets.retention.minutes.
     let generation = store
@@ -186,6 +188,7 @@ pub async fn spawn(
 
     let cache = Arc::new(Cache::new(view.cache_capacity));
     let hub = Arc::new(FeedHub::new(
+        &generation,
         store.clone(),
         metrics.clone(),
         view.feed_broadcast_capacity,
@@ -202,6 +205,18 @@ pub async fn spawn(
     )
     .await
     .context("failed to read the change log")?;
+    // Forgets applied event ids after dedup.retention_hours, until the service stops.
+    let pruner = handler.pruner();
+    let (retention, chunk) = (settings.dedup.retention(), settings.dedup.prune_chunk);
+    tokio::spawn(feedline::dedup::keep_pruning(
+        settings.dedup.clone(),
+        platform.clone(),
+        token.clone(),
+        move || {
+            let pruner = pruner.clone();
+            async move { pruner.prune_chunk(retention, chunk).await }
+        },
+    ));
     let app = Arc::new(api::App {
         store: store.clone(),
         cache,

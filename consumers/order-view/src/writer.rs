@@ -11,7 +11,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::{LazyLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
 
@@ -198,6 +198,7 @@ impl Writer {
         let mut ws = WorkingSet::new(self.numbering.next_seq);
         let mut per_type: HashMap<&'static str, u64> = HashMap::new();
         let mut duplicates = 0;
+        let mut oldest_event: Option<i64> = None;
         let mut ended = false;
         for piece in pieces {
             let events = match piece {
@@ -209,6 +210,11 @@ impl Writer {
             };
             let fresh = record_processed(&tx, &events)?;
             duplicates += events.len() - fresh.len();
+            oldest_event = fresh
+                .iter()
+                .map(|e| e.occurred_at())
+                .chain(oldest_event)
+                .min();
             load(&tx, cache, &mut ws, &fresh)?;
             for event in &fresh {
                 ws.apply(event);
@@ -219,6 +225,9 @@ impl Writer {
             return Err(StoreError::Abandoned);
         }
         write_rows(&tx, &ws)?;
+        if let Some(oldest) = oldest_event {
+            note_applied(&tx, now_ms(), oldest)?;
+        }
 
         let newest = ws.next_seq() - 1;
         let mut oldest = self.numbering.oldest.or(ws.changes.first().map(|c| c.seq));
@@ -241,6 +250,62 @@ impl Writer {
             per_type,
         })
     }
+}
+
+impl Writer {
+    /// Deletes up to `chunk` ids from `processed_events` that are older than `retention` at
+    /// `now` (milliseconds since the epoch) and were applied longer ago than that too (see
+    /// the migration `0002_applied_minutes.sql`); returns how many it deleted. One short
+    /// transaction: call it between batches, again while it returns `chunk`.
+    pub fn prune_chunk(
+        &mut self,
+        now: i64,
+        retention: Duration,
+        chunk: u32,
+    ) -> Result<u64, StoreError> {
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The oldest event applied in a minute that may reach past the cutoff.
+        let applied_since: Option<i64> = tx.query_row(
+            "SELECT min(oldest_event) FROM applied_minutes WHERE minute > ?1",
+            [cutoff - MINUTE],
+            |row| row.get(0),
+        )?;
+        let bound = applied_since.map_or(cutoff, |oldest| oldest.min(cutoff));
+        let deleted = tx.execute(
+            "DELETE FROM processed_events WHERE (occurred_at, event_id) IN \
+             (SELECT occurred_at, event_id FROM processed_events WHERE occurred_at < ?1 \
+              ORDER BY occurred_at LIMIT ?2)",
+            params![bound, chunk],
+        )?;
+        tx.execute(
+            "DELETE FROM applied_minutes WHERE minute <= ?1",
+            [cutoff - MINUTE],
+        )?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+}
+
+const MINUTE: i64 = 60_000;
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Notes that events as old as `oldest` (their `occurred_at`) were applied at `now`, for the
+/// pruner: one upsert per batch.
+fn note_applied(conn: &Connection, now: i64, oldest: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO applied_minutes (minute, oldest_event) VALUES (?1, ?2) \
+         ON CONFLICT (minute) DO UPDATE SET oldest_event = min(oldest_event, excluded.oldest_event)",
+    )?
+    .execute([now - now.rem_euclid(MINUTE), oldest])?;
+    Ok(())
 }
 
 /// A part of a batch for [`Writer::apply`].
@@ -596,7 +661,7 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
         let token = feedline::CancellationToken::new();
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, token);
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, token);
         let cache = Cache::new(100);
         let batch: Vec<Event> = (0..3).map(uuid_event).collect();
 
@@ -615,6 +680,57 @@ mod tests {
         assert_eq!(store.seq_bounds().await.unwrap(), (Some(1), 5));
     }
 
+    fn count(writer: &Writer, table: &str) -> i64 {
+        writer
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Ids older than the retention are pruned in chunks once they were applied longer ago
+    /// than it too; newer ones stay, and so do old ones applied recently (a rebuild's).
+    #[tokio::test]
+    async fn ids_older_than_the_retention_are_pruned_once_applied_that_long_ago() {
+        let (_dir, store) = temp_store().await;
+        let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, Default::default());
+        let mut writer = store.writer(10).await.unwrap();
+        const DAY: i64 = 86_400_000;
+        let now = now_ms();
+        let at =
+            |n: u32, age: i64| created(&format!("00000000-0000-4000-8000-{n:012}"), now - age, n);
+        let events: Vec<Event> = (0..1500)
+            .map(|n| at(n, 8 * DAY))
+            .chain((1500..1520).map(|n| at(n, 6 * DAY)))
+            .chain((1520..1525).map(|n| at(n, 0)))
+            .collect();
+        writer.apply(whole(&events), &Cache::new(10), &hub).unwrap();
+        let week = Duration::from_secs(7 * 24 * 3600);
+
+        // Applied just now, as a rebuild applies old events: a redelivery may still come.
+        assert_eq!(writer.prune_chunk(now, week, 1000).unwrap(), 0);
+        assert_eq!(count(&writer, "processed_events"), 1525);
+
+        // Eight days later (the batch's minute moved back rather than the clock forward,
+        // which would age the newer ids too).
+        writer
+            .conn
+            .execute("UPDATE applied_minutes SET minute = minute - ?1", [8 * DAY])
+            .unwrap();
+        let chunks: Vec<u64> = (0..3)
+            .map(|_| writer.prune_chunk(now, week, 1000).unwrap())
+            .collect();
+        assert_eq!(chunks, [1000, 500, 0], "bounded chunks, every old id");
+        assert_eq!(count(&writer, "processed_events"), 25, "the newer ids stay");
+        assert_eq!(count(&writer, "applied_minutes"), 0, "old minutes go too");
+
+        // What is left still absorbs a redelivery.
+        let again = writer
+            .apply(whole(&events[1500..]), &Cache::new(10), &hub)
+            .unwrap();
+        assert_eq!(again.duplicates, 25);
+    }
+
     /// Committed pages reach the database file without any commit crossing the automatic
     /// checkpoint's threshold: the checkpointer copied them.
     #[tokio::test]
@@ -623,7 +739,7 @@ mod tests {
         let file = dir.path().join("view.db");
         let before = std::fs::metadata(&file).unwrap().len();
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, Default::default());
         let mut writer = store.writer(10_000).await.unwrap();
         let batch: Vec<Event> = (0..2_000).map(uuid_event).collect();
         writer.apply(whole(&batch), &Cache::new(10), &hub).unwrap();
@@ -644,7 +760,7 @@ mod tests {
     async fn pieces_build_on_each_other_and_an_unfinished_batch_writes_nothing() {
         let (_dir, store) = temp_store().await;
         let metrics = ViewMetrics::new(&feedline::Metrics::new("test"));
-        let hub = FeedHub::new(store.clone(), metrics, 16, 16, Default::default());
+        let hub = FeedHub::new("test", store.clone(), metrics, 16, 16, Default::default());
         let cache = Cache::new(100);
         let mut writer = store.writer(10).await.unwrap();
         let created = uuid_event(1);

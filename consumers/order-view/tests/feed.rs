@@ -162,7 +162,10 @@ async fn a_client_too_far_behind_gets_a_snapshot_then_live_changes() {
     assert_eq!(snapshot.data["orders"].as_array().unwrap().len(), 31);
 
     let mut far_bob = app
-        .feed(&format!("?last_event_id=2&customer_id={bob}"), None)
+        .feed(
+            &format!("?last_event_id={}-2&customer_id={bob}", app.generation),
+            None,
+        )
         .await;
     let snapshot = far_bob.next().await;
     assert_eq!(snapshot.event, "snapshot");
@@ -171,9 +174,23 @@ async fn a_client_too_far_behind_gets_a_snapshot_then_live_changes() {
     assert_eq!(snapshot.data["orders"][0]["id"], json!(bob_order));
     assert_eq!(snapshot.data["orders"].as_array().unwrap().len(), 1);
 
-    // An id from another log (a rebuilt file, another replica) gets a snapshot too.
-    let mut stranger = app.feed("", Some(newest + 1000)).await;
-    assert_eq!(stranger.next().await.event, "snapshot");
+    // An id this log never sent, of another generation (a rebuilt file, another replica),
+    // from before ids had generations, or garbled: a snapshot too, never an error.
+    let other = format!("{}-{}", "0".repeat(32), newest - 1);
+    let never_sent = format!("{}-{}", app.generation, newest + 1000);
+    for id in [never_sent.as_str(), other.as_str(), "5", "yesterday"] {
+        let mut stranger = app.feed_from("", Some(id)).await;
+        let snapshot = stranger.next().await;
+        assert_eq!(snapshot.event, "snapshot", "{id}");
+        assert_eq!(snapshot.id, Some(newest), "{id}");
+        assert_eq!(
+            snapshot.generation.as_deref(),
+            Some(app.generation.as_str())
+        );
+        assert_eq!(snapshot.data["generation"], json!(app.generation));
+    }
+    let mut by_parameter = app.feed("?last_event_id=yesterday", None).await;
+    assert_eq!(by_parameter.next().await.event, "snapshot");
 
     // Within the retained log: the backlog, no snapshot.
     let mut near = app.feed("", Some(newest - 5)).await;
@@ -196,7 +213,7 @@ async fn a_client_too_far_behind_gets_a_snapshot_then_live_changes() {
         assert_eq!(live.data["id"], json!(bob_next));
     }
     assert!(
-        app.metric("feedline_order_view_feed_snapshots_total").await >= 3.0,
+        app.metric("feedline_order_view_feed_snapshots_total").await >= 7.0,
         "counted"
     );
 
@@ -304,8 +321,11 @@ async fn a_slow_client_is_dropped_with_lagged_while_another_keeps_receiving() {
     let events = parse_events(&body[..body.rfind("\n\n").unwrap() + 2]);
     let lagged = events.last().unwrap();
     assert_eq!(lagged.event, "lagged");
-    let resume = lagged.data["last_event_id"].as_i64().unwrap();
-    assert_eq!(lagged.id, Some(resume));
+    let resume = lagged.id.unwrap();
+    assert_eq!(
+        lagged.data["last_event_id"],
+        json!(lagged.raw_id().unwrap())
+    );
     let got = ids(&events[..events.len() - 1]);
     assert_eq!(got, (1..=resume).collect::<Vec<_>>());
     assert!(resume < total, "it really fell behind");

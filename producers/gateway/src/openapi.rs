@@ -310,6 +310,9 @@ fn build() -> Value {
                     "summary": "live feed (Server-Sent Events)",
                     "description": "order-view's feed, streamed through unbuffered. Filters \
                         (`order_id`, `customer_id`, ...) and `Last-Event-ID` are passed on. \
+                        Event ids are `<generation>-<seq>`: an id the answering order-view \
+                        cannot resume from (another replica's, from before a rebuild) gets a \
+                        `snapshot` event first, then the live changes. \
                         Browsers' EventSource cannot send headers, so this route (only) also \
                         takes the token as `?access_token=`.",
                     "security": [

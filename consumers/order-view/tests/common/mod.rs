@@ -123,6 +123,7 @@ impl TestEnv {
         TestApp {
             url: format!("http://{addr}"),
             addr,
+            generation: generation(db),
             http: self.http.clone(),
             token,
             handle: Some(handle),
@@ -237,10 +238,22 @@ fn order_customer(payload: &OrderEventPayload) -> &str {
     }
 }
 
+/// The generation of the read model in the SQLite file `db` (what its feed ids start with).
+pub fn generation(db: &std::path::Path) -> String {
+    rusqlite::Connection::open(db)
+        .expect("open the read model")
+        .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+            r.get(0)
+        })
+        .expect("the read model has a generation")
+}
+
 /// A running order-view.
 pub struct TestApp {
     pub url: String,
     pub addr: std::net::SocketAddr,
+    /// Its read model's generation, read when it started.
+    pub generation: String,
     pub http: reqwest::Client,
     token: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -314,7 +327,14 @@ impl TestApp {
         }
     }
 
-    pub async fn feed(&self, query: &str, last_event_id: Option<i64>) -> SseClient {
+    /// The feed, resuming after change `after` of this app's own generation.
+    pub async fn feed(&self, query: &str, after: Option<i64>) -> SseClient {
+        let id = after.map(|seq| format!("{}-{seq}", self.generation));
+        self.feed_from(query, id.as_deref()).await
+    }
+
+    /// The feed, sending `last_event_id` as it is.
+    pub async fn feed_from(&self, query: &str, last_event_id: Option<&str>) -> SseClient {
         SseClient::connect(
             &self.http,
             &format!("{}/feed{query}", self.url),
@@ -357,12 +377,20 @@ where
     }
 }
 
-/// One Server-Sent Event.
+/// One Server-Sent Event; its id split into the generation and the change number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sse {
     pub id: Option<i64>,
+    pub generation: Option<String>,
     pub event: String,
     pub data: Value,
+}
+
+impl Sse {
+    /// The id as the feed sent it.
+    pub fn raw_id(&self) -> Option<String> {
+        Some(format!("{}-{}", self.generation.as_ref()?, self.id?))
+    }
 }
 
 /// A feed client over reqwest, parsing the event stream itself.
@@ -373,10 +401,10 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    pub async fn connect(http: &reqwest::Client, url: &str, last_event_id: Option<i64>) -> Self {
+    pub async fn connect(http: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
         let mut request = http.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
+            request = request.header("last-event-id", id);
         }
         let response = request.send().await.expect("feed connected");
         assert_eq!(response.status(), 200, "{url}");
@@ -438,7 +466,8 @@ impl SseClient {
 /// Parses one SSE block (the text up to a blank line): the event, if it has fields, and
 /// the number of comment lines.
 pub fn parse_block(block: &str) -> (Option<Sse>, usize) {
-    let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+    let (mut id, mut generation) = (None, None);
+    let (mut event, mut data) = (String::from("message"), String::new());
     let (mut fields, mut comments) = (0, 0);
     for line in block.lines() {
         if line.is_empty() {
@@ -452,7 +481,11 @@ pub fn parse_block(block: &str) -> (Option<Sse>, usize) {
         let value = value.strip_prefix(' ').unwrap_or(value);
         fields += 1;
         match name {
-            "id" => id = Some(value.parse().expect("numeric id")),
+            "id" => {
+                let (g, seq) = value.rsplit_once('-').expect("<generation>-<seq>");
+                generation = Some(g.to_owned());
+                id = Some(seq.parse().expect("a change number"));
+            }
             "event" => event = value.to_owned(),
             "data" => {
                 if !data.is_empty() {
@@ -465,6 +498,7 @@ pub fn parse_block(block: &str) -> (Option<Sse>, usize) {
     }
     let event = (fields > 0).then(|| Sse {
         id,
+        generation,
         event,
         data: serde_json::from_str(&data)
             .unwrap_or_else(|e| panic!("JSON data ({e}) in {block:?}")),
