@@ -11,7 +11,8 @@ RUN cargo build --release --locked --workspace \
           target/release/feedline-order-view target/release/feedline-bench /out/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+# curl: compose and Kubernetes probe /health/live and /health/ready with it.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* && useradd --system --home /var/lib/feedline feedline \
     && mkdir -p /var/lib/feedline && chown feedline /var/lib/feedline
 COPY --from=build /out/ /usr/local/bin/

@@ -84,6 +84,36 @@ impl System {
         ]
     }
 
+    /// Waits until every part answers `/health/ready` with 200 (Kafka reachable, groups
+    /// joined, databases and registry reachable); fails naming the parts that are not.
+    pub async fn ready(&self, within: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut waiting = Vec::new();
+            for (name, addr) in self.addresses() {
+                let url = format!("http://{addr}/health/ready");
+                let answer = http.get(&url).timeout(Duration::from_secs(3)).send().await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        waiting.push(format!("{name}: {}", r.text().await.unwrap_or_default()))
+                    }
+                    Err(e) => waiting.push(format!("{name}: {e}")),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "not ready within {within:?}: {}",
+                waiting.join("; ")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Adds a task to the system's group (it is cancelled with the rest).
     pub fn spawn<F>(&mut self, name: &str, task: F)
     where

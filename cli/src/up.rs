@@ -101,6 +101,10 @@ async fn run_system(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> 
         Settings::load(defaults, config).context("failed to load configuration")
     };
     let mut system = System::start(load, token.clone()).await?;
+    system
+        .ready(Duration::from_secs(60))
+        .await
+        .context("the system did not become ready")?;
     print_banner(&system.addresses(), system.gateway);
     if args.rate > 0 {
         let base = format!("http://{}", system.gateway);
@@ -112,12 +116,12 @@ async fn run_system(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> 
 
 fn print_banner(addrs: &[(&'static str, SocketAddr)], gateway: SocketAddr) {
     println!();
-    println!("feedline is up.");
+    println!("feedline is up and ready (every part answers /health/ready).");
     println!("  dashboard   http://{gateway}/");
     println!("  live feed   http://{gateway}/feed   (Bearer token with scope feed:read)");
     println!("  API docs    http://{gateway}/openapi.json");
     for (name, addr) in addrs {
-        println!("  {name:<11} http://{addr}/metrics");
+        println!("  {name:<11} http://{addr}/metrics   http://{addr}/health/ready");
     }
     println!(
         "  a token:    curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret http://{gateway}/auth/token"
