@@ -634,6 +634,35 @@ fn build() -> Value {
     })
 }
 
+/// A health report: every check by name, with the reason of those that failed; 503 when
+/// one did.
+fn health_responses(ok: &str, not: &str) -> Value {
+    let report = |status: &str| {
+        json!({ "application/json": { "schema": {
+            "type": "object",
+            "required": ["status", "checks"],
+            "properties": {
+                "status": { "const": status },
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["ok"],
+                        "properties": {
+                            "ok": { "type": "boolean" },
+                            "error": { "type": "string" }
+                        }
+                    }
+                }
+            }
+        } } })
+    };
+    json!({
+        "200": { "description": "every check passed", "content": report(ok) },
+        "503": { "description": "a check failed", "content": report(not) }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,33 +767,4 @@ mod tests {
             }
         }
     }
-}
-
-/// A health report: every check by name, with the reason of those that failed; 503 when
-/// one did.
-fn health_responses(ok: &str, not: &str) -> Value {
-    let report = |status: &str| {
-        json!({ "application/json": { "schema": {
-            "type": "object",
-            "required": ["status", "checks"],
-            "properties": {
-                "status": { "const": status },
-                "checks": {
-                    "type": "object",
-                    "additionalProperties": {
-                        "type": "object",
-                        "required": ["ok"],
-                        "properties": {
-                            "ok": { "type": "boolean" },
-                            "error": { "type": "string" }
-                        }
-                    }
-                }
-            }
-        } } })
-    };
-    json!({
-        "200": { "description": "every check passed", "content": report(ok) },
-        "503": { "description": "a check failed", "content": report(not) }
-    })
 }
