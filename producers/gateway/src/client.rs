@@ -20,7 +20,7 @@ const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 /// Sends `request` (with a body that clones, such as JSON) as one command.
 pub async fn send_command(request: RequestBuilder) -> reqwest::Result<Response> {
     let request = request
-        .header(HEADER, Uuid::new_v4().to_string())
+        .header(HEADER, Uuid::now_v7().to_string())
         .timeout(ATTEMPT_TIMEOUT);
     let mut attempt = 1;
     loop {

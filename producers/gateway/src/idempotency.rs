@@ -136,6 +136,11 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// The id `what` (`order_id`, `event_id`, ...) of the request `target` (method and
     /// path) sent with this key: the same on every gateway, in every process.
+    ///
+    /// When the key is itself a UUIDv7 (what feedline's clients send), the id is a UUIDv7
+    /// with the key's time and the name's hash for its random bits: as repeatable as a v5,
+    /// and as time-ordered as the unkeyed ids, so the indexes keyed by these ids keep taking
+    /// appends (see the README's design decision on time-ordered ids).
     pub fn derive(&self, target: &str, what: &str) -> Uuid {
         // Lengths first, so that no choice of client id and key spells another's name.
         let name = format!(
@@ -146,7 +151,21 @@ impl IdempotencyKey {
             self.key.len(),
             self.key,
         );
-        uuid_v5(&NAMESPACE, name.as_bytes())
+        let hashed = uuid_v5(&NAMESPACE, name.as_bytes());
+        match Uuid::parse_str(&self.key)
+            .ok()
+            .filter(|k| k.get_version_num() == 7)
+            .and_then(|k| k.get_timestamp())
+        {
+            Some(at) => {
+                let (secs, nanos) = at.to_unix();
+                let millis = secs * 1000 + u64::from(nanos / 1_000_000);
+                let mut random = [0; 10];
+                random.copy_from_slice(&hashed.as_bytes()[6..]);
+                uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+            }
+            None => hashed,
+        }
     }
 }
 
@@ -334,6 +353,29 @@ mod tests {
             uuid_v5(&dns, b"www.example.com").to_string(),
             "2ed6657d-e927-568b-95e1-2665a8aea6a2"
         );
+    }
+
+    #[test]
+    fn a_uuidv7_key_gives_time_ordered_ids_as_repeatable_as_any() {
+        let early = Uuid::now_v7();
+        std::thread::sleep(Duration::from_millis(2));
+        let late = Uuid::now_v7();
+        let derive = |key: Uuid| {
+            Key::parse(&key.to_string())
+                .unwrap()
+                .of_client("demo")
+                .derive("POST /orders", "order_id")
+        };
+        let (a, b) = (derive(early), derive(late));
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a, derive(early), "the same key, the same id");
+        assert!(a < b, "ids follow the keys' time");
+        assert_eq!(a.get_timestamp(), early.get_timestamp());
+        let other = Key::parse(&early.to_string())
+            .unwrap()
+            .of_client("demo")
+            .derive("POST /orders", "event_id");
+        assert_ne!(a, other, "each purpose its own id");
     }
 
     #[test]
