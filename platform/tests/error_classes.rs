@@ -248,3 +248,43 @@ impl Dependent {
         self.committed.lock().unwrap().iter().map(text).collect()
     }
 }
+
+/// Never finishes a batch holding `stuck`: a hung await, not a failure.
+#[derive(Clone)]
+struct Hangs {
+    stuck: &'static str,
+}
+
+impl Handler for Hangs {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        if batch.iter().any(|m| text(m) == self.stuck) {
+            std::future::pending::<()>().await;
+        }
+        Ok(Outcome::ok())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_hangs_is_not_live() {
+    let ctx = TestCtx::new();
+    let topic = ctx.topic("commands", 1).await;
+    let mut settings = ctx.settings.consumer.clone();
+    settings.stall_timeout_ms = 1500;
+    let (token, task, progress) = ctx.spawn_watched(
+        "g",
+        std::slice::from_ref(&topic),
+        Hangs { stuck: "stuck" },
+        &settings,
+    );
+    ctx.produce(&topic, "k", b"fine", &[]).await;
+    eventually("ready", || progress.ready().is_ok()).await;
+    assert!(progress.live().is_ok());
+    ctx.produce(&topic, "k", b"stuck", &[]).await;
+    eventually("not live once the batch outlasts the stall timeout", || {
+        progress.live().is_err_and(|e| e.contains("in the handler"))
+    })
+    .await;
+    token.cancel();
+    // The drain timeout abandons the hung batch; the consumer still stops cleanly.
+    task.await.unwrap().unwrap();
+}
