@@ -4,6 +4,9 @@
 //! that fails and dead-letter it). The consumer runtime acts on the class
 //! ([`crate::HandlerError`]); the rules that decide it live here.
 
+use rdkafka::error::KafkaError;
+
+use crate::admin::AdminError;
 use crate::codec::CodecError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,9 @@ pub fn sqlstate_class(code: &str) -> ErrorClass {
         "40001" | "40P01" | "55P03" => ErrorClass::Transient,
         // Admin shutdown, crash shutdown, cannot connect now: the server is restarting.
         "57P01" | "57P02" | "57P03" => ErrorClass::Transient,
+        // "Database is not currently accepting connections" (closed for maintenance); none
+        // of the services' statements can raise it otherwise.
+        "55000" => ErrorClass::Transient,
         _ => match &code[..code.len().min(2)] {
             // Connection exceptions; insufficient resources (too many connections, disk full).
             "08" | "53" => ErrorClass::Transient,
@@ -74,6 +80,34 @@ pub fn sqlite_class(code: &str) -> ErrorClass {
         // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_RANGE.
         18 | 19 | 20 | 25 => ErrorClass::Permanent,
         _ => ErrorClass::Unknown,
+    }
+}
+
+impl Classify for sqlx::migrate::MigrateError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            sqlx::migrate::MigrateError::Execute(e) => e.class(),
+            _ => ErrorClass::Unknown,
+        }
+    }
+}
+
+impl Classify for AdminError {
+    fn class(&self) -> ErrorClass {
+        let code = match self {
+            AdminError::Client(e) => e.rdkafka_error_code(),
+            AdminError::CreateTopic { code, .. }
+            | AdminError::DeleteTopic { code, .. }
+            | AdminError::DescribeTopic { code, .. } => Some(*code),
+        };
+        match code {
+            Some(code) if crate::producer::is_retryable(&KafkaError::AdminOp(code)) => {
+                ErrorClass::Transient
+            }
+            // The admin client's own calls time out or find no broker while Kafka is away.
+            None if matches!(self, AdminError::Client(_)) => ErrorClass::Transient,
+            _ => ErrorClass::Unknown,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::consumer::{Consumer, Handler};
+use crate::errors::{Classify, ErrorClass};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -56,6 +57,49 @@ where
         tracing::error!(error = format!("{e:#}"), "service stopped with an error");
     }
     result
+}
+
+/// The longest wait between two tries of a start-up step.
+const START_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs a start-up step (connect to the database, create the topics, register the
+/// schemas) until it succeeds, retrying with backoff while its error is transient: a service
+/// started before its database, broker or registry waits for them instead of exiting into a
+/// restart loop. Any other error, or shutdown, ends the wait with the last error.
+pub async fn until_up<T, E, F, Fut>(
+    what: &str,
+    token: &CancellationToken,
+    mut step: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Classify + std::fmt::Display,
+{
+    let mut backoff = Duration::from_millis(200);
+    let mut waiting = false;
+    loop {
+        match step().await {
+            Ok(done) => {
+                if waiting {
+                    tracing::info!(step = what, "dependency up, start-up goes on");
+                }
+                return Ok(done);
+            }
+            Err(e) if e.class() == ErrorClass::Transient && !token.is_cancelled() => {
+                if !waiting {
+                    tracing::warn!(step = what, error = %e, "dependency not reachable yet, waiting for it");
+                    waiting = true;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(START_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A service built around one consumer: the consumer, the outbox relay when it writes

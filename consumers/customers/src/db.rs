@@ -1,6 +1,7 @@
 //! The customers database: schema set-up and the set-based statements a batch needs (one
 //! round trip per statement, whatever the batch size).
 
+use feedline::errors::{Classify, ErrorClass};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -18,6 +19,17 @@ pub enum DbError {
     Migrate(#[from] MigrateError),
     #[error("reservation of order {order_id} has an unknown status {status:?}")]
     BadStatus { order_id: Uuid, status: String },
+}
+
+impl Classify for DbError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DbError::Sql(e) => e.class(),
+            DbError::Migrate(e) => e.class(),
+            // A stored status this release does not know: no rule says what it is.
+            DbError::BadStatus { .. } => ErrorClass::Unknown,
+        }
+    }
 }
 
 /// Runs this service's migrations and installs the platform tables (outbox,

@@ -46,12 +46,12 @@ impl From<sqlx::Error> for Error {
 impl Classify for Error {
     fn class(&self) -> ErrorClass {
         match self {
-            Error::Db(DbError::Sql(e)) => e.class(),
+            Error::Db(e) => e.class(),
             // The other transaction committed: the next try reads its row.
             Error::Conflict(_) => ErrorClass::Transient,
-            // A stored status this release does not know, our own event failing our own
-            // schema: no rule says which; retried, then the message is set aside.
-            Error::Db(_) | Error::Encode(_) => ErrorClass::Unknown,
+            // Our own event failing our own schema: no rule says why; retried, then the
+            // message is set aside.
+            Error::Encode(_) => ErrorClass::Unknown,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use feedline::codec::RegistryClient;
 use feedline::outbox::Outbox;
-use feedline::service::ConsumerService;
+use feedline::service::{ConsumerService, until_up};
 use feedline::{CancellationToken, Health, Metrics, Settings};
 use feedline_schemas::{
     CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, Contracts, ORDER_EVENTS,
@@ -62,10 +62,12 @@ pub async fn spawn(
         .context("failed to register the customer metrics")?;
     let kafka = &settings.kafka;
 
-    let pool = feedline::db::connect(&settings.database)
-        .await
-        .context("failed to connect to the customers database")?;
-    db::prepare(&pool)
+    let pool = until_up("connect to the database", &token, || {
+        feedline::db::connect(&settings.database)
+    })
+    .await
+    .context("failed to connect to the customers database")?;
+    until_up("prepare the database", &token, || db::prepare(&pool))
         .await
         .context("failed to prepare the customers database")?;
     // Forgets applied event ids after dedup.retention_hours, until the service stops.
@@ -76,13 +78,18 @@ pub async fn spawn(
         token.clone(),
     );
 
-    feedline_schemas::ensure_topics(kafka)
-        .await
-        .context("failed to create the topics")?;
+    until_up("create the topics", &token, || {
+        feedline_schemas::ensure_topics(kafka)
+    })
+    .await
+    .context("failed to create the topics")?;
 
-    let contracts = Contracts::register(Arc::new(RegistryClient::new(&settings.registry)), kafka)
-        .await
-        .context("failed to register the schemas")?;
+    let registry = Arc::new(RegistryClient::new(&settings.registry));
+    let contracts = until_up("register the schemas", &token, || {
+        Contracts::register(registry.clone(), kafka)
+    })
+    .await
+    .context("failed to register the schemas")?;
     let outbox = Outbox::new(pool.clone());
     let customers = Customers {
         topics: Topics {

@@ -179,9 +179,11 @@ pub async fn spawn(
         .context("failed to read the read model's generation")?;
     let group = format!("{}.{generation}", settings.kafka.name("order-view"));
 
-    feedline_schemas::ensure_topics(&settings.kafka)
-        .await
-        .context("failed to create the topics")?;
+    feedline::service::until_up("create the topics", &token, || {
+        feedline_schemas::ensure_topics(&settings.kafka)
+    })
+    .await
+    .context("failed to create the topics")?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
     let decoders =
         Decoders::new(registry, &settings.kafka).context("failed to prepare the decoders")?;

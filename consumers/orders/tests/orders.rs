@@ -359,3 +359,43 @@ async fn poison_messages_go_to_the_dlq_and_the_consumer_goes_on() {
     assert_eq!(count, 1, "only the good order was stored");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_before_its_database_it_waits_for_it_instead_of_exiting() {
+    let env = TestEnv::start(3).await;
+    let url = fresh_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let admin = connect(&database_url()).await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let outage = async {
+        // The outage lasts three seconds (the fault's length, not a wait for a condition):
+        // the service keeps trying all along instead of exiting.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        tokio::time::Instant::now()
+    };
+    let starting = async {
+        let service = Service::start(feedline_orders::spawn, env.settings("orders", &url)).await;
+        (service, tokio::time::Instant::now())
+    };
+    let (reopened, (service, started)) = tokio::join!(outage, starting);
+    assert!(
+        started >= reopened,
+        "started before its database took connections"
+    );
+
+    let mut events = env.events::<OrderEvent>(ORDER_EVENTS);
+    let (order, customer) = (Uuid::new_v4(), Uuid::new_v4());
+    env.send(ORDER_COMMANDS, customer, &place(order, customer, 500))
+        .await;
+    events.until("the order created", |e| !e.is_empty()).await;
+    service.stop().await;
+}

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::service::until_up;
 use feedline::{CancellationToken, Metrics, Producer, Settings};
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
 use tokio::net::TcpListener;
@@ -135,24 +136,30 @@ pub async fn spawn(
     let metrics = GatewayMetrics::new(&platform_metrics);
 
     if config.ensure_topics {
-        feedline_schemas::ensure_topics(&settings.kafka)
-            .await
-            .context("failed to create the topics")?;
+        until_up("create the topics", &token, || {
+            feedline_schemas::ensure_topics(&settings.kafka)
+        })
+        .await
+        .context("failed to create the topics")?;
     }
 
     // Registered once here; the hot path only serializes.
     let registry = RegistryClient::new(&settings.registry);
     let orders = CommandTopic {
         topic: settings.kafka.name(ORDER_COMMANDS),
-        encoder: feedline_schemas::encoder(&registry, &settings.kafka, ORDER_COMMANDS)
-            .await
-            .context("failed to register the order-commands schema")?,
+        encoder: until_up("register the order-commands schema", &token, || {
+            feedline_schemas::encoder(&registry, &settings.kafka, ORDER_COMMANDS)
+        })
+        .await
+        .context("failed to register the order-commands schema")?,
     };
     let customers = CommandTopic {
         topic: settings.kafka.name(CUSTOMER_COMMANDS),
-        encoder: feedline_schemas::encoder(&registry, &settings.kafka, CUSTOMER_COMMANDS)
-            .await
-            .context("failed to register the customer-commands schema")?,
+        encoder: until_up("register the customer-commands schema", &token, || {
+            feedline_schemas::encoder(&registry, &settings.kafka, CUSTOMER_COMMANDS)
+        })
+        .await
+        .context("failed to register the customer-commands schema")?,
     };
     let producer = Producer::new(&settings.kafka, platform_metrics.clone())
         .context("failed to create the kafka producer")?;
