@@ -104,6 +104,10 @@ pub struct ChaosArgs {
     keep: bool,
 }
 
+/// A smoke run (CI) ends within three minutes whatever state the system is in: faults that
+/// could not end in time are not started, the load stops early, the checks wait less.
+const SMOKE_BUDGET: Duration = Duration::from_secs(170);
+
 /// Sizes and timings of one run.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Plan {
@@ -169,6 +173,7 @@ fn port_of(url: &str) -> Option<u16> {
 
 /// Runs the scenario; `Ok(false)` when it ran and a check failed.
 pub async fn run(args: ChaosArgs, load: &crate::Load, results: &Path) -> anyhow::Result<bool> {
+    let begun = Instant::now();
     let plan = Plan::new(&args, load);
     if !args.allow_shared_infra {
         anyhow::ensure!(
@@ -219,7 +224,10 @@ pub async fn run(args: ChaosArgs, load: &crate::Load, results: &Path) -> anyhow:
     let admin = PgPool::connect(&args.postgres)
         .await
         .with_context(|| format!("failed to connect to PostgreSQL at {}", args.postgres))?;
-    let base_url = args.postgres[..args.postgres.rfind('/').context("database url without a name")?]
+    let base_url = args.postgres[..args
+        .postgres
+        .rfind('/')
+        .context("database url without a name")?]
         .to_owned();
     let databases = [
         format!("{}orders", prefix.replace('-', "_")),
@@ -239,8 +247,16 @@ pub async fn run(args: ChaosArgs, load: &crate::Load, results: &Path) -> anyhow:
         .pool_max_idle_per_host(256)
         .build()?;
     let fleet = Fleet::new(dir.clone(), http.clone());
+    let budget = plan.smoke.then(|| begun + SMOKE_BUDGET);
     let outcome = drive(
-        &args, &plan, &prefix, &fleet, &infra, &http, &orders_url, &customers_url, &view_files,
+        &args,
+        &plan,
+        &prefix,
+        &fleet,
+        &infra,
+        &http,
+        (&orders_url, &customers_url, &view_files),
+        budget,
     )
     .await;
     fleet.stop().await;
@@ -292,6 +308,8 @@ pub struct Run {
     pub dead_letters: Vec<check::DeadLetter>,
     pub retries: u64,
     pub feeds: Vec<serde_json::Value>,
+    /// Faults of the plan that were not injected, and why.
+    pub skipped: Vec<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -302,9 +320,8 @@ async fn drive(
     fleet: &Arc<Fleet>,
     infra: &InfraCommands,
     http: &reqwest::Client,
-    orders_url: &str,
-    customers_url: &str,
-    view_files: &[String; 2],
+    (orders_url, customers_url, view_files): (&str, &str, &[String; 2]),
+    budget: Option<Instant>,
 ) -> anyhow::Result<Run> {
     // 1 registry, 2 orders, 2 customers, 2 order-view, 1 gateway.
     let ports = services::free_ports(8)?;
@@ -333,7 +350,9 @@ async fn drive(
             .collect::<Vec<_>>()
     };
     let started_at = Instant::now();
-    fleet.add(Kind::Registry, 1, ports[0], env(ports[0], None)).await?;
+    fleet
+        .add(Kind::Registry, 1, ports[0], env(ports[0], None))
+        .await?;
     fleet.ready(Some(Kind::Registry)).await?;
     let settings = Settings::from_toml(&format!(
         "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\nstatistics_interval_ms = 0\nreplication_factor = {}\n[registry]\nurl = \"{registry_url}\"\n",
@@ -374,7 +393,8 @@ async fn drive(
     let supervise = CancellationToken::new();
     let supervisor = fleet.supervise(supervise.clone());
 
-    let client = Arc::new(load::Client::new(format!("http://127.0.0.1:{}", ports[7]), http.clone()).await?);
+    let client =
+        Arc::new(load::Client::new(format!("http://127.0.0.1:{}", ports[7]), http.clone()).await?);
     let customers = Arc::new(client.customers(plan.customers).await?);
     eprintln!("  {} customers registered", customers.len());
     let orders_db = PgPool::connect(orders_url).await?;
@@ -407,84 +427,34 @@ async fn drive(
         stop_sampler.clone(),
     ));
 
-    // The schedule: one fault every interval from the warm-up on, none in the last stretch,
-    // so the last one's recovery is seen under load too.
-    let mut injections = Vec::new();
-    let mut poison_sent = Vec::new();
-    let last_start = plan.seconds - plan.interval.max(10.0);
-    let mut nth = std::collections::HashMap::<FaultKind, usize>::new();
-    let runnable: Vec<FaultKind> = plan
-        .faults
-        .iter()
-        .copied()
-        .filter(|k| infra.supports(*k))
-        .collect();
-    for skipped in plan.faults.iter().filter(|k| !infra.supports(**k)) {
-        eprintln!("  skipping {}: no command for it", skipped.name());
-    }
-    let mut i = 0usize;
-    while !runnable.is_empty() {
-        let at = plan.warm_up + plan.interval * i as f64;
-        if at > last_start {
-            break;
-        }
-        // Waiting for the schedule's time, not for a condition.
-        tokio::time::sleep_until((started + Duration::from_secs_f64(at)).into()).await;
-        let kind = runnable[i % runnable.len()];
-        let n = nth.entry(kind).or_default();
-        let injection = if kind == FaultKind::Poison {
-            let at = started.elapsed().as_secs_f64();
-            match poison::send(&settings, &client).await {
-                Ok(sent) => {
-                    let target = sent.iter().map(|p| p.what.clone()).collect::<Vec<_>>().join(", ");
-                    poison_sent.extend(sent);
-                    Injection { kind, target, at, restarted: None, ready: None, error: None }
-                }
-                Err(e) => Injection {
-                    kind,
-                    target: String::new(),
-                    at,
-                    restarted: None,
-                    ready: None,
-                    error: Some(format!("{e:#}")),
-                },
-            }
-        } else {
-            faults::inject(
-                kind,
-                *n,
-                Duration::from_secs_f64(plan.down),
-                fleet,
-                infra,
-                started,
-            )
-            .await
-        };
-        *n += 1;
-        eprintln!(
-            "  [{:>6.1} s] {} {}: {}",
-            injection.at,
-            injection.kind.name(),
-            injection.target,
-            match (&injection.error, injection.ready) {
-                (Some(e), _) => format!("FAILED: {e}"),
-                (None, Some(r)) => format!("ready again after {:.1} s", r - injection.at),
-                (None, None) => "sent".into(),
-            }
-        );
-        injections.push(injection);
-        i += 1;
-    }
-    tokio::time::sleep_until((started + Duration::from_secs_f64(plan.seconds)).into()).await;
+    // The schedule runs beside the load: the load stops on time (so a run offers the orders
+    // it was asked for) even when a fault takes longer than planned.
+    let stop_faults = CancellationToken::new();
+    let schedule = tokio::spawn(schedule(
+        plan.clone(),
+        fleet.clone(),
+        infra.clone(),
+        settings.clone(),
+        client.clone(),
+        started,
+        budget,
+        stop_faults.clone(),
+    ));
+    let load_end = (started + Duration::from_secs_f64(plan.seconds))
+        .min(budget.map_or(far_future(), |b| b - Duration::from_secs(50)));
+    // Waiting for the schedule's time, not for a condition.
+    tokio::time::sleep_until(load_end.into()).await;
     stop_load.cancel();
+    stop_faults.cancel();
     eprintln!(
-        "  load stopped at {:.1} s; waiting for the answers still outstanding",
+        "  load stopped at {:.1} s; waiting for the answers still outstanding and the fault in progress",
         started.elapsed().as_secs_f64()
     );
+    let (injections, poison_sent, skipped) = schedule.await.context("the fault schedule failed")?;
     let records = loader.await.context("the load task failed")?;
     eprintln!("  {} orders offered; checking", records.len());
 
-    let deadline = Instant::now() + Duration::from_secs_f64(plan.drain);
+    let deadline = within(budget, Duration::from_secs_f64(plan.drain), 15);
     let rows = check::wait_settled(&orders_db, &records, deadline).await?;
     let fate = check::fate(&records, &rows);
     let mut checks = vec![
@@ -507,7 +477,11 @@ async fn drive(
         check::credit(&customers_db, &rows).await,
     ];
     // The rest may still be catching up; each polls within one shared deadline.
-    let deadline = Instant::now() + Duration::from_secs(if plan.smoke { 15 } else { 60 });
+    let deadline = within(
+        budget,
+        Duration::from_secs(if plan.smoke { 15 } else { 60 }),
+        3,
+    );
     for (i, file) in view_files.iter().enumerate() {
         checks.push(check::view(file, i + 1, &orders_db, deadline).await);
     }
@@ -527,10 +501,9 @@ async fn drive(
         }));
     }
     let kafka = settings.kafka.clone();
-    let dead_letters = tokio::task::spawn_blocking(move || {
-        check::dead_letters(&kafka, feedline_schemas::TOPICS)
-    })
-    .await??;
+    let dead_letters =
+        tokio::task::spawn_blocking(move || check::dead_letters(&kafka, feedline_schemas::TOPICS))
+            .await??;
     checks.extend(check::poison(&dead_letters, &poison_sent));
     let exits = fleet.unexpected_exits();
     checks.push(check::Check {
@@ -563,7 +536,137 @@ async fn drive(
         dead_letters,
         retries: counters.retries.load(Ordering::Relaxed),
         feeds: feed_state,
+        skipped,
     })
+}
+
+/// A deadline `wait` from now, but `reserve` seconds before the end of the budget (and never
+/// less than three seconds from now, so a check still looks once).
+fn within(budget: Option<Instant>, wait: Duration, reserve: u64) -> Instant {
+    let now = Instant::now();
+    let deadline = now + wait;
+    match budget {
+        Some(end) => deadline
+            .min(end.checked_sub(Duration::from_secs(reserve)).unwrap_or(now))
+            .max(now + Duration::from_secs(3)),
+        None => deadline,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// What the schedule did: the faults injected, the poison sent, and the faults it did not
+/// inject (no command for them, or no time left).
+type Schedule = (Vec<Injection>, Vec<poison::Poison>, Vec<String>);
+
+/// Injects one fault every interval from the warm-up on, none in the last stretch of the
+/// load (so the last one's recovery is seen under load too), none after `stop`; with a
+/// budget, none that could not end within it.
+#[allow(clippy::too_many_arguments)]
+async fn schedule(
+    plan: Plan,
+    fleet: Arc<Fleet>,
+    infra: InfraCommands,
+    settings: Settings,
+    client: Arc<load::Client>,
+    started: Instant,
+    budget: Option<Instant>,
+    stop: CancellationToken,
+) -> Schedule {
+    let mut injections = Vec::new();
+    let mut poison_sent = Vec::new();
+    let mut skipped = Vec::new();
+    let last_start = plan.seconds - plan.interval.max(10.0);
+    let mut nth = std::collections::HashMap::<FaultKind, usize>::new();
+    let runnable: Vec<FaultKind> = plan
+        .faults
+        .iter()
+        .copied()
+        .filter(|k| infra.supports(*k))
+        .collect();
+    for kind in plan.faults.iter().filter(|k| !infra.supports(**k)) {
+        skipped.push(format!("{}: no command for it", kind.name()));
+    }
+    let mut i = 0usize;
+    while !runnable.is_empty() {
+        let at = plan.warm_up + plan.interval * i as f64;
+        let kind = runnable[i % runnable.len()];
+        let due = started + Duration::from_secs_f64(at);
+        // A fault late behind its schedule (the one before it took long) still runs, but
+        // none starts in the load's last stretch or without time left in the budget.
+        let late = Instant::now().max(due);
+        let no_time = budget.is_some_and(|b| late + Duration::from_secs(75) > b);
+        if at > last_start || late > started + Duration::from_secs_f64(last_start) || no_time {
+            for k in runnable.iter().filter(|k| !nth.contains_key(k)) {
+                skipped.push(format!(
+                    "{}: no time left in the run{}",
+                    k.name(),
+                    if no_time {
+                        " (the smoke run's 3-minute budget)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            break;
+        }
+        // Waiting for the schedule's time, not for a condition.
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(due.into()) => {}
+        }
+        let n = nth.entry(kind).or_default();
+        let injection = if kind == FaultKind::Poison {
+            let at = started.elapsed().as_secs_f64();
+            let (target, error) = match poison::send(&settings, &client).await {
+                Ok(sent) => {
+                    let target = sent
+                        .iter()
+                        .map(|p| p.what.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    poison_sent.extend(sent);
+                    (target, None)
+                }
+                Err(e) => (String::new(), Some(format!("{e:#}"))),
+            };
+            Injection {
+                kind,
+                target,
+                at,
+                restarted: None,
+                ready: None,
+                error,
+            }
+        } else {
+            faults::inject(
+                kind,
+                *n,
+                Duration::from_secs_f64(plan.down),
+                &fleet,
+                &infra,
+                started,
+            )
+            .await
+        };
+        *n += 1;
+        eprintln!(
+            "  [{:>6.1} s] {} {}: {}",
+            injection.at,
+            injection.kind.name(),
+            injection.target,
+            match (&injection.error, injection.ready) {
+                (Some(e), _) => format!("FAILED: {e}"),
+                (None, Some(r)) => format!("ready again after {:.1} s", r - injection.at),
+                (None, None) => "sent".into(),
+            }
+        );
+        injections.push(injection);
+        i += 1;
+    }
+    (injections, poison_sent, skipped)
 }
 
 /// Samples the clients' accepted count and the settled count in the orders database twice a

@@ -122,7 +122,7 @@ enum Scenario {
     /// Faults under a steady load (kill -9 of every service, broker, Kafka and PostgreSQL
     /// restarts, poison), then checks from the databases and topics; against a Kafka and a
     /// PostgreSQL of its own (`./dev chaos` starts them). Not part of `all`.
-    Chaos(chaos::ChaosArgs),
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 /// How hard and how long: the options every scenario shares.
@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         // Its own report and exit status: a failed check fails the command. On Ctrl-C the
         // run is dropped where it stands, which kills its service processes.
         let passed = tokio::select! {
-            outcome = chaos::run(args, &load, &cli.results) => outcome?,
+            outcome = chaos::run(*args, &load, &cli.results) => outcome?,
             signal = interrupted() => anyhow::bail!("stopped by {signal} during chaos; service processes killed"),
         };
         anyhow::ensure!(passed, "chaos: some checks failed (see the report above)");

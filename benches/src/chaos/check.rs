@@ -196,11 +196,7 @@ pub async fn credit(customers_db: &PgPool, rows: &HashMap<String, OrderRow>) -> 
     let reserved = match reserved {
         Ok(r) => r,
         Err(e) => {
-            return Check::new(
-                "credit",
-                false,
-                format!("could not read customers: {e}"),
-            );
+            return Check::new("credit", false, format!("could not read customers: {e}"));
         }
     };
     let mut approved: HashMap<&str, i64> = HashMap::new();
@@ -387,9 +383,7 @@ pub async fn feed(
         let mut problems = Vec::new();
         let out_of_order = ids.windows(2).filter(|w| w[1] <= w[0]).count();
         if out_of_order > 0 {
-            problems.push(format!(
-                "{out_of_order} event(s) repeated or out of order"
-            ));
+            problems.push(format!("{out_of_order} event(s) repeated or out of order"));
         }
         let from = ids.first().copied().unwrap_or(0);
         match changes(view_file, &customer, from).await {
@@ -451,7 +445,9 @@ pub struct DeadLetter {
 }
 
 fn find_marker(bytes: &[u8]) -> Option<String> {
-    let at = bytes.windows(MARKER.len()).position(|w| w == MARKER.as_bytes())?;
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER.as_bytes())?;
     let rest = &bytes[at..];
     let len = MARKER.len() + 36;
     (rest.len() >= len).then(|| String::from_utf8_lossy(&rest[..len]).into_owned())
@@ -536,7 +532,11 @@ pub fn poison(letters: &[DeadLetter], sent: &[Poison]) -> Vec<Check> {
     let sent_markers: HashSet<&str> = sent.iter().map(|p| p.marker.as_str()).collect();
     let unexpected: Vec<&DeadLetter> = letters
         .iter()
-        .filter(|l| l.marker.as_deref().is_none_or(|m| !sent_markers.contains(m)))
+        .filter(|l| {
+            l.marker
+                .as_deref()
+                .is_none_or(|m| !sent_markers.contains(m))
+        })
         .collect();
     let lettered: HashSet<(&str, &str)> = letters
         .iter()
@@ -582,4 +582,81 @@ pub fn poison(letters: &[DeadLetter], sent: &[Poison]) -> Vec<Check> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_is_found_in_any_bytes_with_its_uuid() {
+        let mark = format!("{MARKER}{}", uuid::Uuid::new_v4());
+        let bytes = [b"\x00\x01\x02".as_slice(), mark.as_bytes(), b"\x00 tail"].concat();
+        assert_eq!(find_marker(&bytes), Some(mark.clone()));
+        assert_eq!(find_marker(b"an ordinary dead letter"), None);
+        // Cut off before the end of its uuid: not a marker the harness sent.
+        assert_eq!(find_marker(&mark.as_bytes()[..mark.len() - 1]), None);
+    }
+
+    fn record(seq: u64, customer: &str, told: Told) -> Record {
+        Record {
+            seq,
+            customer: customer.into(),
+            idempotency_key: format!("key-{seq}"),
+            total_cents: seq as i64 + 1,
+            attempts: 1,
+            due: 0.0,
+            answered: 0.0,
+            told,
+        }
+    }
+
+    fn row(id: &str, customer: &str, status: &str, total_cents: i64) -> (String, OrderRow) {
+        (
+            id.into(),
+            OrderRow {
+                id: id.into(),
+                customer_id: customer.into(),
+                status: status.into(),
+                total_cents,
+                reason: None,
+            },
+        )
+    }
+
+    #[test]
+    fn fate_tells_lost_stuck_and_duplicated_orders_apart() {
+        let accepted = |id: &str| Told::Accepted {
+            order_id: id.into(),
+        };
+        let records = [
+            record(0, "c", accepted("a")),
+            record(1, "c", accepted("b")),
+            record(2, "c", accepted("x")),
+            record(3, "c", accepted("d")),
+            record(
+                4,
+                "c",
+                Told::GaveUp {
+                    reason: "503".into(),
+                },
+            ),
+        ];
+        let rows: HashMap<String, OrderRow> = [
+            row("a", "c", "APPROVED", 1),
+            row("b", "c", "PENDING", 2),
+            row("d", "c", "REJECTED", 4),
+            row("d2", "c", "REJECTED", 4),
+            row("e", "c", "APPROVED", 5),
+        ]
+        .into_iter()
+        .collect();
+        let fate = fate(&records, &rows);
+        assert_eq!(
+            (fate.accepted, fate.lost, fate.stuck, fate.duplicated),
+            (4, 1, 1, 1)
+        );
+        assert_eq!((fate.gave_up, fate.created_unacknowledged), (1, 1));
+        assert_eq!(unsettled(&records, &rows), 2);
+    }
 }

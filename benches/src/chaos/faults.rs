@@ -164,7 +164,10 @@ pub async fn inject(
                 injection.target = format!("broker {n}");
                 injection.at = since(Instant::now());
                 infra
-                    .run("kill a broker", &infra.broker_kill.replace("{n}", &n.to_string()))
+                    .run(
+                        "kill a broker",
+                        &infra.broker_kill.replace("{n}", &n.to_string()),
+                    )
                     .await?;
                 tokio::time::sleep(down).await;
                 let start = infra.broker_start.replace("{n}", &n.to_string());

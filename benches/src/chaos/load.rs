@@ -202,7 +202,11 @@ async fn place(
     counters: &Counters,
 ) -> Record {
     let first = Instant::now();
-    let total = format!("{}.{:02}", record.total_cents / 100, record.total_cents % 100);
+    let total = format!(
+        "{}.{:02}",
+        record.total_cents / 100,
+        record.total_cents % 100
+    );
     let mut backoff = Duration::from_millis(100);
     let told = loop {
         record.attempts += 1;
@@ -227,9 +231,11 @@ async fn place(
                                 order_id: id.to_owned(),
                             };
                         }
-                        None => break Told::GaveUp {
-                            reason: format!("202 without an order_id: {body}"),
-                        },
+                        None => {
+                            break Told::GaveUp {
+                                reason: format!("202 without an order_id: {body}"),
+                            };
+                        }
                     },
                     // The answer was cut off: the client does not know; retry.
                     Err(e) => format!("202 with an unreadable body: {e}"),

@@ -71,7 +71,11 @@ impl Report {
         let recoveries: Vec<Recovery> = run
             .injections
             .iter()
-            .map(|i| recovery(i, &run.samples, plan.rate))
+            // Poison takes nothing down: there is nothing to recover from.
+            .map(|i| match i.kind {
+                FaultKind::Poison => Recovery::default(),
+                _ => recovery(i, &run.samples, plan.rate),
+            })
             .collect();
         let mut by_kind: BTreeMap<FaultKind, Vec<(&Injection, Recovery)>> = BTreeMap::new();
         for (i, r) in run.injections.iter().zip(&recoveries) {
@@ -116,7 +120,10 @@ impl Report {
             ("offered", run.records.len() as u64),
             ("accepted (202)", fate.accepted),
             ("lost (202, not in the orders database)", fate.lost),
-            ("duplicated (extra rows for one client order)", fate.duplicated),
+            (
+                "duplicated (extra rows for one client order)",
+                fate.duplicated,
+            ),
             ("stuck (202, not in a final state at the end)", fate.stuck),
             ("client gave up (4xx or retries exhausted)", fate.gave_up),
             ("not sent (too many in flight)", fate.not_sent),
@@ -159,7 +166,11 @@ impl Report {
             rec.sort_by(f64::total_cmp);
             let median = (!rec.is_empty()).then(|| rec[rec.len() / 2]);
             let max = rec.last().copied();
-            let never = list.len() - rec.len();
+            let never = if *kind == FaultKind::Poison {
+                0
+            } else {
+                list.len() - rec.len()
+            };
             md.push_str(&format!(
                 "| {} | {} | {failed} | {} | {} | {} | {never} |\n",
                 kind.name(),
@@ -201,13 +212,19 @@ impl Report {
                     .replace('\n', " ")
             ));
         }
+        for skipped in &run.skipped {
+            md.push_str(&format!("\nNot injected: {skipped}.\n"));
+        }
         for e in &run.exits {
             md.push_str(&format!(
                 "\n{} exited on its own at {:.1} s ({}); the end of its log:\n\n```\n{}\n```\n",
                 e.service, e.at, e.status, e.log_tail
             ));
         }
-        md.push_str(&format!("\nRun files (service logs, infra.log): {}\n", dir.display()));
+        md.push_str(&format!(
+            "\nRun files (service logs, infra.log): {}\n",
+            dir.display()
+        ));
 
         for c in &run.checks {
             summary.notes.push(format!(
@@ -229,6 +246,7 @@ impl Report {
             "poison": run.poison,
             "dead_letters": run.dead_letters,
             "unexpected_exits": run.exits,
+            "not_injected": run.skipped,
             "feeds": run.feeds,
             "retries": run.retries,
             "samples": run.samples,
@@ -265,7 +283,10 @@ impl Report {
             eprintln!("written: {}", path.display());
             anyhow::Ok(())
         };
-        write(dir.join(format!("{stem}.md")), self.markdown.clone().into_bytes())?;
+        write(
+            dir.join(format!("{stem}.md")),
+            self.markdown.clone().into_bytes(),
+        )?;
         write(
             dir.join(format!("{stem}.json")),
             serde_json::to_vec_pretty(&self.details)?,
@@ -275,5 +296,46 @@ impl Report {
             serde_json::to_vec_pretty(&self.summary)?,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, accepted: u64, settled: Option<i64>) -> Sample {
+        Sample {
+            t,
+            accepted,
+            settled,
+        }
+    }
+
+    #[test]
+    fn recovery_counts_from_the_fault_and_waits_for_the_backlog_after_the_restart() {
+        let injection = Injection {
+            kind: FaultKind::Postgres,
+            target: "PostgreSQL".into(),
+            at: 10.0,
+            restarted: Some(14.0),
+            ready: Some(15.0),
+            error: None,
+        };
+        // Backlog 10 before the fault; the database unreadable while down; then the backlog
+        // drains back under 10 + 100 (one second at 100/s) at 17 s.
+        let samples = [
+            sample(9.5, 1000, Some(990)),
+            sample(11.0, 1150, Some(990)),
+            sample(12.0, 1250, None),
+            sample(15.0, 1550, Some(1000)),
+            sample(16.0, 1650, Some(1400)),
+            sample(17.0, 1750, Some(1700)),
+        ];
+        let r = recovery(&injection, &samples, 100.0);
+        assert_eq!(r.first_settle, Some(5.0));
+        assert_eq!(r.recovered, Some(7.0));
+        // Never back: no recovery time, not a made-up one.
+        let r = recovery(&injection, &samples[..5], 100.0);
+        assert_eq!(r.recovered, None);
     }
 }

@@ -341,6 +341,9 @@ fn spawn(member: &mut Member) -> anyhow::Result<()> {
     command
         .envs(member.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "warn")
+        // The error chain, not a backtrace, is what the log tail of a crash should show.
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
