@@ -64,7 +64,7 @@ pub struct ChaosArgs {
         default_value = "orders,customers,order-view,gateway,registry,broker,kafka,postgres,poison"
     )]
     faults: Vec<FaultKind>,
-    /// Seconds from one fault's start to the next one's (default 30; 9 for --smoke).
+    /// Seconds from one fault's start to the next one's (default 30; 8 for --smoke).
     #[arg(long)]
     fault_interval: Option<f64>,
     /// Seconds a killed or stopped thing stays down (default 5; 2 for --smoke).
@@ -143,7 +143,7 @@ impl Plan {
                 .map_or(if smoke { 8.0 } else { 20.0 }, |w| w as f64),
             interval: args
                 .fault_interval
-                .unwrap_or(if smoke { 9.0 } else { 30.0 }),
+                .unwrap_or(if smoke { 8.0 } else { 30.0 }),
             down: args.down.unwrap_or(if smoke { 2.0 } else { 5.0 }),
             // A CI run must end within 3 minutes whatever state the system is in.
             give_up: if smoke { 20.0 } else { 90.0 },
@@ -277,20 +277,27 @@ pub async fn run(args: ChaosArgs, load: &crate::Load, results: &Path) -> anyhow:
             false
         }
     };
-    if passed && !args.keep {
+    // Topics and databases go whatever the outcome (unless --keep): a broker that keeps every
+    // run's partitions recovers slower after each kill -9, which would skew the next runs.
+    // The service logs stay when something failed; the report says what.
+    if args.keep {
+        eprintln!(
+            "kept: databases {databases:?} on {}, topics {prefix}*, files in {}",
+            args.postgres,
+            dir.display()
+        );
+    } else {
         for db in &databases {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                 .execute(&admin)
                 .await;
         }
         crate::common::drop_topics(&settings.kafka, &prefix).await;
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!(
-            "kept for inspection: databases {databases:?} on {}, topics {prefix}*, files in {}",
-            args.postgres,
-            dir.display()
-        );
+        if passed {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("service logs and infra.log kept in {}", dir.display());
+        }
     }
     Ok(passed)
 }
@@ -429,6 +436,10 @@ async fn drive(
 
     // The schedule runs beside the load: the load stops on time (so a run offers the orders
     // it was asked for) even when a fault takes longer than planned.
+    // With a budget, the load ends early enough for the answers still outstanding, the drain
+    // and the checks.
+    let load_end = (started + Duration::from_secs_f64(plan.seconds))
+        .min(budget.map_or(far_future(), |b| b - Duration::from_secs(50)));
     let stop_faults = CancellationToken::new();
     let schedule = tokio::spawn(schedule(
         plan.clone(),
@@ -437,11 +448,9 @@ async fn drive(
         settings.clone(),
         client.clone(),
         started,
-        budget,
+        budget.map(|_| load_end),
         stop_faults.clone(),
     ));
-    let load_end = (started + Duration::from_secs_f64(plan.seconds))
-        .min(budget.map_or(far_future(), |b| b - Duration::from_secs(50)));
     // Waiting for the schedule's time, not for a condition.
     tokio::time::sleep_until(load_end.into()).await;
     stop_load.cancel();
@@ -563,7 +572,7 @@ type Schedule = (Vec<Injection>, Vec<poison::Poison>, Vec<String>);
 
 /// Injects one fault every interval from the warm-up on, none in the last stretch of the
 /// load (so the last one's recovery is seen under load too), none after `stop`; with a
-/// budget, none that could not end within it.
+/// budget (`load_end`), none that would not end well before the load does.
 #[allow(clippy::too_many_arguments)]
 async fn schedule(
     plan: Plan,
@@ -572,7 +581,7 @@ async fn schedule(
     settings: Settings,
     client: Arc<load::Client>,
     started: Instant,
-    budget: Option<Instant>,
+    load_end: Option<Instant>,
     stop: CancellationToken,
 ) -> Schedule {
     let mut injections = Vec::new();
@@ -587,7 +596,7 @@ async fn schedule(
         .filter(|k| infra.supports(*k))
         .collect();
     for kind in plan.faults.iter().filter(|k| !infra.supports(**k)) {
-        skipped.push(format!("{}: no command for it", kind.name()));
+        skipped.push((*kind, format!("{}: no command for it", kind.name())));
     }
     let mut i = 0usize;
     while !runnable.is_empty() {
@@ -595,22 +604,28 @@ async fn schedule(
         let kind = runnable[i % runnable.len()];
         let due = started + Duration::from_secs_f64(at);
         // A fault late behind its schedule (the one before it took long) still runs, but
-        // none starts in the load's last stretch or without time left in the budget.
+        // none starts in the load's last stretch.
         let late = Instant::now().max(due);
-        let no_time = budget.is_some_and(|b| late + Duration::from_secs(75) > b);
-        if at > last_start || late > started + Duration::from_secs_f64(last_start) || no_time {
+        if at > last_start || late > started + Duration::from_secs_f64(last_start) {
             for k in runnable.iter().filter(|k| !nth.contains_key(k)) {
-                skipped.push(format!(
-                    "{}: no time left in the run{}",
-                    k.name(),
-                    if no_time {
-                        " (the smoke run's 3-minute budget)"
-                    } else {
-                        ""
-                    }
-                ));
+                skipped.push((*k, format!("{}: no time left in the run", k.name())));
             }
             break;
+        }
+        // With a budget, a fault that would not end well before the load does is passed
+        // over for the next kind, which may be quicker.
+        if let Some(end) = load_end
+            && late + Duration::from_secs_f64(kind.typical_seconds() + 10.0) > end
+        {
+            skipped.push((
+                kind,
+                format!(
+                    "{}: would not end within the smoke run's 3-minute budget",
+                    kind.name()
+                ),
+            ));
+            i += 1;
+            continue;
         }
         // Waiting for the schedule's time, not for a condition.
         tokio::select! {
@@ -666,6 +681,14 @@ async fn schedule(
         injections.push(injection);
         i += 1;
     }
+    // A kind passed over once and injected later was not skipped; one passed over twice is
+    // named once.
+    let mut named = std::collections::HashSet::new();
+    let skipped = skipped
+        .into_iter()
+        .filter(|(k, _)| !nth.contains_key(k) && named.insert(*k))
+        .map(|(_, why)| why)
+        .collect();
     (injections, poison_sent, skipped)
 }
 

@@ -52,6 +52,17 @@ impl FaultKind {
         }
     }
 
+    /// About how long one takes on an idle 2-core machine, down time included: what a
+    /// smoke run's budget plans with.
+    pub fn typical_seconds(self) -> f64 {
+        match self {
+            FaultKind::Broker => 30.0,
+            FaultKind::Kafka => 45.0,
+            FaultKind::Poison => 2.0,
+            _ => 10.0,
+        }
+    }
+
     pub fn service(self) -> Option<Kind> {
         match self {
             FaultKind::Orders => Some(Kind::Orders),
