@@ -423,7 +423,7 @@ pub async fn feed(
             problems.push(format!("{n} snapshot event(s) instead of changes"));
         }
         let summary = format!(
-            "{} events ({kinds:?}), {reconnects} reconnect(s)",
+            "{} events ({kinds:?}), {reconnects} reconnection attempt(s)",
             ids.len()
         );
         if problems.is_empty() {

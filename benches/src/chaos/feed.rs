@@ -26,7 +26,8 @@ pub struct FeedEvent {
 pub struct Watched {
     pub customer: String,
     pub events: Vec<FeedEvent>,
-    /// Times the stream ended or could not be opened and the client connected again.
+    /// Connection attempts after the first: one per ended stream, and one per attempt that
+    /// failed while the gateway or order-view was down.
     pub reconnects: u64,
     pub last_error: Option<String>,
 }
