@@ -14,6 +14,11 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// The pause before restarting a member that exited on its own, doubling up to the maximum
+/// while it keeps exiting.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
 /// How long a service may take from spawn to ready: consumers create topics and join their
 /// groups first, and after a broker or database fault they may retry for a while.
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -53,6 +58,13 @@ struct Member {
     pid: Option<u32>,
     /// Set while the harness has it down on purpose, so the supervisor leaves it alone.
     held: bool,
+    /// After an exit of its own: when the supervisor may start it again, and the pause
+    /// after the next such exit. A service that cannot start (its database is down) would
+    /// otherwise be restarted five times a second; this backs off as an orchestrator does.
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    /// When it was last started.
+    started: Instant,
 }
 
 impl Member {
@@ -150,6 +162,9 @@ impl Fleet {
             child: None,
             pid: None,
             held: false,
+            restart_at: None,
+            backoff: RESTART_BACKOFF_MIN,
+            started: Instant::now(),
         };
         spawn(&mut member)?;
         let addr = member.addr;
@@ -176,10 +191,11 @@ impl Fleet {
             .find(|m| m.kind == kind && m.replica == replica)
             .with_context(|| format!("no {}#{replica} in the fleet", kind.name()))?;
         member.held = true;
-        let mut child = member
-            .child
-            .take()
-            .with_context(|| format!("{} is not running", member.label()))?;
+        member.restart_at = None;
+        // Already down (it exited on its own and waits for its restart): nothing to kill.
+        let Some(mut child) = member.child.take() else {
+            return Ok(0);
+        };
         let pid = member.pid.take().unwrap_or(0);
         child
             .start_kill()
@@ -197,6 +213,7 @@ impl Fleet {
             .with_context(|| format!("no {}#{replica} in the fleet", kind.name()))?;
         spawn(member)?;
         member.held = false;
+        member.restart_at = None;
         Ok(member.pid.unwrap_or(0))
     }
 
@@ -266,12 +283,24 @@ impl Fleet {
                 }
                 let mut members = fleet.members.lock().await;
                 for member in members.iter_mut().filter(|m| !m.held) {
+                    if member.restart_at.is_some_and(|at| at <= Instant::now()) {
+                        member.restart_at = None;
+                        if let Err(e) = spawn(member) {
+                            eprintln!("  !! could not start {} again: {e:#}", member.label());
+                        }
+                        continue;
+                    }
                     let Some(child) = member.child.as_mut() else {
                         continue;
                     };
+
                     let Ok(Some(status)) = child.try_wait() else {
                         continue;
                     };
+                    // One that had stayed up a while earns a quick restart again.
+                    if member.started.elapsed() > RESTART_BACKOFF_MAX * 4 {
+                        member.backoff = RESTART_BACKOFF_MIN;
+                    }
                     let exit = UnexpectedExit {
                         service: member.label(),
                         status: status.to_string(),
@@ -279,15 +308,14 @@ impl Fleet {
                         log_tail: tail(&member.log, 8),
                     };
                     eprintln!(
-                        "  !! {} exited on its own ({}) at {:.1} s; starting it again",
-                        exit.service, exit.status, exit.at
+                        "  !! {} exited on its own ({}) at {:.1} s; starting it again in {:?}",
+                        exit.service, exit.status, exit.at, member.backoff
                     );
                     fleet.exits.lock().expect("poisoned").push(exit);
                     member.child = None;
                     member.pid = None;
-                    if let Err(e) = spawn(member) {
-                        eprintln!("  !! could not start {} again: {e:#}", member.label());
-                    }
+                    member.restart_at = Some(Instant::now() + member.backoff);
+                    member.backoff = (member.backoff * 2).min(RESTART_BACKOFF_MAX);
                 }
             }
         })
@@ -353,5 +381,6 @@ fn spawn(member: &mut Member) -> anyhow::Result<()> {
         .with_context(|| format!("failed to start {}", path.display()))?;
     member.pid = child.id();
     member.child = Some(child);
+    member.started = Instant::now();
     Ok(())
 }
