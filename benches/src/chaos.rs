@@ -601,12 +601,16 @@ async fn schedule(
         skipped.push((*kind, format!("{}: no command for it", kind.name())));
     }
     let mut i = 0usize;
+    let mut previous_end = started;
     while !runnable.is_empty() {
         let at = plan.warm_up + plan.interval * i as f64;
         let kind = runnable[i % runnable.len()];
-        let due = started + Duration::from_secs_f64(at);
-        // A fault late behind its schedule (the one before it took long) still runs, but
-        // none starts in the load's last stretch.
+        // At least half an interval after the previous fault ended: after a slow one (a
+        // Kafka restart can take minutes on a busy machine) the next ones must not come in a
+        // burst, or their recoveries would overlap and none could be read.
+        let due = (started + Duration::from_secs_f64(at))
+            .max(previous_end + Duration::from_secs_f64(plan.interval / 2.0));
+        // None starts in the load's last stretch.
         let late = Instant::now().max(due);
         if at > last_start || late > started + Duration::from_secs_f64(last_start) {
             for k in runnable.iter().filter(|k| !nth.contains_key(k)) {
@@ -681,6 +685,7 @@ async fn schedule(
             }
         );
         injections.push(injection);
+        previous_end = Instant::now();
         i += 1;
     }
     // A kind passed over once and injected later was not skipped; one passed over twice is
