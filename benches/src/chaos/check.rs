@@ -339,11 +339,7 @@ type ChangeRow = (i64, String, Option<String>, String);
 /// The customer's changes from `from` on, and the oldest change the log still retains:
 /// order-view trims the oldest rows (`change_log_retain`), so what the feed delivered before
 /// that can no longer be compared.
-async fn changes(
-    file: &str,
-    customer: &str,
-    from: i64,
-) -> anyhow::Result<(Vec<ChangeRow>, i64)> {
+async fn changes(file: &str, customer: &str, from: i64) -> anyhow::Result<(Vec<ChangeRow>, i64)> {
     let pool = SqlitePool::connect(&format!("sqlite:{file}?mode=ro")).await?;
     let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM changes")
         .fetch_one(&pool)
