@@ -119,18 +119,78 @@ controller_bootstrap() {
 
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
+# A live process, not a zombie: after a kill -9 the JVM may linger as a zombie (or in its
+# exit teardown) for a while, and `kill -0` still succeeds on a zombie.
+alive() {
+  local state
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [[ -n $state && $state != Z && $state != X ]]
+}
+
+# The JVM of node N, whatever its pid file says: the exact main-class-and-properties pair is
+# unique to a node, so this also finds a broker whose pid file was lost or overwritten (e.g.
+# one launched by an earlier, failed start).
+node_processes() {
+  local pid
+  for pid in $(pgrep -f -- "kafka\.Kafka $(node_dir "$1")/server\.properties" || true); do
+    alive "$pid" && echo "$pid"
+  done
+  return 0
+}
+
 # A pid file alone is not proof: after a reboot or a crash the pid may belong to something else.
 node_pid() {
   local pidfile pid
   pidfile=$(node_dir "$1")/kafka.pid
-  [[ -f $pidfile ]] || return 1
-  pid=$(cat "$pidfile")
-  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $(node_dir "$1")/server.properties"; then
+  if [[ -f $pidfile ]]; then
+    pid=$(cat "$pidfile")
+    if alive "$pid" &&
+       tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $(node_dir "$1")/server.properties"; then
+      echo "$pid"
+      return 0
+    fi
+  fi
+  # Adopt a broker of this node that runs without a (valid) pid file, so `stop` can stop it
+  # and `start` does not launch a second one that dies on "Address already in use".
+  pid=$(node_processes "$1" | head -n 1)
+  if [[ -n $pid ]]; then
+    echo "$pid" >"$pidfile"
     echo "$pid"
     return 0
   fi
   return 1
+}
+
+# Something listens on the port (ss, not a connect: a dying JVM may hold a socket that no
+# longer accepts); falls back to a connect where ss is missing.
+port_listening() {
+  if command -v ss >/dev/null; then
+    [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
+  else
+    port_open "$1"
+  fi
+}
+
+# Waits until no process of node N is alive and its two ports are free: right after a kill -9
+# the old JVM can still be tearing down, and a broker launched then dies binding its port.
+wait_node_gone() {
+  local n=$1 deadline=$((SECONDS + STOP_TIMEOUT)) pids
+  while :; do
+    pids=$(node_processes "$n" | tr '\n' ' ')
+    if [[ -z ${pids// /} ]] && ! port_listening "$(broker_port "$n")" && ! port_listening "$(controller_port "$n")"; then
+      return 0
+    fi
+    if (( SECONDS >= deadline )); then
+      if [[ -n ${pids// /} ]]; then
+        say "ERROR: node $n's previous process(es) $pids still alive after ${STOP_TIMEOUT}s"
+      else
+        say "ERROR: port $(broker_port "$n") or $(controller_port "$n") still in use after ${STOP_TIMEOUT}s by a process that is not node $n"
+      fi
+      return 1
+    fi
+    sleep 0.2
+  done
 }
 
 # Serialises start/stop/reset for one mode so parallel invocations can't double-start a broker.
@@ -243,6 +303,7 @@ prepare_node() {
 launch_node() {
   local n=$1 dir
   dir=$(node_dir "$n")
+  rm -f "$dir/kafka.pid"
   say "starting node $n: broker 127.0.0.1:$(broker_port "$n"), controller 127.0.0.1:$(controller_port "$n"), logs in $dir/logs"
   # setsid+nohup detach the broker from this script's session so it outlives the terminal or CI
   # step; the inner bash records its own pid and then execs java, so the pid file is java's pid.
@@ -255,8 +316,12 @@ launch_node() {
       -Dkafka.logs.dir="$dir/logs" -Dlog4j2.configurationFile="$BROKER_LOG4J" \
       -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
     >"$dir/logs/kafka.out" 2>&1 </dev/null 9>&- &
-  # Wait for the pid file so callers (and a following `stop`) can always find the process.
+  local launcher=$!
+  # Wait for the new pid file so callers (and a following `stop`) can always find the process.
+  # The old file was removed before the launch: a stale one would name the killed JVM, and the
+  # readiness wait would then report "exited" while the new broker comes up unseen.
   for _ in $(seq 1 50); do [[ -s $dir/kafka.pid ]] && return 0; sleep 0.1; done
+  alive "$launcher" || { print_failure "$n"; die "node $n exited before it recorded its pid"; }
   die "node $n did not record its pid in $dir/kafka.pid"
 }
 
@@ -278,7 +343,7 @@ wait_ready() {
     for n in "$@"; do
       if ! node_pid "$n" >/dev/null; then
         print_failure "$n"
-        say "ERROR: node $n exited during startup"
+        say "ERROR: node $n exited during startup (log tails above)"
         return 1
       fi
       port_open "$(broker_port "$n")" || missing+=("$n")
@@ -319,17 +384,37 @@ stop_nodes() {
   local deadline=$((SECONDS + STOP_TIMEOUT)) alive
   while :; do
     alive=()
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    for pid in "${pids[@]}"; do alive "$pid" && alive+=("$pid"); done
     (( ${#alive[@]} == 0 )) && break
     if (( SECONDS >= deadline )); then
       say "still running after ${STOP_TIMEOUT}s, sending SIGKILL to ${alive[*]}"
       kill -KILL "${alive[@]}" 2>/dev/null || true
-      sleep 1
       break
     fi
     sleep 0.5
   done
-  for n in "${nodes[@]}"; do rm -f "$(node_dir "$n")/kafka.pid"; done
+  # "Stopped" means a following start can bind the ports: wait for the processes to be gone
+  # (a zombie counts as gone) and the listeners closed.
+  local rc=0
+  for n in "${nodes[@]}"; do
+    wait_node_gone "$n" || rc=1
+    rm -f "$(node_dir "$n")/kafka.pid"
+  done
+  return $rc
+}
+
+# For a node whose process is alive: waits until it either serves its broker port (returns 0)
+# or is gone (returns 1). Alive but not serving is a broker starting or a JVM still dying from a
+# kill -9 a moment ago, and only waiting tells the two apart.
+serving_or_gone() {
+  local n=$1 pid=$2 deadline=$((SECONDS + START_TIMEOUT))
+  while alive "$pid"; do
+    port_open "$(broker_port "$n")" && return 0
+    (( SECONDS < deadline )) || die "node $n (pid $pid) neither serves nor exits after ${START_TIMEOUT}s"
+    sleep 0.2
+  done
+  say "node $n's previous process (pid $pid) has exited"
+  return 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -340,8 +425,10 @@ cmd_start() {
   lock_mode
   local n pid to_start=() foreign=() running=()
   for n in "${NODES[@]}"; do
-    if pid=$(node_pid "$n"); then
+    if pid=$(node_pid "$n") && serving_or_gone "$n" "$pid"; then
       running+=("$n")
+    elif node_pid "$n" >/dev/null; then
+      die "node $n's process came back while checking; run again"
     elif port_open "$(broker_port "$n")"; then
       foreign+=("$n")
     elif port_open "$(controller_port "$n")"; then
@@ -368,6 +455,8 @@ cmd_start() {
 
   ensure_jars
   local t0=$SECONDS
+  # A node killed a moment ago may still be exiting; launching over it fails on its ports.
+  for n in "${to_start[@]}"; do wait_node_gone "$n" || die "node $n cannot start while its old process or ports remain"; done
   for n in "${to_start[@]}"; do prepare_node "$n"; done
   # All nodes launch before waiting: a 3-voter quorum needs a majority up to elect a leader.
   for n in "${to_start[@]}"; do launch_node "$n"; done
@@ -449,20 +538,20 @@ cmd_start_broker() {
   broker_arg "${1:-}"
   require_java
   lock_mode
-  local pid
-  if pid=$(node_pid "$1"); then
-    say "cluster node $1 already running (pid $pid)"
+  local n=$1 pid t0=$SECONDS
+  [[ -f $(node_dir "$n")/data/meta.properties ]] ||
+    die "cluster not initialised; run 'infra/kafka.sh start --cluster' first"
+  if pid=$(node_pid "$n") && serving_or_gone "$n" "$pid"; then
+    wait_ready "$n" || die "cluster node $n (pid $pid) runs but is not ready"
+    say "cluster node $n already running (pid $pid)"
     return 0
   fi
-  [[ -f $(node_dir "$1")/data/meta.properties ]] ||
-    die "cluster not initialised; run 'infra/kafka.sh start --cluster' first"
-  port_open "$(broker_port "$1")" && die "port $(broker_port "$1") is in use by another process"
+  wait_node_gone "$n" || die "cluster node $n cannot start while its old process or ports remain"
   ensure_jars
-  local t0=$SECONDS
-  prepare_node "$1"
-  launch_node "$1"
-  wait_ready "$1" || { stop_nodes "$1"; die "cluster node $1 failed to start"; }
-  say "cluster node $1 ready in $((SECONDS - t0))s"
+  prepare_node "$n"
+  launch_node "$n"
+  wait_ready "$n" || { stop_nodes "$n"; die "cluster node $n failed to start"; }
+  say "cluster node $n ready in $((SECONDS - t0))s (pid $(node_pid "$n"))"
 }
 
 # Friendly names for the CLI tools. Class names verified against the 4.4.0 jars.

@@ -7,6 +7,9 @@
 #   infra/postgres.sh status   exit 0 if 5432 accepts connections, 3 if not
 #   infra/postgres.sh reset    stop and wipe the private data directory
 #
+# FEEDLINE_PG_PORT=15432 runs a second private cluster on that port, with its own data under
+# $FEEDLINE_STATE/postgres-15432 (for fault tests that restart PostgreSQL).
+#
 # The server is a private cluster under $FEEDLINE_STATE/postgres (not the Debian "main" cluster),
 # so it never touches system databases. If something else already serves 127.0.0.1:5432 it is
 # reused: the role and databases are ensured there and it is never stopped by this script.
@@ -15,13 +18,16 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
-readonly PORT=5432
+# Another port is another private cluster (its own data, log and lock), so a fault test can
+# stop and restart it without touching the server on 5432 that everyone else uses.
+readonly PORT=${FEEDLINE_PG_PORT:-5432}
+[[ $PORT =~ ^[0-9]+$ ]] || { echo "[postgres] ERROR: FEEDLINE_PG_PORT must be a port number, got '$PORT'" >&2; exit 2; }
 readonly ROLE=feedline
 readonly PASSWORD=feedline
 readonly DATABASES=(feedline orders customers)
 
 readonly STATE_ROOT=${FEEDLINE_STATE:-/tmp/feedline-infra}
-readonly PG_STATE=$STATE_ROOT/postgres
+if (( PORT == 5432 )); then readonly PG_STATE=$STATE_ROOT/postgres; else readonly PG_STATE=$STATE_ROOT/postgres-$PORT; fi
 readonly DATA=$PG_STATE/data
 readonly SOCKET_DIR=$PG_STATE/run
 readonly LOGFILE=$PG_STATE/postgres.log
@@ -212,7 +218,7 @@ check_login() {
 
 lock() {
   mkdir -p "$STATE_ROOT"
-  exec 9>"$STATE_ROOT/postgres.lock"
+  exec 9>"$STATE_ROOT/$(basename "$PG_STATE").lock"
   flock -w 120 9 || die "another postgres.sh is busy"
 }
 

@@ -9,10 +9,12 @@
 //!   cargo run --release -p feedline-benches -- produce --count 500000
 //!   cargo run --release -p feedline-benches -- e2e --rate 1000 --duration 30
 //!   cargo run -p feedline-benches -- all --smoke
+//!   feedline-bench chaos --smoke          (or `./dev chaos [--smoke]`)
 //!
 //! Full e2e and saga runs start each service as its own process (per-service memory), from
 //! the binaries next to this one: `cargo build --release --workspace --bins` first.
 
+mod chaos;
 mod common;
 mod consume;
 mod kafka_latency;
@@ -117,6 +119,10 @@ enum Scenario {
     },
     /// Every scenario, one after the other.
     All,
+    /// Faults under a steady load (kill -9 of every service, broker, Kafka and PostgreSQL
+    /// restarts, poison), then checks from the databases and topics; against a Kafka and a
+    /// PostgreSQL of its own (`./dev chaos` starts them). Not part of `all`.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 /// How hard and how long: the options every scenario shares.
@@ -160,6 +166,21 @@ async fn main() -> anyhow::Result<()> {
             Mode::Processes
         }),
     };
+    if let Scenario::Chaos(args) = scenario {
+        // Its own report and exit status: a failed check fails the command. On Ctrl-C the
+        // run is dropped where it stands, which kills its service processes.
+        let passed = tokio::select! {
+            outcome = chaos::run(*args, &load, &cli.results) => outcome?,
+            signal = interrupted() => anyhow::bail!("stopped by {signal} during chaos; service processes killed"),
+        };
+        if !passed {
+            // A finding, not a crash of the harness: one line and the exit status, no
+            // backtrace. Everything the run started is stopped by now.
+            eprintln!("chaos: some checks failed (see the report above)");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let scenarios = match scenario {
         Scenario::All => vec![
             Scenario::Produce {
@@ -255,6 +276,7 @@ async fn run(settings: &Settings, load: &Load, scenario: Scenario) -> anyhow::Re
             system::saga(settings, load, if smoke { 4 } else { clients }).await
         }
         Scenario::All => unreachable!("expanded above"),
+        Scenario::Chaos(_) => unreachable!("run on its own above"),
     }
 }
 
