@@ -66,7 +66,7 @@ pub struct ChaosArgs {
         default_value = "orders,customers,order-view,gateway,registry,postgres,broker,kafka,poison"
     )]
     faults: Vec<FaultKind>,
-    /// Seconds from one fault's start to the next one's (default 30; 8 for --smoke).
+    /// Seconds from one fault's start to the next one's (default 30; 6 for --smoke).
     #[arg(long)]
     fault_interval: Option<f64>,
     /// Seconds a killed or stopped thing stays down (default 5; 2 for --smoke).
@@ -145,7 +145,7 @@ impl Plan {
                 .map_or(if smoke { 8.0 } else { 20.0 }, |w| w as f64),
             interval: args
                 .fault_interval
-                .unwrap_or(if smoke { 8.0 } else { 30.0 }),
+                .unwrap_or(if smoke { 6.0 } else { 30.0 }),
             down: args.down.unwrap_or(if smoke { 2.0 } else { 5.0 }),
             // A CI run must end within 3 minutes whatever state the system is in.
             give_up: if smoke { 20.0 } else { 90.0 },
