@@ -56,14 +56,15 @@ pub struct ChaosArgs {
     /// Customers followed by an SSE feed client each.
     #[arg(long, default_value_t = 3)]
     feed_clients: usize,
-    /// The faults, in schedule order (the schedule cycles through them). The slow ones
-    /// (broker, kafka) come late so a smoke run gets to the quick ones first; poison comes
-    /// last because a service it stalls would hide how the system recovers from the rest.
+    /// The faults, in schedule order (the schedule cycles through them). Poison first: it
+    /// must cost nothing but the poison, and every later fault shows the system's recovery
+    /// with it in the topics. The slow ones (broker, kafka) come late so a smoke run gets to
+    /// the quick ones first.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "orders,customers,order-view,gateway,registry,postgres,broker,kafka,poison"
+        default_value = "poison,orders,customers,order-view,gateway,registry,postgres,broker,kafka"
     )]
     faults: Vec<FaultKind>,
     /// Seconds from one fault's start to the next one's (default 30; 6 for --smoke).

@@ -390,16 +390,9 @@ impl OutboxRelay {
         let mut outage: Option<Instant> = None;
         let mut backoff = RECONNECT_BACKOFF;
         loop {
-            let stopped = match self.lock(&token).await {
+            let stopped = match self.lock(&token, &mut outage).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(lock_conn)) => {
-                    if let Some(since) = outage.take() {
-                        shared.outage.store(false, Ordering::SeqCst);
-                        tracing::info!(
-                            after_s = since.elapsed().as_secs_f64(),
-                            "outbox relay reconnected"
-                        );
-                    }
                     backoff = RECONNECT_BACKOFF;
                     tracing::info!("outbox relay active");
                     let stopped = self.publish(lock_conn, &mut handoffs, &token).await;
@@ -435,8 +428,24 @@ impl OutboxRelay {
         }
     }
 
-    /// Waits until this relay holds the lock; `None` means shutdown came first.
-    async fn lock(&self, token: &CancellationToken) -> anyhow::Result<Option<PgConnection>> {
+    /// Ends an outage: the database answered (whether or not this relay got the lock).
+    fn reachable(&self, outage: &mut Option<Instant>) {
+        if let Some(since) = outage.take() {
+            self.outbox.shared.outage.store(false, Ordering::SeqCst);
+            tracing::info!(
+                after_s = since.elapsed().as_secs_f64(),
+                "outbox relay reconnected"
+            );
+        }
+    }
+
+    /// Waits until this relay holds the lock; `None` means shutdown came first. A standby
+    /// (another replica holds the lock) is not in an outage.
+    async fn lock(
+        &self,
+        token: &CancellationToken,
+        outage: &mut Option<Instant>,
+    ) -> anyhow::Result<Option<PgConnection>> {
         // The lock lives as long as this connection, so it is detached from the pool.
         let mut conn = self.outbox.pool.acquire().await?.detach();
         loop {
@@ -444,6 +453,7 @@ impl OutboxRelay {
                 .bind(RELAY_LOCK)
                 .fetch_one(&mut conn)
                 .await?;
+            self.reachable(outage);
             if locked {
                 return Ok(Some(conn));
             }

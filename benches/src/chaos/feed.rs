@@ -17,7 +17,11 @@ const SILENT_FOR: Duration = Duration::from_secs(30);
 /// One SSE event as received.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FeedEvent {
+    /// The change number of the event's id (`<generation>-<seq>`): what the check compares
+    /// with the change log.
     pub id: Option<i64>,
+    /// The id as sent, which a reconnection hands back in `Last-Event-ID`.
+    pub raw_id: Option<String>,
     pub kind: String,
     pub data: String,
 }
@@ -44,7 +48,7 @@ pub fn watch(
     }));
     let shared = watched.clone();
     let task = tokio::spawn(async move {
-        let mut last_id: Option<i64> = None;
+        let mut last_id: Option<String> = None;
         let mut first = true;
         loop {
             if !first {
@@ -61,8 +65,8 @@ pub fn watch(
                 .http
                 .get(format!("{}/feed?customer_id={customer}", client.base))
                 .bearer_auth(client.bearer().await);
-            if let Some(id) = last_id {
-                request = request.header("Last-Event-ID", id.to_string());
+            if let Some(id) = &last_id {
+                request = request.header("Last-Event-ID", id.as_str());
             }
             let response = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -85,7 +89,7 @@ pub fn watch(
             };
             let mut stream = response.bytes_stream();
             let mut buffer: Vec<u8> = Vec::new();
-            let (mut kind, mut data, mut id) = (String::new(), String::new(), None::<i64>);
+            let (mut kind, mut data, mut id) = (String::new(), String::new(), None::<String>);
             loop {
                 // order-view sends keep-alives, so a silent stream is a dead connection
                 // (a peer killed without a FIN reaching us): connect again.
@@ -105,10 +109,11 @@ pub fn watch(
                         // One event complete; comments (keep-alives) leave nothing.
                         if !kind.is_empty() || !data.is_empty() {
                             if id.is_some() {
-                                last_id = id;
+                                last_id = id.clone();
                             }
                             shared.lock().expect("poisoned").events.push(FeedEvent {
-                                id,
+                                id: id.as_deref().and_then(change_number),
+                                raw_id: id.take(),
                                 kind: std::mem::take(&mut kind),
                                 data: std::mem::take(&mut data),
                             });
@@ -122,7 +127,7 @@ pub fn watch(
                         }
                         data.push_str(v.trim_start());
                     } else if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
+                        id = Some(v.trim().to_owned());
                     }
                 }
                 buffer.drain(..start);
@@ -130,4 +135,9 @@ pub fn watch(
         }
     });
     (watched, task)
+}
+
+/// The change number of a feed id, `<generation>-<seq>`.
+fn change_number(id: &str) -> Option<i64> {
+    id.rsplit_once('-')?.1.parse().ok()
 }
