@@ -10,15 +10,19 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::context::FeedlineContext;
 
-/// How long one readiness check may take before it counts as failed: probes come every few
-/// seconds and must answer before the prober's own timeout.
+/// How long one readiness check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How old a readiness report may be before a probe starts a new run of the checks. Probes
+/// get the latest report at once and never wait for the checks (Kubernetes gives a probe
+/// one second by default, and a busy service's dependencies may take longer to answer).
+const FRESH_FOR: Duration = Duration::from_millis(500);
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type ReadyCheck = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
@@ -34,6 +38,10 @@ pub struct Health {
 struct Checks {
     ready: Vec<(String, ReadyCheck)>,
     live: Vec<(String, LiveCheck)>,
+    /// The last readiness report and when its checks ran.
+    latest: Option<(Instant, Report)>,
+    /// Set while a background run of the checks is under way.
+    refreshing: bool,
 }
 
 impl std::fmt::Debug for Health {
@@ -107,7 +115,10 @@ impl Health {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         let check: ReadyCheck = Arc::new(move || Box::pin(check()));
-        self.lock().ready.push((name.into(), check));
+        let mut checks = self.lock();
+        checks.ready.push((name.into(), check));
+        // A report without this check says nothing about it.
+        checks.latest = None;
     }
 
     /// Adds a liveness check: it must answer at once, from state the work itself updates.
@@ -161,8 +172,42 @@ impl Health {
         });
     }
 
-    /// Readiness: every check run now, concurrently.
+    /// Readiness: the latest report, at most [`FRESH_FOR`] plus one run of the checks old.
+    /// An older one is returned while the checks run again in the background; the first
+    /// call runs them and waits.
     pub async fn ready(&self) -> Report {
+        let stale = {
+            let mut checks = self.lock();
+            match &checks.latest {
+                Some((at, report)) => {
+                    let report = report.clone();
+                    if at.elapsed() > FRESH_FOR && !checks.refreshing {
+                        checks.refreshing = true;
+                        let health = self.clone();
+                        tokio::spawn(async move {
+                            let report = health.check_all().await;
+                            let mut checks = health.lock();
+                            checks.latest = Some((Instant::now(), report));
+                            checks.refreshing = false;
+                        });
+                    }
+                    Some(report)
+                }
+                None => None,
+            }
+        };
+        match stale {
+            Some(report) => report,
+            None => {
+                let report = self.check_all().await;
+                self.lock().latest = Some((Instant::now(), report.clone()));
+                report
+            }
+        }
+    }
+
+    /// Every readiness check run now, concurrently.
+    async fn check_all(&self) -> Report {
         let checks: Vec<(String, ReadyCheck)> = self.lock().ready.clone();
         let mut runs = tokio::task::JoinSet::new();
         for (name, check) in checks {
@@ -223,6 +268,37 @@ mod tests {
                 .unwrap()
                 .contains("no answer")
         );
+    }
+
+    #[tokio::test]
+    async fn a_probe_gets_the_latest_report_without_waiting_for_the_checks() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let health = Health::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        health.ready_check("slow", move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok(())
+            }
+        });
+        assert!(
+            health.ready().await.is_ok(),
+            "the first probe runs the checks"
+        );
+        // Let the report age past FRESH_FOR.
+        tokio::time::sleep(FRESH_FOR + Duration::from_millis(50)).await;
+        let asked = Instant::now();
+        assert!(health.ready().await.is_ok());
+        assert!(
+            asked.elapsed() < Duration::from_millis(400),
+            "answered from the latest report, not after the slow check"
+        );
+        while runs.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
