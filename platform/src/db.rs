@@ -36,8 +36,10 @@ CREATE TABLE IF NOT EXISTS processed_events (
     PRIMARY KEY (consumer, event_id)
 );
 -- What the pruner deletes by (feedline::dedup): without it every pruning run would read the
--- whole table. processed_at only grows, so the index takes appends.
-CREATE INDEX IF NOT EXISTS processed_events_processed_at ON processed_events (processed_at);
+-- whole table. processed_at grows with the insertion order, so a BRIN index (a few pages of
+-- block ranges) finds the old rows without an entry per row for the dedup insert to write.
+DROP INDEX IF EXISTS processed_events_processed_at;
+CREATE INDEX IF NOT EXISTS processed_events_processed_at_brin ON processed_events USING brin (processed_at);
 "#;
 
 /// The connection options of `database.url`, with every statement planned for its own
