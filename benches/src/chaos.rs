@@ -334,7 +334,7 @@ async fn drive(
     budget: Option<Instant>,
 ) -> anyhow::Result<Run> {
     // 1 registry, 2 orders, 2 customers, 2 order-view, 1 gateway.
-    let ports = services::free_ports(8)?;
+    let ports = crate::processes::free_ports(8)?;
     let registry_url = format!("http://127.0.0.1:{}", ports[0]);
     let config_file = fleet.dir.join("services.toml");
     std::fs::write(&config_file, &plan.service_config)

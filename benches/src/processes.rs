@@ -60,7 +60,7 @@ pub struct Processes {
 }
 
 /// The binary of `service` next to the running bench binary.
-fn binary(service: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(service: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("failed to locate the bench binary")?;
     let dir = exe.parent().context("the bench binary has no directory")?;
     let path = dir.join(format!("feedline-{service}"));
@@ -75,7 +75,7 @@ fn binary(service: &str) -> anyhow::Result<PathBuf> {
 /// Free ports for `n` services, all held until every one is picked so none repeats. Another
 /// program could take one between here and the child binding it; the health wait would then
 /// fail with the child's log, which says so.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()
@@ -91,7 +91,26 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The command that runs service binary `path` as a child: killed with the bench (setpriv's
+/// parent-death signal covers the bench itself being killed), and without the bench's own
+/// FEEDLINE_* variables, which are for the bench (a child sees only the run's).
+pub(crate) fn child_command(path: &Path) -> Command {
+    let mut command = if on_path("setpriv") {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    };
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FEEDLINE_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -181,19 +200,7 @@ impl Processes {
         let log = self.dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)
             .with_context(|| format!("failed to create {}", log.display()))?;
-        let mut command = if on_path("setpriv") {
-            let mut c = Command::new("setpriv");
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        // The bench's own FEEDLINE_* variables are for the bench; a child sees only the run's.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FEEDLINE_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = child_command(&path);
         command
             .envs(vars)
             .env("RUST_LOG", "warn")

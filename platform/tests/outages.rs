@@ -14,15 +14,6 @@ use feedline::outbox::{Outbox, OutboxMessage};
 use rdkafka::Message;
 use sqlx::PgPool;
 
-fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
-    OutboxMessage {
-        topic: topic.to_owned(),
-        key: Some(key.as_bytes().to_vec()),
-        payload: format!("{key}:{i}").into_bytes(),
-        headers: vec![("event-id".to_owned(), format!("ev{i}").into_bytes())],
-    }
-}
-
 async fn commit(outbox: &Outbox, msgs: Vec<OutboxMessage>) {
     let mut tx = outbox.pool().begin().await.unwrap();
     let enqueued = outbox.enqueue(&mut tx, msgs).await.unwrap();

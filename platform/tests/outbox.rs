@@ -136,15 +136,6 @@ async fn consumer_killed_after_its_commit_redelivers_and_dedup_applies_once() {
     );
 }
 
-fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
-    OutboxMessage {
-        topic: topic.to_owned(),
-        key: Some(key.as_bytes().to_vec()),
-        payload: format!("{key}:{i}").into_bytes(),
-        headers: vec![("event-id".to_owned(), format!("ev{i}").into_bytes())],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_committed_rows_in_order_and_deletes_them() {
     let ctx = TestCtx::new();

@@ -3,16 +3,18 @@
 //! database, as a crashed pod comes back; a member that exits while nobody killed it is a
 //! finding, recorded with its log and started again so the run goes on.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+
+use crate::processes::{binary, child_command, tail};
 
 /// The pause before restarting a member that exited on its own, doubling up to the maximum
 /// while it keeps exiting.
@@ -90,42 +92,6 @@ pub struct Fleet {
     http: reqwest::Client,
     started: Instant,
     pub dir: PathBuf,
-}
-
-/// Free ports, all held until every one is picked so none repeats.
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("failed to find free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
-/// The binary of `service` next to the running bench binary.
-fn binary(kind: Kind) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("failed to locate the bench binary")?;
-    let dir = exe.parent().context("the bench binary has no directory")?;
-    let path = dir.join(format!("feedline-{}", kind.name()));
-    anyhow::ensure!(
-        path.is_file(),
-        "{} not found next to the bench binary: build the services first (`cargo build --bins`)",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// What a readiness probe answered.
@@ -338,7 +304,7 @@ impl Fleet {
 }
 
 fn spawn(member: &mut Member) -> anyhow::Result<()> {
-    let path = binary(member.kind)?;
+    let path = binary(member.kind.name())?;
     // Appended, so one file tells a member's whole story across restarts.
     let mut out = std::fs::OpenOptions::new()
         .create(true)
@@ -352,20 +318,7 @@ fn spawn(member: &mut Member) -> anyhow::Result<()> {
         member.label(),
         chrono::Utc::now().to_rfc3339()
     )?;
-    // setpriv's parent-death signal also covers the harness itself being killed.
-    let mut command = if on_path("setpriv") {
-        let mut c = Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--"]).arg(&path);
-        c
-    } else {
-        Command::new(&path)
-    };
-    // The harness's own FEEDLINE_* variables are for the harness; a child sees only the run's.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FEEDLINE_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = child_command(&path);
     command
         .envs(member.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "warn")

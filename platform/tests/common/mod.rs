@@ -9,6 +9,7 @@ use std::time::Duration;
 use feedline::admin::{Admin, TopicSpec};
 use feedline::config::{ConsumerSettings, Settings};
 use feedline::consumer::{Consumer, ConsumerError, Handler, Progress};
+use feedline::outbox::OutboxMessage;
 use feedline::{CancellationToken, Metrics, Outgoing, Producer};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -224,3 +225,13 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub type Seen = Arc<Mutex<Vec<OwnedMessage>>>;
+
+/// Outbox message `i` for `key`: payload `key:i`, header `event-id: ev<i>`.
+pub fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
+    OutboxMessage {
+        topic: topic.to_owned(),
+        key: Some(key.as_bytes().to_vec()),
+        payload: format!("{key}:{i}").into_bytes(),
+        headers: vec![("event-id".to_owned(), format!("ev{i}").into_bytes())],
+    }
+}
