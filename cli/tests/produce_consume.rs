@@ -316,7 +316,16 @@ async fn a_group_commits_what_it_printed_and_resumes_and_shows_its_lag() {
     // A member that stays: describe shows it with its partitions, and Ctrl-C leaves the
     // group after committing what it printed.
     let mut member = tokio::process::Command::new(env!("CARGO_BIN_EXE_feedline"))
-        .args(["consume", &topic, "--group", &group, "--follow"])
+        // --from-beginning: a partition none of the first four keys hashed to has no
+        // commit, and --follow alone would start it at its end.
+        .args([
+            "consume",
+            &topic,
+            "--group",
+            &group,
+            "--follow",
+            "--from-beginning",
+        ])
         .env("FEEDLINE_REGISTRY__URL", &env.registry)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
