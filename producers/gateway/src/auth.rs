@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::config::ClientConfig;
 use crate::error::ApiError;
-use crate::jwt::{Claims, TokenError, TokenKeys};
+use crate::jwks::ExternalIssuer;
+use crate::jwt::{self, Claims, Parsed, TokenError, TokenKeys};
 
 /// What a token may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -115,8 +116,26 @@ impl Clients {
 #[derive(Debug)]
 pub struct Auth {
     pub keys: TokenKeys,
+    /// An identity provider whose RS256/ES256 tokens are accepted too.
+    pub external: Option<ExternalIssuer>,
     pub clients: Clients,
     pub token_ttl_secs: u64,
+}
+
+impl Auth {
+    /// The claims of a valid token: the gateway's own (HS256) or the external issuer's
+    /// (RS256, ES256). The algorithm picks who may have signed it, so neither's keys are
+    /// ever tried on the other's tokens.
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let parsed = Parsed::new(token)?;
+        let now = jwt::now();
+        match (parsed.header.alg.as_str(), &self.external) {
+            ("HS256", _) => self.keys.verify_parsed(&parsed, now),
+            ("RS256" | "ES256", Some(external)) => external.verify(&parsed, now).await,
+            ("RS256" | "ES256", None) => Err(TokenError::UnknownKey),
+            _ => Err(TokenError::Malformed),
+        }
+    }
 }
 
 /// A route's requirement: the scope it needs, and whether the token may come in the
@@ -213,7 +232,7 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Authorized<R> {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        match check::<R>(parts, &state.auth) {
+        match check::<R>(parts, &state.auth).await {
             Ok(claims) => Ok(Authorized {
                 claims,
                 _requirement: PhantomData,
@@ -235,13 +254,13 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Authorized<R> {
     }
 }
 
-fn check<R: Requirement>(parts: &Parts, auth: &Auth) -> Result<Claims, Refusal> {
+async fn check<R: Requirement>(parts: &Parts, auth: &Auth) -> Result<Claims, Refusal> {
     let token = match parts.headers.get(header::AUTHORIZATION) {
         Some(value) => bearer(value.as_bytes()).ok_or(Refusal::Token(TokenError::Malformed))?,
         None if R::QUERY_TOKEN => query_token(parts.uri.query()).ok_or(Refusal::Missing)?,
         None => return Err(Refusal::Missing),
     };
-    let claims = auth.keys.verify(&token).map_err(Refusal::Token)?;
+    let claims = auth.verify(&token).await.map_err(Refusal::Token)?;
     if !claims.has_scope(R::SCOPE.as_str()) {
         return Err(Refusal::Scope(R::SCOPE));
     }

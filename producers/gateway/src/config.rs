@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::admission::AdmissionConfig;
 use crate::auth::Scope;
 
-/// The signing secret shipped in [`crate::DEFAULTS`] for local runs; a warning is logged
-/// whenever it is in use.
+/// The signing secret of dev mode when no key is configured: published, so anyone can forge
+/// tokens with it, and refused outside dev mode.
 pub const DEV_JWT_SECRET: &str = "feedline-dev-only-jwt-secret-do-not-use-in-production";
 
 /// SHA-256 of `demo-secret`, the demo client's published secret.
@@ -28,8 +28,29 @@ const MIN_SECRET_BYTES: usize = 32;
 pub struct GatewayConfig {
     /// Base URL of order-view, which answers the queries and serves the live feed.
     pub order_view_url: String,
-    /// HS256 key of the access tokens; shared by every gateway replica.
-    pub jwt_secret: SecretString,
+    /// Local development: allows the built-in development secret (used when no key is
+    /// configured) and the demo client, both refused otherwise.
+    pub dev_mode: bool,
+    /// HS256 key of the access tokens, shared by every gateway replica; its key id is
+    /// [`DEFAULT_KEY_ID`]. `[gateway.keys]` holds several (for rotation).
+    #[serde(default)]
+    pub jwt_secret: Option<SecretString>,
+    /// HS256 keys by key id (`kid`): tokens signed by any of them verify.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// The key new tokens are signed with; may be left out when there is only one.
+    #[serde(default)]
+    pub signing_key_id: Option<String>,
+    /// `iss` of the tokens this gateway issues, and required of the ones it verifies.
+    pub issuer: String,
+    /// `aud` of the tokens this gateway issues, and required of the ones it verifies.
+    pub audience: String,
+    /// Tolerated clock difference on `exp` and `nbf`: replicas' (and an external
+    /// issuer's) clocks are never exactly equal.
+    pub leeway_secs: u64,
+    /// An identity provider whose RS256/ES256 tokens are accepted besides the gateway's own.
+    #[serde(default)]
+    pub external_issuer: Option<ExternalIssuerConfig>,
     /// Lifetime of an access token.
     pub token_ttl_secs: u64,
     /// Upper bound of `?wait=` / `Prefer: wait=`.
@@ -51,6 +72,55 @@ pub struct GatewayConfig {
     /// OAuth2 clients allowed to get tokens, by client id.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
+}
+
+/// The key id of `gateway.jwt_secret`, and of tokens that carry none (issued before keys
+/// had ids).
+pub const DEFAULT_KEY_ID: &str = "default";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// HS256 secret, at least 32 bytes.
+    pub secret: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIssuerConfig {
+    /// Where the issuer publishes its public keys (a JSON Web Key Set), over HTTPS.
+    pub jwks_url: String,
+    /// `iss` its tokens must carry.
+    pub issuer: String,
+    /// `aud` its tokens must carry (one of, when a list).
+    pub audience: String,
+    /// How old the cached key set may grow before it is fetched again.
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// PEM CA certificates to trust for `jwks_url`, besides the system's (a private CA).
+    #[serde(default)]
+    pub ca_location: Option<std::path::PathBuf>,
+}
+
+fn default_refresh_secs() -> u64 {
+    300
+}
+
+impl ExternalIssuerConfig {
+    pub fn refresh(&self) -> Duration {
+        Duration::from_secs(self.refresh_secs)
+    }
+}
+
+/// Plain HTTP would let anyone on the path swap the keys; it is accepted only on the
+/// loopback interface (a local identity provider, the tests).
+fn is_loopback_http(url: &str) -> bool {
+    ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|prefix| {
+            url.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+        })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,8 +195,49 @@ impl GatewayConfig {
         {
             return invalid("order_view_url", "must start with http:// or https://");
         }
-        if self.jwt_secret.expose_secret().len() < MIN_SECRET_BYTES {
-            return invalid("jwt_secret", "must be at least 32 bytes long");
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose_secret().len() < MIN_SECRET_BYTES {
+                return invalid("jwt_secret", "must be at least 32 bytes long");
+            }
+            if self.keys.contains_key(DEFAULT_KEY_ID) {
+                return invalid(
+                    &format!("keys.{DEFAULT_KEY_ID}"),
+                    "is the key id of gateway.jwt_secret: set one or the other",
+                );
+            }
+        }
+        for (kid, key) in &self.keys {
+            if kid.is_empty() {
+                return invalid("keys", "a key id must not be empty");
+            }
+            if key.secret.expose_secret().len() < MIN_SECRET_BYTES {
+                return invalid(&format!("keys.{kid}.secret"), "must be at least 32 bytes long");
+            }
+        }
+        self.signing_key()?;
+        if self.issuer.trim().is_empty() {
+            return invalid("issuer", "must not be empty");
+        }
+        if self.audience.trim().is_empty() {
+            return invalid("audience", "must not be empty");
+        }
+        if let Some(external) = &self.external_issuer {
+            if !(external.jwks_url.starts_with("https://") || is_loopback_http(&external.jwks_url))
+            {
+                return invalid(
+                    "external_issuer.jwks_url",
+                    "must start with https:// (plain http only on 127.0.0.1 or localhost)",
+                );
+            }
+            if external.issuer.trim().is_empty() {
+                return invalid("external_issuer.issuer", "must not be empty");
+            }
+            if external.audience.trim().is_empty() {
+                return invalid("external_issuer.audience", "must not be empty");
+            }
+            if external.refresh_secs == 0 {
+                return invalid("external_issuer.refresh_secs", "must be at least 1");
+            }
         }
         if self.token_ttl_secs == 0 {
             return invalid("token_ttl_secs", "must be at least 1");
@@ -155,8 +266,88 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// Refuses what is only safe on a developer's machine unless dev mode says that is
+    /// where it runs: the published development secret, no signing key at all (dev mode
+    /// then signs with that secret), and the demo client with its published secret.
+    pub fn check_safe(&self) -> Result<(), InvalidConfig> {
+        if self.dev_mode {
+            return Ok(());
+        }
+        let refuse = |field: &str, reason: &str| {
+            Err(InvalidConfig {
+                field: format!("gateway.{field}"),
+                reason: format!(
+                    "{reason} (or set gateway.dev_mode = true, FEEDLINE_GATEWAY__DEV_MODE=true, on a development machine)"
+                ),
+            })
+        };
+        if self.jwt_secret.is_none() && self.keys.is_empty() {
+            return refuse(
+                "jwt_secret",
+                "no signing key is configured: set gateway.jwt_secret (FEEDLINE_GATEWAY__JWT_SECRET) to a random secret of at least 32 bytes, or [gateway.keys.<kid>] secret",
+            );
+        }
+        if self.uses_dev_secret() {
+            return refuse(
+                "jwt_secret",
+                "is the published development secret, with which anyone can forge tokens: set a random secret of at least 32 bytes",
+            );
+        }
+        if self.demo_client_enabled() {
+            return refuse(
+                "clients.demo.enabled",
+                "the demo client with the published secret demo-secret is enabled: set [gateway.clients.demo] enabled = false (FEEDLINE_GATEWAY__CLIENTS__DEMO__ENABLED=false) and configure clients of your own",
+            );
+        }
+        Ok(())
+    }
+
+    /// The HS256 keys by key id: `gateway.keys`, `gateway.jwt_secret` under
+    /// [`DEFAULT_KEY_ID`], and in dev mode with neither, the development secret.
+    pub fn verification_keys(&self) -> BTreeMap<String, SecretString> {
+        let mut keys: BTreeMap<String, SecretString> = self
+            .keys
+            .iter()
+            .map(|(kid, key)| (kid.clone(), key.secret.clone()))
+            .collect();
+        match &self.jwt_secret {
+            Some(secret) => {
+                keys.insert(DEFAULT_KEY_ID.to_owned(), secret.clone());
+            }
+            None if keys.is_empty() && self.dev_mode => {
+                keys.insert(DEFAULT_KEY_ID.to_owned(), DEV_JWT_SECRET.into());
+            }
+            None => {}
+        }
+        keys
+    }
+
+    /// The id of the key new tokens are signed with: `signing_key_id`, or the only key.
+    pub fn signing_key(&self) -> Result<String, InvalidConfig> {
+        let keys = self.verification_keys();
+        let invalid = |reason: String| InvalidConfig {
+            field: "gateway.signing_key_id".to_owned(),
+            reason,
+        };
+        match &self.signing_key_id {
+            Some(kid) if keys.contains_key(kid) => Ok(kid.clone()),
+            Some(kid) => Err(invalid(format!(
+                "names {kid:?}, which is not a configured key (gateway.keys.<kid> or gateway.jwt_secret as {DEFAULT_KEY_ID:?})"
+            ))),
+            None if keys.len() <= 1 => Ok(keys
+                .into_keys()
+                .next()
+                .unwrap_or_else(|| DEFAULT_KEY_ID.to_owned())),
+            None => Err(invalid(
+                "is required when several keys are configured: name the one that signs".to_owned(),
+            )),
+        }
+    }
+
     pub fn uses_dev_secret(&self) -> bool {
-        self.jwt_secret.expose_secret() == DEV_JWT_SECRET
+        self.verification_keys()
+            .values()
+            .any(|secret| secret.expose_secret() == DEV_JWT_SECRET)
     }
 
     /// The demo client, when it is enabled with its published secret.

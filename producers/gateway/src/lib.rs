@@ -2,7 +2,8 @@
 //! Avro commands and passes queries and the live feed through to order-view.
 //!
 //! - [`token`]: `POST /auth/token` (OAuth 2.0 client credentials)
-//! - [`auth`], [`jwt`]: scopes, clients, HS256 tokens, the bearer-token extractor
+//! - [`auth`], [`jwt`]: scopes, clients, HS256 tokens by key id, the bearer-token extractor
+//! - [`jwks`]: an external issuer's RS256/ES256 tokens, verified with its published keys
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
 //! - [`admission`]: refusing commands while the services behind are too far behind
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod idempotency;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod money;
@@ -48,14 +50,16 @@ use crate::auth::{Auth, Clients};
 use crate::commands::CommandTopic;
 use crate::config::GatewayConfig;
 use crate::idempotency::Answers;
-use crate::jwt::TokenKeys;
+use crate::jwks::ExternalIssuer;
+use crate::jwt::{Expected, TokenKeys};
 use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
-/// The demo client (`demo` / `demo-secret`) and the signing secret are for local runs:
-/// production sets `gateway.jwt_secret` and disables the demo client
-/// (`[gateway.clients.demo] enabled = false`); both are warned about at start.
+/// The demo client (`demo` / `demo-secret`) is for local runs, as is signing with the
+/// development secret when no key is set: outside `gateway.dev_mode` the gateway refuses
+/// both, so production sets `gateway.jwt_secret` (or `[gateway.keys]`) and disables the
+/// demo client (`[gateway.clients.demo] enabled = false`).
 pub const DEFAULTS: &str = r#"
 service_name = "gateway"
 [http]
@@ -63,8 +67,12 @@ port = 8080
 
 [gateway]
 order_view_url = "http://127.0.0.1:8093"
-jwt_secret = "feedline-dev-only-jwt-secret-do-not-use-in-production"
+# Development machines only: see GatewayConfig::check_safe.
+dev_mode = false
 token_ttl_secs = 3600
+issuer = "feedline-gateway"
+audience = "feedline-api"
+leeway_secs = 30
 max_wait_secs = 30
 proxy_timeout_ms = 10000
 ensure_topics = true
@@ -121,16 +129,34 @@ pub async fn spawn(
     token: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let config = GatewayConfig::from_settings(&settings)?;
-    if config.uses_dev_secret() {
+    config.check_safe()?;
+    if config.dev_mode {
         tracing::warn!(
-            "gateway.jwt_secret is the built-in development secret: anyone can forge tokens; set FEEDLINE_GATEWAY__JWT_SECRET"
+            demo_client = config.demo_client_enabled(),
+            dev_secret = config.uses_dev_secret(),
+            "gateway.dev_mode is on: the demo client and the published development secret are allowed; never expose this gateway"
         );
     }
-    if config.demo_client_enabled() {
-        tracing::warn!(
-            "the demo client with the published secret is enabled; disable it with [gateway.clients.demo] enabled = false"
-        );
-    }
+    let keys = TokenKeys::new(
+        config.verification_keys().iter(),
+        &config.signing_key()?,
+        Expected {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway_secs: i64::try_from(config.leeway_secs).unwrap_or(i64::MAX),
+        },
+    );
+    let external = match &config.external_issuer {
+        Some(external) => {
+            let issuer = ExternalIssuer::new(external, keys.expected.leeway_secs)
+                .context("failed to set up the external issuer")?;
+            // Not fatal: the gateway's own tokens work without the provider, and its
+            // tokens are checked once the set arrives.
+            issuer.fetch_if_allowed(true).await;
+            Some(issuer)
+        }
+        None => None,
+    };
 
     let platform_metrics = Metrics::new(&settings.service_name);
     let metrics = GatewayMetrics::new(&platform_metrics);
@@ -185,7 +211,8 @@ pub async fn spawn(
     let state = Arc::new(AppState {
         admission,
         auth: Auth {
-            keys: TokenKeys::new(&config.jwt_secret),
+            keys,
+            external,
             clients: Clients::new(&config.clients),
             token_ttl_secs: config.token_ttl_secs,
         },

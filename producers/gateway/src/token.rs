@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::auth::Scope;
 use crate::error::{ApiError, is_json, parse_json, unsupported_media_type};
-use crate::jwt::{self, Claims};
+use crate::jwt;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -150,15 +150,11 @@ fn grant(
         .collect::<Vec<_>>()
         .join(" ");
 
-    let now = jwt::now();
     let ttl = app.auth.token_ttl_secs;
-    let claims = Claims {
-        sub: client.id.clone(),
-        iat: now,
-        exp: now.saturating_add(ttl as i64),
-        scope: scope.clone(),
-        jti: uuid::Uuid::new_v4().to_string(),
-    };
+    let claims = app
+        .auth
+        .keys
+        .claims_for(&client.id, scope.clone(), jwt::now(), ttl);
     app.metrics
         .tokens_issued
         .with_label_values(&[&client.id])

@@ -42,6 +42,12 @@ pub struct Options {
     pub message_timeout_ms: u32,
     /// More TOML, appended to the gateway's settings.
     pub extra_toml: String,
+    /// More keys of the `[gateway]` table itself.
+    pub gateway_toml: String,
+    /// `gateway.jwt_secret` (key id `default`); `None` leaves it out.
+    pub jwt_secret: Option<String>,
+    /// `gateway.dev_mode`: on by default, as the tests get their tokens as the demo client.
+    pub dev_mode: bool,
 }
 
 impl Default for Options {
@@ -52,6 +58,9 @@ impl Default for Options {
             ensure_topics: true,
             message_timeout_ms: 10_000,
             extra_toml: String::new(),
+            gateway_toml: String::new(),
+            jwt_secret: Some(JWT_SECRET.to_owned()),
+            dev_mode: true,
         }
     }
 }
@@ -135,11 +144,21 @@ impl TestApp {
         let prefix = random_prefix();
         let registry = CancellationToken::new();
         let registry_url = start_registry(&prefix, registry.clone()).await;
+        let settings = Self::settings(options, &prefix, &registry_url).await;
+        Self::start(settings, registry).await
+    }
+
+    /// The settings of a test gateway on `prefix` and the registry at `registry_url`.
+    async fn settings(options: Options, prefix: &str, registry_url: &str) -> Settings {
         let order_view_url = match options.order_view_url {
             Some(url) => url,
             None => closed_port().await,
         };
-        let settings = Settings::from_toml(&format!(
+        let jwt_secret = options
+            .jwt_secret
+            .map(|secret| format!("jwt_secret = \"{secret}\""))
+            .unwrap_or_default();
+        Settings::from_toml(&format!(
             r#"
             service_name = "gateway"
             [kafka]
@@ -155,7 +174,9 @@ impl TestApp {
             port = 0
             [gateway]
             order_view_url = "{order_view_url}"
-            jwt_secret = "{JWT_SECRET}"
+            {jwt_secret}
+            {gateway}
+            dev_mode = {dev_mode}
             replica = "test"
             ensure_topics = {ensure}
             [gateway.clients.{LIMITED_ID}]
@@ -168,9 +189,10 @@ impl TestApp {
             ensure = options.ensure_topics,
             limited = feedline_gateway::auth::hash_secret(LIMITED_SECRET),
             extra = options.extra_toml,
+            gateway = options.gateway_toml,
+            dev_mode = options.dev_mode,
         ))
-        .expect("test settings");
-        Self::start(settings, registry).await
+        .expect("test settings")
     }
 
     /// A gateway on `settings`, stopped with `registry`.
@@ -218,6 +240,20 @@ impl TestApp {
         // The registry lives on in the new gateway's hands.
         let registry = std::mem::replace(&mut self.registry, CancellationToken::new());
         Self::start(self.settings.clone(), registry).await
+    }
+
+    /// Stops this gateway and starts one configured by `options` on the same topics and
+    /// registry: a redeployment with another configuration.
+    pub async fn restart_as(mut self, options: Options) -> TestApp {
+        self.stop_gateway().await;
+        let registry = std::mem::replace(&mut self.registry, CancellationToken::new());
+        let settings = Self::settings(
+            options,
+            &self.settings.kafka.topic_prefix,
+            &self.settings.registry.url,
+        )
+        .await;
+        Self::start(settings, registry).await
     }
 
     pub fn at(&self, path: &str) -> String {
@@ -313,13 +349,12 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
     TokenKeys::from_bytes(secret).sign(claims)
 }
 
+/// The claims the gateway would issue to the demo client for `scope`, expiring in `exp_in`
+/// seconds (negative: already expired).
 pub fn claims(scope: &str, exp_in: i64) -> Claims {
     let now = feedline_gateway::jwt::now();
-    Claims {
-        sub: "demo".into(),
-        iat: now,
-        exp: now + exp_in,
-        scope: scope.into(),
-        jti: uuid::Uuid::new_v4().to_string(),
-    }
+    let mut claims =
+        TokenKeys::from_bytes(JWT_SECRET.as_bytes()).claims_for("demo", scope.into(), now, 0);
+    claims.exp = now + exp_in;
+    claims
 }
