@@ -388,6 +388,8 @@ async fn drive(
     }
     fleet.ready(None).await?;
     let mut gateway = env(ports[7], None);
+    // The load runs as the demo client, which only dev mode allows.
+    gateway.push(("FEEDLINE_GATEWAY__DEV_MODE".into(), "true".to_owned()));
     // The gateway reads through order-view replica 1; replica 2 is checked from its file.
     gateway.push((
         "FEEDLINE_GATEWAY__ORDER_VIEW_URL".into(),

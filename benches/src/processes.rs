@@ -181,6 +181,8 @@ impl Processes {
             running.healthy(http, name).await?;
         }
         let mut gateway = env(ports[4], None);
+        // The load runs as the demo client, which only dev mode allows.
+        gateway.push(("FEEDLINE_GATEWAY__DEV_MODE", "true".to_owned()));
         gateway.push((
             "FEEDLINE_GATEWAY__ORDER_VIEW_URL",
             format!("http://127.0.0.1:{}", ports[3]),

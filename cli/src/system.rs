@@ -58,8 +58,10 @@ impl System {
         )
         .await?;
         tasks.spawn("order-view", async move { handle.await? });
+        // A development system: the demo client and, unless keys are configured, the
+        // development signing secret (`feedline up` says so on the console).
         let gateway_settings = with_registry(feedline_gateway::DEFAULTS)?.with_overrides(
-            &format!("[gateway]\norder_view_url = \"http://{order_view}\"\n"),
+            &format!("[gateway]\norder_view_url = \"http://{order_view}\"\ndev_mode = true\n"),
         )?;
         let (gateway, handle) = feedline_gateway::spawn(gateway_settings, token.clone()).await?;
         tasks.spawn("gateway", async move { handle.await? });

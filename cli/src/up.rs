@@ -126,6 +126,9 @@ fn print_banner(addrs: &[(&'static str, SocketAddr)], gateway: SocketAddr) {
     println!(
         "  a token:    curl -s -d grant_type=client_credentials -d client_id=demo -d client_secret=demo-secret http://{gateway}/auth/token"
     );
+    println!(
+        "DEV MODE: the gateway accepts the demo client (demo/demo-secret) and signs with the published development secret unless gateway.jwt_secret is set; never expose it."
+    );
     println!("Press Ctrl-C to stop everything.");
     println!();
 }

@@ -386,14 +386,91 @@ mod tests {
     }
 
     #[test]
-    fn defaults_ship_the_demo_client_and_the_dev_secret() {
+    fn defaults_ship_the_demo_client_and_no_key() {
         let config = load("").unwrap();
-        assert!(config.uses_dev_secret());
+        assert!(!config.dev_mode);
+        assert!(config.jwt_secret.is_none() && config.keys.is_empty());
         assert!(config.demo_client_enabled());
         let demo = &config.clients["demo"];
         assert_eq!(demo.scopes, Scope::ALL);
         assert_eq!(config.order_view_url, "http://127.0.0.1:8093");
         assert_eq!(config.max_wait(), Duration::from_secs(30));
+        assert_eq!(
+            (config.issuer.as_str(), config.audience.as_str()),
+            ("feedline-gateway", "feedline-api")
+        );
+        assert_eq!(config.leeway_secs, 30);
+    }
+
+    #[test]
+    fn only_dev_mode_allows_published_credentials() {
+        let refused = |toml: &str| load(toml).unwrap().check_safe().unwrap_err().to_string();
+        let no_key = refused("");
+        assert!(no_key.contains("gateway.jwt_secret"), "{no_key}");
+        let dev = refused(&format!(
+            "[gateway]\njwt_secret = \"{DEV_JWT_SECRET}\"\n[gateway.clients.demo]\nenabled = false"
+        ));
+        assert!(dev.contains("development secret"), "{dev}");
+        let demo = refused("[gateway]\njwt_secret = \"0123456789abcdef0123456789abcdef\"");
+        assert!(demo.contains("gateway.clients.demo.enabled"), "{demo}");
+        let safe = load(
+            "[gateway]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n[gateway.clients.demo]\nenabled = false",
+        )
+        .unwrap();
+        assert!(safe.check_safe().is_ok());
+
+        // Dev mode with no key signs with the development secret.
+        let dev = load("[gateway]\ndev_mode = true").unwrap();
+        assert!(dev.check_safe().is_ok());
+        assert!(dev.uses_dev_secret());
+        assert_eq!(dev.signing_key().unwrap(), DEFAULT_KEY_ID);
+    }
+
+    #[test]
+    fn keys_and_the_signing_key() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let two = format!(
+            "[gateway.keys.a]\nsecret = \"{secret}\"\n[gateway.keys.b]\nsecret = \"{secret}\""
+        );
+        let unnamed = load(&two).unwrap_err();
+        assert!(unnamed.contains("gateway.signing_key_id"), "{unnamed}");
+        let config = load(&format!("[gateway]\nsigning_key_id = \"b\"\n{two}")).unwrap();
+        assert_eq!(config.signing_key().unwrap(), "b");
+        let keys: Vec<_> = config.verification_keys().into_keys().collect();
+        assert_eq!(keys, ["a", "b"]);
+        let missing = load(&format!("[gateway]\nsigning_key_id = \"c\"\n{two}")).unwrap_err();
+        assert!(missing.contains("\"c\""), "{missing}");
+        let one = load(&format!("[gateway.keys.only]\nsecret = \"{secret}\"")).unwrap();
+        assert_eq!(one.signing_key().unwrap(), "only");
+        let short = load("[gateway.keys.k]\nsecret = \"short\"").unwrap_err();
+        assert!(short.contains("gateway.keys.k.secret"), "{short}");
+        let clash = load(&format!(
+            "[gateway]\njwt_secret = \"{secret}\"\n[gateway.keys.default]\nsecret = \"{secret}\""
+        ))
+        .unwrap_err();
+        assert!(clash.contains("gateway.keys.default"), "{clash}");
+    }
+
+    #[test]
+    fn the_external_issuer_needs_https_off_the_loopback() {
+        let external = |url: &str| {
+            load(&format!(
+                "[gateway.external_issuer]\njwks_url = \"{url}\"\nissuer = \"i\"\naudience = \"a\""
+            ))
+        };
+        let config = external("https://idp.example/certs").unwrap();
+        assert_eq!(config.external_issuer.unwrap().refresh_secs, 300);
+        for local in [
+            "http://127.0.0.1:8443/certs",
+            "http://localhost/certs",
+            "http://[::1]:80",
+        ] {
+            assert!(external(local).is_ok(), "{local}");
+        }
+        for remote in ["http://idp.example/certs", "http://127.0.0.1.evil.example/", "ftp://x"] {
+            let err = external(remote).unwrap_err();
+            assert!(err.contains("external_issuer.jwks_url"), "{remote}: {err}");
+        }
     }
 
     #[test]
@@ -409,8 +486,12 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_debug_output() {
-        let config = load("").unwrap();
-        assert!(!format!("{config:?}").contains(DEV_JWT_SECRET));
+        let secret = "0123456789abcdef0123456789abcdef";
+        let config = load(&format!(
+            "[gateway]\njwt_secret = \"{secret}\"\nsigning_key_id = \"k\"\n[gateway.keys.k]\nsecret = \"{secret}-k\""
+        ))
+        .unwrap();
+        assert!(!format!("{config:?}").contains(secret));
     }
 
     #[test]
