@@ -211,7 +211,10 @@ impl GatewayConfig {
                 return invalid("keys", "a key id must not be empty");
             }
             if key.secret.expose_secret().len() < MIN_SECRET_BYTES {
-                return invalid(&format!("keys.{kid}.secret"), "must be at least 32 bytes long");
+                return invalid(
+                    &format!("keys.{kid}.secret"),
+                    "must be at least 32 bytes long",
+                );
             }
         }
         self.signing_key()?;
@@ -467,7 +470,11 @@ mod tests {
         ] {
             assert!(external(local).is_ok(), "{local}");
         }
-        for remote in ["http://idp.example/certs", "http://127.0.0.1.evil.example/", "ftp://x"] {
+        for remote in [
+            "http://idp.example/certs",
+            "http://127.0.0.1.evil.example/",
+            "ftp://x",
+        ] {
             let err = external(remote).unwrap_err();
             assert!(err.contains("external_issuer.jwks_url"), "{remote}: {err}");
         }

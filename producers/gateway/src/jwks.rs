@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -131,7 +130,11 @@ impl Jwk {
             }
             _ => return None,
         };
-        if self.alg.as_deref().is_some_and(|alg| alg != key.algorithm()) {
+        if self
+            .alg
+            .as_deref()
+            .is_some_and(|alg| alg != key.algorithm())
+        {
             return None;
         }
         Some((kid, key))

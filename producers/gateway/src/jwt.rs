@@ -3,7 +3,7 @@
 //!
 //! The gateway issues and verifies its tokens with shared secrets, by key id (`kid`), so
 //! that a new key can sign while the old one still verifies. HS256 with RustCrypto's `hmac`
-//! + `sha2` is some 100 lines and accepts nothing but `"alg": "HS256"` here: RS256 and
+//! and `sha2` is some 100 lines and accepts nothing but `"alg": "HS256"` here: RS256 and
 //! ES256 belong to the external issuer ([`crate::jwks`]), so the algorithm picks the key
 //! family and no public key can be misused as an HMAC secret.
 
@@ -190,7 +190,7 @@ impl Expected {
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
         }
-        if !claims.aud.iter().any(|aud| *aud == self.audience) {
+        if !claims.aud.contains(&self.audience) {
             return Err(TokenError::WrongAudience);
         }
         Ok(())
@@ -294,11 +294,7 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         }
         let kid = token.header.kid.as_deref().unwrap_or(DEFAULT_KEY_ID);
-        let mut mac = self
-            .by_kid
-            .get(kid)
-            .ok_or(TokenError::UnknownKey)?
-            .clone();
+        let mut mac = self.by_kid.get(kid).ok_or(TokenError::UnknownKey)?.clone();
         mac.update(token.signing_input.as_bytes());
         mac.verify_slice(&token.signature)
             .map_err(|_| TokenError::BadSignature)?;

@@ -70,7 +70,12 @@ impl Provider {
         sign("RS256", kid, claims, |input| {
             let mut signature = vec![0; self.rsa.public_modulus_len()];
             self.rsa
-                .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input, &mut signature)
+                .sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    input,
+                    &mut signature,
+                )
                 .unwrap();
             signature
         })
@@ -391,17 +396,17 @@ async fn a_key_the_provider_adds_is_fetched_when_a_token_names_it() {
 
     // The provider rotates: a new key pair, published beside the old one.
     let rotated = Provider::generate();
-    jwks.state
-        .keys
-        .lock()
-        .unwrap()
-        .extend(rotated.jwks("k2-"));
+    jwks.state.keys.lock().unwrap().extend(rotated.jwks("k2-"));
     let token = rotated.es256("k2-ec", &provider_claims("feed:read"));
     // Refused until the rate limit allows a refetch, then accepted without a restart.
-    eventually(Duration::from_secs(30), "the new key to be fetched", || async {
-        let answer = read_orders(&app, &token).await;
-        answer.status == 502
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the new key to be fetched",
+        || async {
+            let answer = read_orders(&app, &token).await;
+            answer.status == 502
+        },
+    )
     .await;
     assert_eq!(
         jwks.fetches(),

@@ -85,7 +85,10 @@ async fn issued_tokens_carry_issuer_audience_validity_and_key_id() {
     );
     assert_accepted(&read_orders(&configured, &token).await);
     // The default issuer's tokens are another issuer's here.
-    let foreign = sign(JWT_SECRET.as_bytes(), &crate::helpers::claims("feed:read", 600));
+    let foreign = sign(
+        JWT_SECRET.as_bytes(),
+        &crate::helpers::claims("feed:read", 600),
+    );
     assert_refused(&read_orders(&configured, &foreign).await, "issuer");
 }
 
@@ -122,7 +125,10 @@ async fn tokens_with_wrong_claims_are_refused() {
 
     // A key id the gateway does not have, whatever the secret.
     let unknown = sign_as("k9", JWT_SECRET, &good);
-    assert_refused(&read_orders(&app, &unknown).await, "key this gateway does not know");
+    assert_refused(
+        &read_orders(&app, &unknown).await,
+        "key this gateway does not know",
+    );
 
     // A token within the leeway of its nbf is accepted (clocks differ slightly).
     let mut just_issued = good.clone();
@@ -199,10 +205,7 @@ async fn refusal(gateway_toml: &str, extra: &str) -> String {
     let token = CancellationToken::new();
     let refused = feedline_gateway::spawn(settings, token.clone()).await;
     token.cancel();
-    format!(
-        "{:#}",
-        refused.err().expect("the gateway refuses to start")
-    )
+    format!("{:#}", refused.expect_err("the gateway refuses to start"))
 }
 
 #[tokio::test]
@@ -258,7 +261,11 @@ async fn starts_outside_dev_mode_with_its_own_secret_and_without_the_demo_client
             None,
         )
         .await;
-    assert!(TokenKeys::from_bytes(JWT_SECRET.as_bytes()).verify(&token).is_ok());
+    assert!(
+        TokenKeys::from_bytes(JWT_SECRET.as_bytes())
+            .verify(&token)
+            .is_ok()
+    );
     app.stop().await;
 }
 
