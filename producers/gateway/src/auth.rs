@@ -117,7 +117,7 @@ impl Clients {
 pub struct Auth {
     pub keys: TokenKeys,
     /// An identity provider whose RS256/ES256 tokens are accepted too.
-    pub external: Option<ExternalIssuer>,
+    pub external: Option<Arc<ExternalIssuer>>,
     pub clients: Clients,
     pub token_ttl_secs: u64,
 }

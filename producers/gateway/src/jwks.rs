@@ -2,12 +2,14 @@
 //! and ES256 tokens verified with the public keys it publishes as a JSON Web Key Set
 //! (RFC 7517), fetched over HTTPS and cached.
 //!
-//! The set is fetched again when it is older than `refresh_secs`, or when a token names a
-//! key it lacks (the provider rotated), but never more often than [`MIN_FETCH_INTERVAL`]:
-//! otherwise a stream of tokens with made-up key ids would turn the gateway into a client
-//! hammering the provider. A failed fetch keeps the cached set in service.
+//! The set is fetched again every `refresh_secs` in the background ([`refresh`]), and when a
+//! token names a key it lacks (the provider rotated), but never more often than
+//! [`MIN_FETCH_INTERVAL`]: otherwise a stream of tokens with made-up key ids would turn the
+//! gateway into a client hammering the provider. A failed fetch keeps the cached set in
+//! service, and no request waits on a routine refresh.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{
@@ -15,9 +17,10 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use feedline::CancellationToken;
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::ExternalIssuerConfig;
 use crate::jwt::{Claims, Expected, Parsed, TokenError};
@@ -149,8 +152,6 @@ fn parse_set(body: &[u8]) -> Result<HashMap<String, PublicKey>, JwksError> {
 #[derive(Debug, Default)]
 struct Cache {
     keys: HashMap<String, PublicKey>,
-    /// When the set in `keys` was fetched; `None` before the first success.
-    fetched: Option<Instant>,
 }
 
 /// The external issuer's expectations and its cached key set.
@@ -201,7 +202,7 @@ impl ExternalIssuer {
         let key = match self.key(kid).await {
             Some(key) => key,
             None => {
-                self.fetch_if_allowed(true).await;
+                self.fetch_if_allowed().await;
                 self.key(kid).await.ok_or(TokenError::UnknownKey)?
             }
         };
@@ -216,40 +217,22 @@ impl ExternalIssuer {
         Ok(claims)
     }
 
-    /// The key `kid` of a set that is fresh enough (fetching it again first if it is not).
     async fn key(&self, kid: &str) -> Option<PublicKey> {
-        let stale = {
-            let cache = self.cache.read().await;
-            cache.fetched.is_none_or(|at| at.elapsed() >= self.refresh)
-        };
-        if stale {
-            self.fetch_if_allowed(false).await;
-        }
         self.cache.read().await.keys.get(kid).cloned()
     }
 
-    /// Fetches the set unless one was tried within [`MIN_FETCH_INTERVAL`], or (when not
-    /// `force`d) the cached one is still fresh. A failure is logged and the cache kept.
-    pub async fn fetch_if_allowed(&self, force: bool) {
+    /// Fetches the set unless a fetch was tried within [`MIN_FETCH_INTERVAL`]. A failure
+    /// is logged and the cached set kept.
+    pub async fn fetch_if_allowed(&self) {
         let mut last_attempt = self.last_attempt.lock().await;
         if last_attempt.is_some_and(|at| at.elapsed() < MIN_FETCH_INTERVAL) {
             return;
         }
-        if !force {
-            // Another request may have refreshed it while this one waited for the lock.
-            let cache = self.cache.read().await;
-            if cache.fetched.is_some_and(|at| at.elapsed() < self.refresh) {
-                return;
-            }
-        }
         *last_attempt = Some(Instant::now());
         match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(keys = keys.len(), url = %self.jwks_url, "external issuer key set fetched");
-                *self.cache.write().await = Cache {
-                    keys,
-                    fetched: Some(Instant::now()),
-                };
+                tracing::debug!(keys = keys.len(), url = %self.jwks_url, "external issuer key set fetched");
+                self.cache.write().await.keys = keys;
             }
             Err(e) => {
                 tracing::warn!(error = %e, url = %self.jwks_url, "external issuer key set not fetched; the cached set stays in use");
@@ -275,6 +258,18 @@ impl ExternalIssuer {
             body.extend_from_slice(&chunk);
         }
         parse_set(&body)
+    }
+}
+
+/// Fetches `issuer`'s key set every `refresh_secs` until `token` is cancelled.
+pub async fn refresh(issuer: Arc<ExternalIssuer>, token: CancellationToken) {
+    let mut every = tokio::time::interval_at(Instant::now() + issuer.refresh, issuer.refresh);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = every.tick() => issuer.fetch_if_allowed().await,
+        }
     }
 }
 

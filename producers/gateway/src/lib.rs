@@ -150,9 +150,11 @@ pub async fn spawn(
         Some(external) => {
             let issuer = ExternalIssuer::new(external, keys.expected.leeway_secs)
                 .context("failed to set up the external issuer")?;
+            let issuer = Arc::new(issuer);
             // Not fatal: the gateway's own tokens work without the provider, and its
-            // tokens are checked once the set arrives.
-            issuer.fetch_if_allowed(true).await;
+            // tokens verify once the set arrives.
+            issuer.fetch_if_allowed().await;
+            tokio::spawn(jwks::refresh(issuer.clone(), token.clone()));
             Some(issuer)
         }
         None => None,

@@ -422,7 +422,7 @@ async fn a_key_the_provider_adds_is_fetched_when_a_token_names_it() {
 async fn the_cached_key_set_serves_while_the_provider_fails() {
     let provider = Provider::generate();
     let jwks = JwksServer::start(provider.jwks("k1-")).await;
-    // Stale after a second: every request past that asks for a fetch.
+    // Refreshed in the background every second, or as often as the fetch rate limit allows.
     let app = TestApp::spawn_with(jwks.options(1)).await;
     let token = provider.rs256("k1-rsa", &provider_claims("feed:read"));
     assert_accepted(&read_orders(&app, &token).await);
