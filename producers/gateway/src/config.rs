@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::admission::AdmissionConfig;
 use crate::auth::Scope;
+use crate::jwt::Expected;
 
 /// The signing secret of dev mode when no key is configured: published, so anyone can forge
 /// tokens with it, and refused outside dev mode.
@@ -325,6 +326,15 @@ impl GatewayConfig {
         keys
     }
 
+    /// What the gateway's own tokens must say.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway_secs: i64::try_from(self.leeway_secs).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The id of the key new tokens are signed with: `signing_key_id`, or the only key.
     pub fn signing_key(&self) -> Result<String, InvalidConfig> {
         let keys = self.verification_keys();
@@ -403,6 +413,8 @@ mod tests {
             ("feedline-gateway", "feedline-api")
         );
         assert_eq!(config.leeway_secs, 30);
+        // What tests and tools mint tokens with (`TokenKeys::from_bytes`).
+        assert_eq!(config.expected(), Expected::default());
     }
 
     #[test]

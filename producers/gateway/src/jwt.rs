@@ -313,7 +313,7 @@ impl TokenKeys {
 }
 
 impl Default for Expected {
-    /// The defaults of [`crate::DEFAULTS`].
+    /// The defaults of [`crate::DEFAULTS`] (a config test holds the two together).
     fn default() -> Self {
         Expected {
             issuer: "feedline-gateway".to_owned(),

@@ -51,7 +51,7 @@ use crate::commands::CommandTopic;
 use crate::config::GatewayConfig;
 use crate::idempotency::Answers;
 use crate::jwks::ExternalIssuer;
-use crate::jwt::{Expected, TokenKeys};
+use crate::jwt::TokenKeys;
 use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
 
@@ -140,11 +140,7 @@ pub async fn spawn(
     let keys = TokenKeys::new(
         config.verification_keys().iter(),
         &config.signing_key()?,
-        Expected {
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            leeway_secs: i64::try_from(config.leeway_secs).unwrap_or(i64::MAX),
-        },
+        config.expected(),
     );
     let external = match &config.external_issuer {
         Some(external) => {
