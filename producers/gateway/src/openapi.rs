@@ -214,7 +214,8 @@ fn build() -> Value {
                     "summary": "issue an access token (client credentials grant)",
                     "description": "RFC 6749 §4.4. Client credentials in HTTP Basic or in the \
                         body, not both. Without `scope`, every scope the client may have is \
-                        granted. The token is an HS256 JWT with `sub`, `iat`, `exp`, `scope`, `jti`.",
+                        granted. The token is an HS256 JWT whose header names its key (`kid`), \
+                        with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `scope`, `jti`.",
                     "security": [{}, { "clientBasic": [] }],
                     "requestBody": {
                         "required": true,
