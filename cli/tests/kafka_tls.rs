@@ -33,7 +33,7 @@ fn the_saga_runs_over_sasl_ssl_with_the_production_example() {
     }
     let tls = kafka_tls();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/production.example.toml");
-    let status = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST])
         .env(CHILD, "1")
         .env("FEEDLINE_CONFIG", &example)
@@ -43,11 +43,13 @@ fn the_saga_runs_over_sasl_ssl_with_the_production_example() {
         .env("FEEDLINE_KAFKA__SASL_PASSWORD", tls.scram_password())
         // The test broker is a single node.
         .env("FEEDLINE_KAFKA__REPLICATION_FACTOR", "1")
-        .status()
+        .output()
         .expect("the test binary runs again");
     assert!(
-        status.success(),
-        "the saga over SASL_SSL failed (its output is above)"
+        child.status.success(),
+        "the saga over SASL_SSL failed:\n{}\n{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
     );
 }
 
@@ -173,4 +175,65 @@ async fn saga() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `feedline ARGS` with the Kafka settings in `env` (FEEDLINE_KAFKA__*), as a user sets them.
+fn feedline(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_feedline"));
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("feedline runs")
+}
+
+#[test]
+fn the_cli_talks_mutual_tls_when_the_environment_says_so() {
+    let tls = kafka_tls();
+    let topic = format!("tls{}-cli", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let env = [
+        ("FEEDLINE_KAFKA__BOOTSTRAP_SERVERS", tls.ssl_bootstrap.clone()),
+        ("FEEDLINE_KAFKA__SECURITY_PROTOCOL", "ssl".into()),
+        ("FEEDLINE_KAFKA__SSL_CA_LOCATION", tls.ca().display().to_string()),
+        (
+            "FEEDLINE_KAFKA__SSL_CERTIFICATE_LOCATION",
+            tls.client_certificate().display().to_string(),
+        ),
+        (
+            "FEEDLINE_KAFKA__SSL_KEY_LOCATION",
+            tls.client_key().display().to_string(),
+        ),
+        ("FEEDLINE_KAFKA__SSL_KEY_PASSWORD", tls.client_key_password()),
+    ];
+    let created = feedline(&["topics", "create", &topic, "--partitions", "1"], &env);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let listed = feedline(&["topics", "list"], &env);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && stdout.contains(&topic), "{stdout}");
+    // Without the key the broker's listener refuses the connection.
+    let refused = feedline(&["topics", "list", "--timeout", "5"], &env[..3]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot reach Kafka"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn the_cli_names_the_key_of_an_incomplete_sasl_setting() {
+    let out = feedline(
+        &["topics", "list"],
+        &[
+            ("FEEDLINE_KAFKA__SECURITY_PROTOCOL", "sasl_ssl".into()),
+            ("FEEDLINE_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512".into()),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kafka.sasl_username"), "{stderr}");
 }
