@@ -192,9 +192,15 @@ fn the_cli_talks_mutual_tls_when_the_environment_says_so() {
     let tls = kafka_tls();
     let topic = format!("tls{}-cli", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let env = [
-        ("FEEDLINE_KAFKA__BOOTSTRAP_SERVERS", tls.ssl_bootstrap.clone()),
+        (
+            "FEEDLINE_KAFKA__BOOTSTRAP_SERVERS",
+            tls.ssl_bootstrap.clone(),
+        ),
         ("FEEDLINE_KAFKA__SECURITY_PROTOCOL", "ssl".into()),
-        ("FEEDLINE_KAFKA__SSL_CA_LOCATION", tls.ca().display().to_string()),
+        (
+            "FEEDLINE_KAFKA__SSL_CA_LOCATION",
+            tls.ca().display().to_string(),
+        ),
         (
             "FEEDLINE_KAFKA__SSL_CERTIFICATE_LOCATION",
             tls.client_certificate().display().to_string(),
@@ -203,7 +209,10 @@ fn the_cli_talks_mutual_tls_when_the_environment_says_so() {
             "FEEDLINE_KAFKA__SSL_KEY_LOCATION",
             tls.client_key().display().to_string(),
         ),
-        ("FEEDLINE_KAFKA__SSL_KEY_PASSWORD", tls.client_key_password()),
+        (
+            "FEEDLINE_KAFKA__SSL_KEY_PASSWORD",
+            tls.client_key_password(),
+        ),
     ];
     let created = feedline(&["topics", "create", &topic, "--partitions", "1"], &env);
     assert!(
@@ -213,7 +222,10 @@ fn the_cli_talks_mutual_tls_when_the_environment_says_so() {
     );
     let listed = feedline(&["topics", "list"], &env);
     let stdout = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.status.success() && stdout.contains(&topic), "{stdout}");
+    assert!(
+        listed.status.success() && stdout.contains(&topic),
+        "{stdout}"
+    );
     // Without the key the broker's listener refuses the connection.
     let refused = feedline(&["topics", "list", "--timeout", "5"], &env[..3]);
     assert!(!refused.status.success());

@@ -533,21 +533,25 @@ impl KafkaSettings {
             if let Some((field, _)) = sasl_keys.iter().find(|(_, set)| *set) {
                 return invalid(
                     field,
-                    format!(
-                        "{}; SASL needs sasl_plaintext or sasl_ssl",
-                        named(field)
-                    ),
+                    format!("{}; SASL needs sasl_plaintext or sasl_ssl", named(field)),
                 );
             }
         } else {
-            let needs = format!("required with kafka.security_protocol = {}", protocol.as_str());
+            let needs = format!(
+                "required with kafka.security_protocol = {}",
+                protocol.as_str()
+            );
             if self.sasl_mechanism.is_none() {
                 return invalid(
                     "kafka.sasl_mechanism",
                     format!("{needs} (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"),
                 );
             }
-            if self.sasl_username.as_deref().is_none_or(|u| u.trim().is_empty()) {
+            if self
+                .sasl_username
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
+            {
                 return invalid("kafka.sasl_username", needs);
             }
             if self
@@ -768,9 +772,7 @@ mod tests {
         for config in [
             settings.kafka.client_config(),
             settings.kafka.producer_config(),
-            settings
-                .kafka
-                .consumer_config("g", &settings.consumer),
+            settings.kafka.consumer_config("g", &settings.consumer),
         ] {
             assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
             assert_eq!(config.get("ssl.ca.location"), Some(ca.as_str()));
@@ -783,7 +785,10 @@ mod tests {
     #[test]
     fn the_protocol_is_plaintext_unless_configured() {
         let settings = Settings::from_toml("").unwrap();
-        assert_eq!(settings.kafka.security_protocol, SecurityProtocol::Plaintext);
+        assert_eq!(
+            settings.kafka.security_protocol,
+            SecurityProtocol::Plaintext
+        );
         let config = settings.kafka.client_config();
         assert_eq!(config.get("security.protocol"), Some("plaintext"));
         assert_eq!(config.get("sasl.mechanism"), None);
@@ -842,7 +847,11 @@ mod tests {
             ),
         ];
         for (kafka, field) in cases {
-            assert_eq!(invalid_field(&format!("[kafka]\n{kafka}")), field, "{kafka}");
+            assert_eq!(
+                invalid_field(&format!("[kafka]\n{kafka}")),
+                field,
+                "{kafka}"
+            );
         }
         let err = Settings::from_toml("[kafka]\nsecurity_protocol = \"tls\"").unwrap_err();
         assert!(err.to_string().contains("security_protocol"), "{err}");
@@ -869,10 +878,19 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{settings:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
         assert!(shown.contains("visible"), "{shown}");
-        let shown = format!("{:?}", redacted_client_config(&settings.kafka.client_config()));
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        let shown = format!(
+            "{:?}",
+            redacted_client_config(&settings.kafka.client_config())
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
     }
 
     #[test]

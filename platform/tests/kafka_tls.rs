@@ -174,7 +174,10 @@ async fn a_client_that_does_not_trust_the_brokers_ca_is_refused() {
     // The client's own certificate is no CA of the broker's chain.
     let wrong_ca = mtls(&tls).replace(
         &format!("ssl_ca_location = \"{}\"", tls.ca().display()),
-        &format!("ssl_ca_location = \"{}\"", tls.client_certificate().display()),
+        &format!(
+            "ssl_ca_location = \"{}\"",
+            tls.client_certificate().display()
+        ),
     );
     let error = refused(&settings(&wrong_ca));
     assert!(error.contains("certificate verify failed"), "{error}");
