@@ -48,6 +48,12 @@ pub async fn run(
         "java not found on PATH (Kafka's tools need Java 17+)"
     );
     let kafka = &settings.kafka;
+    // The Java tool gets only the bootstrap servers and compression, not feedline's TLS and
+    // SASL settings (it would need them as JVM client properties).
+    anyhow::ensure!(
+        kafka.security_protocol == feedline::config::SecurityProtocol::Plaintext,
+        "Kafka's end-to-end-latency tool is only run against a plaintext listener"
+    );
     let topic = format!("bench-e2e-latency-{}", uuid::Uuid::new_v4().simple());
     let admin = Admin::new(kafka)?;
     admin.ensure_topics(&[TopicSpec::new(&topic, 1)]).await?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -83,7 +83,109 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How clients talk to the brokers (`security.protocol`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    #[serde(alias = "PLAINTEXT")]
+    Plaintext,
+    #[serde(alias = "SSL")]
+    Ssl,
+    #[serde(alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// The SASL mechanisms librdkafka implements itself (no Cyrus SASL, no Kerberos).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// librdkafka properties that have a typed key under `[kafka]`; setting them in
+/// `[kafka.properties]` too would leave two places deciding one thing.
+const TYPED_PROPERTIES: &[(&str, &str)] = &[
+    ("security.protocol", "kafka.security_protocol"),
+    ("ssl.ca.location", "kafka.ssl_ca_location"),
+    ("ssl.certificate.location", "kafka.ssl_certificate_location"),
+    ("ssl.key.location", "kafka.ssl_key_location"),
+    ("ssl.key.password", "kafka.ssl_key_password"),
+    ("sasl.mechanism", "kafka.sasl_mechanism"),
+    ("sasl.mechanisms", "kafka.sasl_mechanism"),
+    ("sasl.username", "kafka.sasl_username"),
+    ("sasl.password", "kafka.sasl_password"),
+];
+
+/// Whether a librdkafka property holds a secret (its value is masked wherever it is shown).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret")
+}
+
+/// `properties` as they may be printed: secret values masked.
+pub fn redacted_properties<K: AsRef<str>, V: AsRef<str>>(
+    properties: impl IntoIterator<Item = (K, V)>,
+) -> BTreeMap<String, String> {
+    properties
+        .into_iter()
+        .map(|(key, value)| {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let shown = if is_secret_property(key) {
+                "[REDACTED]"
+            } else {
+                value
+            };
+            (key.to_owned(), shown.to_owned())
+        })
+        .collect()
+}
+
+/// A client configuration as it may be printed: secret values masked. rdkafka's own
+/// `Debug` of a `ClientConfig` shows every value, passwords included.
+pub fn redacted_client_config(config: &ClientConfig) -> BTreeMap<String, String> {
+    redacted_properties(config.config_map())
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
@@ -103,8 +205,57 @@ pub struct KafkaSettings {
     pub topic_config: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// `plaintext` (the default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CA(s) the brokers' certificates are checked against (with `ssl` or
+    /// `sasl_ssl`); without it, the system's trust store.
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// PEM file of this client's certificate, for brokers that require client certificates.
+    #[serde(default)]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// PEM file of the private key of `ssl_certificate_location`.
+    #[serde(default)]
+    pub ssl_key_location: Option<PathBuf>,
+    /// Password of an encrypted `ssl_key_location`.
+    #[serde(default)]
+    pub ssl_key_password: Option<SecretString>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with `sasl_plaintext` or `sasl_ssl`).
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
     #[serde(default)]
     pub sasl_password: Option<SecretString>,
+}
+
+// By hand: pass-through properties may hold secrets (`ssl.keystore.password`, ...).
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("compression", &self.compression)
+            .field("linger_ms", &self.linger_ms)
+            .field("batch_size", &self.batch_size)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("replication_factor", &self.replication_factor)
+            .field("default_partitions", &self.default_partitions)
+            .field("statistics_interval_ms", &self.statistics_interval_ms)
+            .field("event_retention_ms", &self.event_retention_ms)
+            .field("topic_config", &self.topic_config)
+            .field("properties", &redacted_properties(&self.properties))
+            .field("security_protocol", &self.security_protocol)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .field("ssl_key_password", &self.ssl_key_password)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +413,7 @@ impl Settings {
                 "must start with postgres://, postgresql:// or sqlite:",
             );
         }
+        self.kafka.validate_security()?;
         if self.kafka.default_partitions < 1 {
             return invalid("kafka.default_partitions", "must be at least 1");
         }
@@ -293,7 +445,8 @@ impl KafkaSettings {
         format!("{}{}", self.topic_prefix, base)
     }
 
-    /// Settings shared by every client: brokers, statistics, pass-through properties.
+    /// Settings shared by every client: brokers, statistics, TLS and SASL, pass-through
+    /// properties. Every producer, consumer and admin client is built from this.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -302,15 +455,152 @@ impl KafkaSettings {
                 "statistics.interval.ms",
                 self.statistics_interval_ms.to_string(),
             );
-        // librdkafka property names never hold '_', so `security_protocol` (what an
-        // environment variable can spell) means `security.protocol`.
+        // librdkafka property names never hold '_', so `socket_timeout_ms` (what an
+        // environment variable can spell) means `socket.timeout.ms`.
         for (key, value) in &self.properties {
-            config.set(key.replace('_', "."), value);
+            config.set(property_name(key), value);
+        }
+        self.apply_security(&mut config);
+        config
+    }
+
+    fn apply_security(&self, config: &mut ClientConfig) {
+        config.set("security.protocol", self.security_protocol.as_str());
+        let path = |p: &PathBuf| p.display().to_string();
+        if let Some(ca) = &self.ssl_ca_location {
+            config.set("ssl.ca.location", path(ca));
+        }
+        if let Some(certificate) = &self.ssl_certificate_location {
+            config.set("ssl.certificate.location", path(certificate));
+        }
+        if let Some(key) = &self.ssl_key_location {
+            config.set("ssl.key.location", path(key));
+        }
+        if let Some(password) = &self.ssl_key_password {
+            config.set("ssl.key.password", password.expose_secret());
+        }
+        if let Some(mechanism) = self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism.as_str());
+        }
+        if let Some(username) = &self.sasl_username {
+            config.set("sasl.username", username);
         }
         if let Some(password) = &self.sasl_password {
             config.set("sasl.password", password.expose_secret());
         }
-        config
+    }
+
+    /// The combinations librdkafka would reject only when a client is created (or, worse,
+    /// accept and then fail to connect for ever) are refused at load, naming the key.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        for key in self.properties.keys() {
+            let name = property_name(key);
+            if let Some((_, typed)) = TYPED_PROPERTIES.iter().find(|(p, _)| *p == name) {
+                return invalid("kafka.properties", format!("set {typed} instead of {key}"));
+            }
+        }
+        let protocol = self.security_protocol;
+        let named = |field: &str| {
+            format!(
+                "{field} is set but kafka.security_protocol is {}",
+                protocol.as_str()
+            )
+        };
+        if !protocol.uses_tls() {
+            let tls_keys = [
+                ("kafka.ssl_ca_location", self.ssl_ca_location.is_some()),
+                (
+                    "kafka.ssl_certificate_location",
+                    self.ssl_certificate_location.is_some(),
+                ),
+                ("kafka.ssl_key_location", self.ssl_key_location.is_some()),
+                ("kafka.ssl_key_password", self.ssl_key_password.is_some()),
+            ];
+            if let Some((field, _)) = tls_keys.iter().find(|(_, set)| *set) {
+                return invalid(
+                    field,
+                    format!("{}; TLS needs ssl or sasl_ssl", named(field)),
+                );
+            }
+        }
+        if !protocol.uses_sasl() {
+            let sasl_keys = [
+                ("kafka.sasl_mechanism", self.sasl_mechanism.is_some()),
+                ("kafka.sasl_username", self.sasl_username.is_some()),
+                ("kafka.sasl_password", self.sasl_password.is_some()),
+            ];
+            if let Some((field, _)) = sasl_keys.iter().find(|(_, set)| *set) {
+                return invalid(
+                    field,
+                    format!("{}; SASL needs sasl_plaintext or sasl_ssl", named(field)),
+                );
+            }
+        } else {
+            let needs = format!(
+                "required with kafka.security_protocol = {}",
+                protocol.as_str()
+            );
+            if self.sasl_mechanism.is_none() {
+                return invalid(
+                    "kafka.sasl_mechanism",
+                    format!("{needs} (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"),
+                );
+            }
+            if self
+                .sasl_username
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
+            {
+                return invalid("kafka.sasl_username", needs);
+            }
+            if self
+                .sasl_password
+                .as_ref()
+                .is_none_or(|p| p.expose_secret().is_empty())
+            {
+                return invalid("kafka.sasl_password", needs);
+            }
+        }
+        match (&self.ssl_certificate_location, &self.ssl_key_location) {
+            (Some(_), None) => {
+                return invalid(
+                    "kafka.ssl_key_location",
+                    "required with kafka.ssl_certificate_location".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return invalid(
+                    "kafka.ssl_certificate_location",
+                    "required with kafka.ssl_key_location".into(),
+                );
+            }
+            _ => {}
+        }
+        if self.ssl_key_password.is_some() && self.ssl_key_location.is_none() {
+            return invalid(
+                "kafka.ssl_key_password",
+                "is set but kafka.ssl_key_location is not".into(),
+            );
+        }
+        // A missing file otherwise surfaces as a client that cannot be created, from deep
+        // inside whichever service started first.
+        let files = [
+            ("kafka.ssl_ca_location", &self.ssl_ca_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
+            ("kafka.ssl_key_location", &self.ssl_key_location),
+        ];
+        for (field, file) in files {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return invalid(field, format!("{} is not a readable file", file.display()));
+            }
+        }
+        Ok(())
     }
 
     /// Idempotent producer with `acks=all`: a send is done only once every in-sync replica has it.
@@ -355,6 +645,11 @@ impl KafkaSettings {
             );
         config
     }
+}
+
+/// librdkafka property names never hold '_': `socket_timeout_ms` is `socket.timeout.ms`.
+fn property_name(key: &str) -> String {
+    key.replace('_', ".")
 }
 
 impl ConsumerSettings {
@@ -444,12 +739,158 @@ mod tests {
     #[test]
     fn pass_through_properties_accept_underscores_for_dots() {
         let settings = Settings::from_toml(
-            "[kafka.properties]\nsecurity_protocol = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"",
+            "[kafka.properties]\nsocket_timeout_ms = \"5000\"\n\"client.id\" = \"x\"",
         )
         .unwrap();
         let config = settings.kafka.client_config();
-        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
-        assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(config.get("socket.timeout.ms"), Some("5000"));
+        assert_eq!(config.get("client.id"), Some("x"));
+    }
+
+    /// A file that exists, for the keys that name one.
+    fn existing_file() -> String {
+        let path = std::env::temp_dir().join("feedline-config-test.pem");
+        std::fs::write(&path, "not checked here").unwrap();
+        path.display().to_string()
+    }
+
+    fn invalid_field(toml: &str) -> &'static str {
+        match Settings::from_toml(toml) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field for {toml:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sasl_ssl_with_scram_sets_every_client_property() {
+        let ca = existing_file();
+        let settings = Settings::from_toml(&format!(
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nssl_ca_location = \"{ca}\"\n\
+             sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"svc\"\nsasl_password = \"pw\""
+        ))
+        .unwrap();
+        for config in [
+            settings.kafka.client_config(),
+            settings.kafka.producer_config(),
+            settings.kafka.consumer_config("g", &settings.consumer),
+        ] {
+            assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(config.get("ssl.ca.location"), Some(ca.as_str()));
+            assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(config.get("sasl.username"), Some("svc"));
+            assert_eq!(config.get("sasl.password"), Some("pw"));
+        }
+    }
+
+    #[test]
+    fn the_protocol_is_plaintext_unless_configured() {
+        let settings = Settings::from_toml("").unwrap();
+        assert_eq!(
+            settings.kafka.security_protocol,
+            SecurityProtocol::Plaintext
+        );
+        let config = settings.kafka.client_config();
+        assert_eq!(config.get("security.protocol"), Some("plaintext"));
+        assert_eq!(config.get("sasl.mechanism"), None);
+    }
+
+    #[test]
+    fn mutual_tls_takes_a_certificate_and_an_encrypted_key() {
+        let file = existing_file();
+        let settings = Settings::from_toml(&format!(
+            "[kafka]\nsecurity_protocol = \"SSL\"\nssl_ca_location = \"{file}\"\n\
+             ssl_certificate_location = \"{file}\"\nssl_key_location = \"{file}\"\n\
+             ssl_key_password = \"hunter2\""
+        ))
+        .unwrap();
+        let config = settings.kafka.client_config();
+        assert_eq!(config.get("security.protocol"), Some("ssl"));
+        assert_eq!(config.get("ssl.key.password"), Some("hunter2"));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        assert!(!format!("{:?}", redacted_client_config(&config)).contains("hunter2"));
+    }
+
+    #[test]
+    fn invalid_security_combinations_name_the_key() {
+        let file = existing_file();
+        let cases = [
+            ("security_protocol = \"sasl_ssl\"", "kafka.sasl_mechanism"),
+            (
+                "security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"PLAIN\"",
+                "kafka.sasl_username",
+            ),
+            (
+                "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"",
+                "kafka.sasl_password",
+            ),
+            ("sasl_username = \"u\"", "kafka.sasl_username"),
+            ("sasl_password = \"p\"", "kafka.sasl_password"),
+            (
+                &format!("ssl_ca_location = \"{file}\""),
+                "kafka.ssl_ca_location",
+            ),
+            (
+                &format!("security_protocol = \"ssl\"\nssl_certificate_location = \"{file}\""),
+                "kafka.ssl_key_location",
+            ),
+            (
+                &format!("security_protocol = \"ssl\"\nssl_key_location = \"{file}\""),
+                "kafka.ssl_certificate_location",
+            ),
+            (
+                "security_protocol = \"ssl\"\nssl_key_password = \"p\"",
+                "kafka.ssl_key_password",
+            ),
+            (
+                "security_protocol = \"ssl\"\nssl_ca_location = \"/nonexistent/ca.pem\"",
+                "kafka.ssl_ca_location",
+            ),
+        ];
+        for (kafka, field) in cases {
+            assert_eq!(
+                invalid_field(&format!("[kafka]\n{kafka}")),
+                field,
+                "{kafka}"
+            );
+        }
+        let err = Settings::from_toml("[kafka]\nsecurity_protocol = \"tls\"").unwrap_err();
+        assert!(err.to_string().contains("security_protocol"), "{err}");
+        let err = Settings::from_toml(
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"GSSAPI\"",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sasl_mechanism"), "{err}");
+    }
+
+    #[test]
+    fn typed_keys_cannot_also_be_pass_through_properties() {
+        for key in ["security_protocol", "\"sasl.password\"", "ssl_key_password"] {
+            let toml = format!("[kafka.properties]\n{key} = \"x\"");
+            assert_eq!(invalid_field(&toml), "kafka.properties", "{key}");
+        }
+    }
+
+    #[test]
+    fn secret_pass_through_properties_are_masked() {
+        let settings = Settings::from_toml(
+            "[kafka.properties]\n\"ssl.keystore.password\" = \"hunter2\"\n\
+             \"sasl.oauthbearer.client.secret\" = \"hunter3\"\n\"client.id\" = \"visible\"",
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(shown.contains("visible"), "{shown}");
+        let shown = format!(
+            "{:?}",
+            redacted_client_config(&settings.kafka.client_config())
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
     }
 
     #[test]

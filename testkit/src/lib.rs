@@ -32,6 +32,65 @@ pub fn kafka_bootstrap() -> String {
     std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Where the broker's TLS listeners are, and the files and credentials of their clients, as
+/// `infra/kafka.sh` generates them (`infra/kafka.sh tls` prints the same).
+#[derive(Debug, Clone)]
+pub struct KafkaTls {
+    /// The SSL listener, which requires a client certificate.
+    pub ssl_bootstrap: String,
+    /// The SASL_SSL listener (SCRAM-SHA-512).
+    pub sasl_bootstrap: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl KafkaTls {
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn client_certificate(&self) -> std::path::PathBuf {
+        self.dir.join("client.pem")
+    }
+    pub fn client_key(&self) -> std::path::PathBuf {
+        self.dir.join("client.key")
+    }
+    pub fn client_key_password(&self) -> String {
+        self.read("client-key-password")
+    }
+    pub fn scram_username(&self) -> &'static str {
+        "feedline"
+    }
+    pub fn scram_password(&self) -> String {
+        self.read("scram-password")
+    }
+
+    fn read(&self, name: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot read {} ({e}); start the broker with infra/kafka.sh start, or point \
+                     FEEDLINE_TEST_KAFKA_TLS_DIR at its tls directory",
+                    path.display()
+                )
+            })
+            .trim()
+            .to_owned()
+    }
+}
+
+/// The TLS listeners of the test broker: FEEDLINE_TEST_KAFKA_SSL, FEEDLINE_TEST_KAFKA_SASL and
+/// FEEDLINE_TEST_KAFKA_TLS_DIR, by default those `infra/kafka.sh start` sets up
+/// (9094, 9095, `$FEEDLINE_STATE/kafka/tls`).
+pub fn kafka_tls() -> KafkaTls {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let state = var("FEEDLINE_STATE", "/tmp/feedline-infra");
+    KafkaTls {
+        ssl_bootstrap: var("FEEDLINE_TEST_KAFKA_SSL", "127.0.0.1:9094"),
+        sasl_bootstrap: var("FEEDLINE_TEST_KAFKA_SASL", "127.0.0.1:9095"),
+        dir: var("FEEDLINE_TEST_KAFKA_TLS_DIR", &format!("{state}/kafka/tls")).into(),
+    }
+}
+
 pub fn database_url() -> String {
     std::env::var("FEEDLINE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into())
