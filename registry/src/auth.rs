@@ -286,6 +286,28 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn successes_are_cached_and_failures_are_not() {
+        let settings: ServerSettings = feedline::Settings::from_toml(&format!(
+            "[registry_server.users.ci]\npassword_hash = \"{}\"\nrole = \"write\"",
+            hash_password("right")
+        ))
+        .unwrap()
+        .section(crate::config::SECTION)
+        .unwrap();
+        let auth = Arc::new(Authenticator::new(&settings));
+        let cached = || auth.verified.lock().unwrap().len();
+        assert_eq!(auth.verify("ci", &"wrong".into()).await, None);
+        assert_eq!(auth.verify("nobody", &"right".into()).await, None);
+        assert_eq!(cached(), 0);
+        assert_eq!(auth.verify("ci", &"right".into()).await, Some(Role::Write));
+        assert_eq!(cached(), 1);
+        let key = auth.cache_key("ci", &"right".into());
+        assert_eq!(auth.cached(&key), Some(Role::Write));
+        assert_eq!(auth.verify("ci", &"right".into()).await, Some(Role::Write));
+        assert_eq!(cached(), 1);
+    }
+
     #[test]
     fn malformed_headers_are_told_apart_from_none() {
         let mut headers = HeaderMap::new();
