@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use feedline::Settings;
 use feedline::codec::CodecError;
 use feedline::config::RegistrySettings;
-use secrecy::SecretString;
 use feedline_cli::cluster::{Cluster, seconds};
 use feedline_cli::consume::ConsumeArgs;
 use feedline_cli::dlq::DlqCommand;
@@ -17,6 +16,7 @@ use feedline_cli::groups::GroupsCommand;
 use feedline_cli::produce::ProduceArgs;
 use feedline_cli::topics::TopicsCommand;
 use feedline_cli::{Output, consume, dlq, groups, produce, schema, topics};
+use secrecy::SecretString;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -231,11 +231,11 @@ fn explain_registry_refusal(e: anyhow::Error, registry: &RegistrySettings) -> an
 async fn dispatch(cluster: &Cluster, command: Command) -> anyhow::Result<bool> {
     let settings = &cluster.settings;
     match command {
-        Command::Produce(args) => produce::run(&cluster, args).await,
-        Command::Consume(args) => consume::run(&cluster, args).await,
-        Command::Topics(command) => topics::run(&cluster, command).await,
-        Command::Groups(command) => groups::run(&cluster, command).await,
-        Command::Dlq(command) => dlq::run(&cluster, command).await,
+        Command::Produce(args) => produce::run(cluster, args).await,
+        Command::Consume(args) => consume::run(cluster, args).await,
+        Command::Topics(command) => topics::run(cluster, command).await,
+        Command::Groups(command) => groups::run(cluster, command).await,
+        Command::Dlq(command) => dlq::run(cluster, command).await,
         Command::Up(_) => unreachable!("handled before the cluster is set up"),
         Command::Schema(SchemaCommand::Check { dir, output }) => {
             schema::check(settings, &dir, output).await

@@ -31,8 +31,8 @@ impl System {
         let mut tasks = TaskGroup::new(token.clone());
         // A development system: the registry may run open (it says so loudly); users
         // configured in [registry_server.users] still apply.
-        let registry_settings =
-            load(feedline_registry::DEFAULTS)?.with_overrides("[registry_server]\ndev_mode = true\n")?;
+        let registry_settings = load(feedline_registry::DEFAULTS)?
+            .with_overrides("[registry_server]\ndev_mode = true\n")?;
         let registry = feedline_registry::spawn(registry_settings, token.clone())
             .await
             .context("failed to start the schema registry")?;

@@ -107,7 +107,10 @@ async fn credentials_from_flags_or_environment_and_a_clear_error_without() {
     let reg = start(None).await;
     reg.register_one(None).await;
 
-    let (code, out, err) = reg.feedline(&["schema", "list", "--registry-user", "reader:read-pw"], &[]);
+    let (code, out, err) = reg.feedline(
+        &["schema", "list", "--registry-user", "reader:read-pw"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("probe-value"), "{out}");
 
@@ -136,19 +139,39 @@ async fn credentials_from_flags_or_environment_and_a_clear_error_without() {
     let (code, _, err) = reg.feedline(&["schema", "list", "--registry-user", "reader:nope"], &[]);
     assert_eq!(code, 1);
     let line = one_error_line(&err);
-    assert!(line.contains("rejected the password of user 'reader'"), "{line}");
+    assert!(
+        line.contains("rejected the password of user 'reader'"),
+        "{line}"
+    );
     assert!(!line.contains("nope"), "{line}");
 
     let (code, _, err) = reg.feedline(
-        &["schema", "register", "--dir", CONTRACTS, "--registry-user", "reader:read-pw"],
+        &[
+            "schema",
+            "register",
+            "--dir",
+            CONTRACTS,
+            "--registry-user",
+            "reader:read-pw",
+        ],
         &[],
     );
     assert_eq!(code, 1);
     let line = one_error_line(&err);
-    assert!(line.contains("user 'reader'") && line.contains("write role"), "{line}");
+    assert!(
+        line.contains("user 'reader'") && line.contains("write role"),
+        "{line}"
+    );
 
     let (code, out, err) = reg.feedline(
-        &["schema", "register", "--dir", CONTRACTS, "--registry-user", "writer:write-pw"],
+        &[
+            "schema",
+            "register",
+            "--dir",
+            CONTRACTS,
+            "--registry-user",
+            "writer:write-pw",
+        ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
@@ -158,7 +181,10 @@ async fn credentials_from_flags_or_environment_and_a_clear_error_without() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_ca_lets_the_cli_reach_an_https_registry() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let dir = std::env::temp_dir().join(format!("feedline-cli-tls-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "feedline-cli-tls-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -170,7 +196,11 @@ async fn registry_ca_lets_the_cli_reach_an_https_registry() {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&ca_path, ca_cert.pem()).unwrap();
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
@@ -179,13 +209,23 @@ async fn registry_ca_lets_the_cli_reach_an_https_registry() {
     reg.register_one(Some(&ca_path)).await;
     let ca = ca_path.display().to_string();
     let (code, out, err) = reg.feedline(
-        &["schema", "list", "--registry-user", "reader:read-pw", "--registry-ca", &ca],
+        &[
+            "schema",
+            "list",
+            "--registry-user",
+            "reader:read-pw",
+            "--registry-ca",
+            &ca,
+        ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("probe-value"), "{out}");
 
-    let (code, _, err) = reg.feedline(&["schema", "list", "--registry-user", "reader:read-pw"], &[]);
+    let (code, _, err) = reg.feedline(
+        &["schema", "list", "--registry-user", "reader:read-pw"],
+        &[],
+    );
     assert_eq!(code, 1, "an untrusted certificate must fail: {err}");
     one_error_line(&err);
 }

@@ -512,8 +512,8 @@ mod tests {
 
     #[test]
     fn an_unreadable_registry_ca_names_the_key() {
-        let err = Settings::from_toml("[registry]\nca_location = \"/nonexistent/ca.pem\"")
-            .unwrap_err();
+        let err =
+            Settings::from_toml("[registry]\nca_location = \"/nonexistent/ca.pem\"").unwrap_err();
         assert!(err.to_string().contains("registry.ca_location"), "{err}");
     }
 

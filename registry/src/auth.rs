@@ -313,7 +313,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert!(matches!(basic_credentials(&headers), Credentials::None));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        assert!(matches!(basic_credentials(&headers), Credentials::Malformed));
+        assert!(matches!(
+            basic_credentials(&headers),
+            Credentials::Malformed
+        ));
         let encoded = format!("Basic {}", STANDARD.encode("ci:pa:ss"));
         headers.insert(AUTHORIZATION, HeaderValue::from_str(&encoded).unwrap());
         match basic_credentials(&headers) {

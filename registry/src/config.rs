@@ -132,17 +132,18 @@ mod tests {
     fn no_users_is_refused_outside_dev_mode() {
         let err = parse("").validate().unwrap_err();
         assert!(err.to_string().contains("dev_mode"), "{err}");
-        let open = parse("[registry_server]\ndev_mode = true").validate().unwrap();
+        let open = parse("[registry_server]\ndev_mode = true")
+            .validate()
+            .unwrap();
         assert!(!open);
     }
 
     #[test]
     fn a_bad_hash_names_its_user() {
-        let err = parse(
-            "[registry_server.users.ci]\npassword_hash = \"hunter2\"\nrole = \"write\"",
-        )
-        .validate()
-        .unwrap_err();
+        let err =
+            parse("[registry_server.users.ci]\npassword_hash = \"hunter2\"\nrole = \"write\"")
+                .validate()
+                .unwrap_err();
         assert!(err.to_string().contains("users.ci.password_hash"), "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }

@@ -152,22 +152,50 @@ async fn roles_decide_who_registers_configures_and_deletes() {
 
     // read: every GET, nothing else.
     forbidden(
-        call(&reg, Method::POST, register, Some(READER), Some(schema_body("Thing"))).await,
+        call(
+            &reg,
+            Method::POST,
+            register,
+            Some(READER),
+            Some(schema_body("Thing")),
+        )
+        .await,
         "read registers",
     );
     forbidden(
-        call(&reg, Method::PUT, "/config", Some(READER), Some(json!({"compatibility": "NONE"}))).await,
+        call(
+            &reg,
+            Method::PUT,
+            "/config",
+            Some(READER),
+            Some(json!({"compatibility": "NONE"})),
+        )
+        .await,
         "read sets config",
     );
 
     // write: register, look up, check, configure; no delete, no mode.
     let id = ok(
-        call(&reg, Method::POST, register, Some(WRITER), Some(schema_body("Thing"))).await,
+        call(
+            &reg,
+            Method::POST,
+            register,
+            Some(WRITER),
+            Some(schema_body("Thing")),
+        )
+        .await,
         "write registers",
     )["id"]
         .clone();
     let found = ok(
-        call(&reg, Method::POST, "/subjects/things-value", Some(WRITER), Some(schema_body("Thing"))).await,
+        call(
+            &reg,
+            Method::POST,
+            "/subjects/things-value",
+            Some(WRITER),
+            Some(schema_body("Thing")),
+        )
+        .await,
         "write looks up",
     );
     assert_eq!(found["id"], id);
@@ -183,37 +211,85 @@ async fn roles_decide_who_registers_configures_and_deletes() {
         "write checks compatibility",
     );
     ok(
-        call(&reg, Method::PUT, "/config/things-value", Some(WRITER), Some(json!({"compatibility": "FULL"}))).await,
+        call(
+            &reg,
+            Method::PUT,
+            "/config/things-value",
+            Some(WRITER),
+            Some(json!({"compatibility": "FULL"})),
+        )
+        .await,
         "write sets config",
     );
     forbidden(
-        call(&reg, Method::DELETE, "/subjects/things-value", Some(WRITER), None).await,
+        call(
+            &reg,
+            Method::DELETE,
+            "/subjects/things-value",
+            Some(WRITER),
+            None,
+        )
+        .await,
         "write deletes",
     );
     forbidden(
-        call(&reg, Method::PUT, "/mode", Some(WRITER), Some(json!({"mode": "READONLY"}))).await,
+        call(
+            &reg,
+            Method::PUT,
+            "/mode",
+            Some(WRITER),
+            Some(json!({"mode": "READONLY"})),
+        )
+        .await,
         "write sets the mode",
     );
 
     // read sees what write registered.
     let version = ok(
-        call(&reg, Method::GET, "/subjects/things-value/versions/1", Some(READER), None).await,
+        call(
+            &reg,
+            Method::GET,
+            "/subjects/things-value/versions/1",
+            Some(READER),
+            None,
+        )
+        .await,
         "read gets",
     );
     assert_eq!(version["id"], id);
     forbidden(
-        call(&reg, Method::DELETE, "/subjects/things-value", Some(READER), None).await,
+        call(
+            &reg,
+            Method::DELETE,
+            "/subjects/things-value",
+            Some(READER),
+            None,
+        )
+        .await,
         "read deletes",
     );
 
     // admin: deletes; setting the mode gets past authorization (this registry has no
     // writable mode, hence 405 rather than 403).
     ok(
-        call(&reg, Method::DELETE, "/subjects/things-value", Some(ADMIN), None).await,
+        call(
+            &reg,
+            Method::DELETE,
+            "/subjects/things-value",
+            Some(ADMIN),
+            None,
+        )
+        .await,
         "admin deletes",
     );
-    let (status, _, body) =
-        call(&reg, Method::PUT, "/mode", Some(ADMIN), Some(json!({"mode": "READONLY"}))).await;
+    let (status, _, body) = call(
+        &reg,
+        Method::PUT,
+        "/mode",
+        Some(ADMIN),
+        Some(json!({"mode": "READONLY"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     let (status, ..) = call(&reg, Method::GET, "/subjects", Some(READER), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -222,7 +298,11 @@ async fn roles_decide_who_registers_configures_and_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_read_serves_gets_only() {
     use reqwest::Method;
-    let reg = secured(&format!("{}[registry_server]\nanonymous_read = true\n", users())).await;
+    let reg = secured(&format!(
+        "{}[registry_server]\nanonymous_read = true\n",
+        users()
+    ))
+    .await;
     let (status, _, body) = call(&reg, Method::GET, "/subjects", None, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, challenge, body) = call(
@@ -260,7 +340,10 @@ async fn refuses_to_start_without_users_outside_dev_mode() {
     let err = feedline_registry::spawn(bad, CancellationToken::new())
         .await
         .expect_err("a password where its hash belongs");
-    assert!(format!("{err:#}").contains("users.ci.password_hash"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("users.ci.password_hash"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,15 +431,17 @@ async fn a_consumer_refused_by_the_registry_retries_instead_of_dead_lettering() 
     for (user, password) in [("reader", "wrong"), ("nobody", "x")] {
         let refused = client(user, password);
         let err = refused.schema(id).await.unwrap_err();
-        assert!(matches!(err, CodecError::Registry { status: 401, .. }), "{err}");
+        assert!(
+            matches!(err, CodecError::Registry { status: 401, .. }),
+            "{err}"
+        );
         assert_eq!(err.class(), ErrorClass::Transient);
 
         let decoder = AvroDecoder::<Thing, _>::new(refused, &schema, None).unwrap();
         let mut outcome = Outcome::ok();
-        let result = feedline::codec::decode_batch(&[framed(id)], &mut outcome, |m| {
-            decode(&decoder, m)
-        })
-        .await;
+        let result =
+            feedline::codec::decode_batch(&[framed(id)], &mut outcome, |m| decode(&decoder, m))
+                .await;
         assert!(
             matches!(result, Err(HandlerError::Transient(_))),
             "{result:?}"
@@ -367,13 +452,12 @@ async fn a_consumer_refused_by_the_registry_retries_instead_of_dead_lettering() 
     let reader = client(READER.0, READER.1);
     let decoder = AvroDecoder::<Thing, _>::new(reader, &schema, None).unwrap();
     let mut outcome = Outcome::ok();
-    let decoded = feedline::codec::decode_batch(
-        &[framed(id), framed(id + 1000)],
-        &mut outcome,
-        |m| decode(&decoder, m),
-    )
-    .await
-    .expect("the unknown id is the message's fault, not the batch's");
+    let decoded =
+        feedline::codec::decode_batch(&[framed(id), framed(id + 1000)], &mut outcome, |m| {
+            decode(&decoder, m)
+        })
+        .await
+        .expect("the unknown id is the message's fault, not the batch's");
     assert_eq!(decoded.len(), 1);
     assert_eq!(outcome.rejected().len(), 1);
     assert_eq!(outcome.rejected()[0].0, 1);
@@ -397,7 +481,11 @@ fn private_ca() -> (PathBuf, PathBuf, PathBuf) {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&paths.0, ca_cert.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
