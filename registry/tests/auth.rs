@@ -541,3 +541,38 @@ async fn https_with_a_private_ca() {
         .await;
     assert!(answered.is_err(), "{answered:?}");
 }
+
+#[test]
+fn hash_password_prints_an_argon2id_hash_of_standard_input() {
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_feedline-registry"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("s3cret\n");
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let hash = PasswordHash::new(printed.trim()).unwrap();
+    assert_eq!(hash.algorithm.as_str(), "argon2id");
+    // The line break that ends the typed line is not part of the password.
+    assert!(Argon2::default().verify_password(b"s3cret", &hash).is_ok());
+    assert!(!printed.contains("s3cret"));
+
+    let empty = run("");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no password"));
+}
