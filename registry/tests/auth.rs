@@ -576,3 +576,135 @@ fn hash_password_prints_an_argon2id_hash_of_standard_input() {
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no password"));
 }
+
+/// A service's handler, decoding with the registry client it was given; its credentials can
+/// be fixed while it runs, as an operator would fix a service's config.
+#[derive(Clone)]
+struct Decoding {
+    refused: Arc<AvroDecoder<Thing, RegistryClient>>,
+    allowed: Arc<AvroDecoder<Thing, RegistryClient>>,
+    fixed: Arc<std::sync::atomic::AtomicBool>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+    decoded: Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl feedline::Handler for Decoding {
+    async fn handle(
+        &self,
+        batch: &[rdkafka::message::OwnedMessage],
+    ) -> Result<Outcome, HandlerError> {
+        use std::sync::atomic::Ordering;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let decoder = if self.fixed.load(Ordering::SeqCst) {
+            &self.allowed
+        } else {
+            &self.refused
+        };
+        let mut outcome = Outcome::ok();
+        let values =
+            feedline::codec::decode_batch(batch, &mut outcome, |m| decode(decoder, m)).await?;
+        let mut decoded = self.decoded.lock().unwrap();
+        decoded.extend(values.into_iter().map(|(_, thing)| thing.id));
+        Ok(outcome)
+    }
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The consumer runtime, end to end: a registry refusing the service's credentials holds
+/// the message back (retried, the consumer reported waiting) instead of dead-lettering it,
+/// and it is processed once the credentials are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_refused_by_the_registry_waits_and_then_processes_the_message() {
+    use std::sync::atomic::Ordering;
+    let reg = secured(users()).await;
+    let prefix = random_prefix();
+    let settings = Settings::from_toml(&format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\nlinger_ms = 1\n\
+         [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\nretry_backoff_ms = 50\nretry_backoff_max_ms = 200\n\
+         [registry]\nurl = \"{}\"\nusername = \"reader\"\npassword = \"wrong\"\n",
+        kafka_bootstrap(),
+        reg.url
+    ))
+    .unwrap();
+    let right = settings
+        .with_overrides("[registry]\npassword = \"read-pw\"\n")
+        .unwrap();
+    let schema = record("Thing", &[ID]);
+    let writer = settings
+        .with_overrides("[registry]\nusername = \"writer\"\npassword = \"write-pw\"\n")
+        .unwrap();
+    let id = RegistryClient::new(&writer.registry)
+        .register("things-value", &schema)
+        .await
+        .unwrap();
+
+    let topic = settings.kafka.name("things");
+    feedline::admin::Admin::new(&settings.kafka)
+        .unwrap()
+        .ensure_topics(&[feedline::admin::TopicSpec::new(&topic, 1)])
+        .await
+        .unwrap();
+    let metrics = feedline::Metrics::new("auth-test");
+    let producer = feedline::Producer::new(&settings.kafka, metrics.clone()).unwrap();
+    let mut payload = Vec::new();
+    write_header(&mut payload, id);
+    payload.push(84); // the long 42, zig-zag encoded
+    producer
+        .send(feedline::Outgoing::new(
+            &topic,
+            Some(b"k".as_slice()),
+            &payload,
+        ))
+        .await
+        .unwrap();
+
+    let decoder = |s: &Settings| {
+        let client = Arc::new(RegistryClient::new(&s.registry));
+        Arc::new(AvroDecoder::new(client, &schema, None).unwrap())
+    };
+    let handler = Decoding {
+        refused: decoder(&settings),
+        allowed: decoder(&right),
+        fixed: Arc::default(),
+        attempts: Arc::default(),
+        decoded: Arc::default(),
+    };
+    let consumer = feedline::Consumer::new(
+        &settings.kafka,
+        &settings.consumer,
+        &settings.kafka.name("g"),
+        std::slice::from_ref(&topic),
+        handler.clone(),
+        producer,
+        metrics,
+    )
+    .unwrap();
+    let progress = consumer.progress();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+
+    eventually("the refused batch is retried and reported", || {
+        handler.attempts.load(Ordering::SeqCst) >= 3
+            && progress
+                .ready()
+                .is_err_and(|e| e.contains("waiting for a dependency"))
+    })
+    .await;
+    assert!(handler.decoded.lock().unwrap().is_empty());
+
+    handler.fixed.store(true, Ordering::SeqCst);
+    eventually("the message once the credentials are right", || {
+        !handler.decoded.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*handler.decoded.lock().unwrap(), vec![42]);
+    token.cancel();
+    task.await.unwrap().unwrap();
+}
