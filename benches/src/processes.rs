@@ -147,6 +147,8 @@ impl Processes {
                 ("FEEDLINE_HTTP__HOST", "127.0.0.1".to_owned()),
                 ("FEEDLINE_HTTP__PORT", port.to_string()),
                 ("FEEDLINE_REGISTRY__URL", registry_url.clone()),
+                // A local, open registry (the other services ignore the setting).
+                ("FEEDLINE_REGISTRY_SERVER__DEV_MODE", "true".to_owned()),
                 ("FEEDLINE_CONFIG", config_file.display().to_string()),
             ];
             if let Some(db) = database {

@@ -34,7 +34,7 @@ pub async fn start_registry(
     token: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let registry = Settings::from_toml(feedline_registry::DEFAULTS)?.with_overrides(&format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n[http]\nport = 0\n",
+        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n[http]\nport = 0\n[registry_server]\ndev_mode = true\n",
         settings.kafka.bootstrap_servers, settings.kafka.topic_prefix
     ))?;
     let running = feedline_registry::spawn(registry, token)

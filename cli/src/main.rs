@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feedline::Settings;
+use feedline::codec::CodecError;
+use feedline::config::RegistrySettings;
 use feedline_cli::cluster::{Cluster, seconds};
 use feedline_cli::consume::ConsumeArgs;
 use feedline_cli::dlq::DlqCommand;
@@ -14,6 +16,7 @@ use feedline_cli::groups::GroupsCommand;
 use feedline_cli::produce::ProduceArgs;
 use feedline_cli::topics::TopicsCommand;
 use feedline_cli::{Output, consume, dlq, groups, produce, schema, topics};
+use secrecy::SecretString;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -46,6 +49,15 @@ struct Cli {
     /// Schema registry URL (overrides config).
     #[arg(long, global = true, help_heading = GLOBAL)]
     registry_url: Option<String>,
+    /// Schema registry user, with its password after a colon or in --registry-password.
+    #[arg(long, global = true, env = "FEEDLINE_REGISTRY_USER", value_name = "USER[:PASSWORD]", hide_env_values = true, help_heading = GLOBAL)]
+    registry_user: Option<String>,
+    /// Schema registry password (prefer the environment variable: flags show in `ps`).
+    #[arg(long, global = true, env = "FEEDLINE_REGISTRY_PASSWORD", hide_env_values = true, help_heading = GLOBAL)]
+    registry_password: Option<SecretString>,
+    /// PEM CA certificates to trust for an https:// registry, besides the system's.
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
+    registry_ca: Option<PathBuf>,
     /// Seconds any one Kafka request (metadata, offsets) may take before the command fails.
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "SECS", default_value = "10", value_parser = seconds)]
     timeout: Duration,
@@ -160,17 +172,70 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if let Some(url) = cli.registry_url {
         settings.registry.url = url;
     }
+    if let Some(password) = cli.registry_password {
+        settings.registry.password = Some(password);
+    }
+    if let Some(user) = cli.registry_user {
+        // A password given with the user, on this command line, wins over the variable.
+        match user.split_once(':') {
+            Some((user, password)) => {
+                settings.registry.username = Some(user.to_owned());
+                settings.registry.password = Some(password.to_owned().into());
+            }
+            None => settings.registry.username = Some(user),
+        }
+    }
+    if let Some(ca) = cli.registry_ca {
+        settings.registry.ca_location = Some(ca);
+        settings.registry.load_ca()?;
+    }
     if let Command::Up(args) = cli.command {
         return feedline_cli::up::up(cli.config.as_deref(), args).await;
     }
+    let registry = settings.registry.clone();
     let cluster = Cluster::new(settings, cli.timeout);
+    dispatch(&cluster, cli.command)
+        .await
+        .map_err(|e| explain_registry_refusal(e, &registry))
+}
+
+/// A registry that refused the command's credentials: one line saying what to change
+/// instead of the registry's own message.
+fn explain_registry_refusal(e: anyhow::Error, registry: &RegistrySettings) -> anyhow::Error {
+    let status = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<CodecError>() {
+            Some(CodecError::Registry {
+                status: status @ (401 | 403),
+                ..
+            }) => Some(*status),
+            _ => None,
+        });
+    let url = &registry.url;
+    let user = registry.username.as_deref().filter(|u| !u.is_empty());
+    match (status, user) {
+        (Some(401), None) => anyhow::anyhow!(
+            "the schema registry at {url} needs credentials: pass --registry-user USER[:PASSWORD] (or set FEEDLINE_REGISTRY_USER and FEEDLINE_REGISTRY_PASSWORD)"
+        ),
+        (Some(401), Some(user)) => anyhow::anyhow!(
+            "the schema registry at {url} rejected the password of user '{user}': check --registry-user and --registry-password (FEEDLINE_REGISTRY_USER, FEEDLINE_REGISTRY_PASSWORD)"
+        ),
+        (Some(_), user) => anyhow::anyhow!(
+            "the schema registry at {url} does not let user '{}' do this: registering needs the write role, deleting the admin role",
+            user.unwrap_or_default()
+        ),
+        (None, _) => e,
+    }
+}
+
+async fn dispatch(cluster: &Cluster, command: Command) -> anyhow::Result<bool> {
     let settings = &cluster.settings;
-    match cli.command {
-        Command::Produce(args) => produce::run(&cluster, args).await,
-        Command::Consume(args) => consume::run(&cluster, args).await,
-        Command::Topics(command) => topics::run(&cluster, command).await,
-        Command::Groups(command) => groups::run(&cluster, command).await,
-        Command::Dlq(command) => dlq::run(&cluster, command).await,
+    match command {
+        Command::Produce(args) => produce::run(cluster, args).await,
+        Command::Consume(args) => consume::run(cluster, args).await,
+        Command::Topics(command) => topics::run(cluster, command).await,
+        Command::Groups(command) => groups::run(cluster, command).await,
+        Command::Dlq(command) => dlq::run(cluster, command).await,
         Command::Up(_) => unreachable!("handled before the cluster is set up"),
         Command::Schema(SchemaCommand::Check { dir, output }) => {
             schema::check(settings, &dir, output).await

@@ -29,7 +29,11 @@ impl System {
         token: CancellationToken,
     ) -> anyhow::Result<System> {
         let mut tasks = TaskGroup::new(token.clone());
-        let registry = feedline_registry::spawn(load(feedline_registry::DEFAULTS)?, token.clone())
+        // A development system: the registry may run open (it says so loudly); users
+        // configured in [registry_server.users] still apply.
+        let registry_settings = load(feedline_registry::DEFAULTS)?
+            .with_overrides("[registry_server]\ndev_mode = true\n")?;
+        let registry = feedline_registry::spawn(registry_settings, token.clone())
             .await
             .context("failed to start the schema registry")?;
         let registry_addr = registry.addr;

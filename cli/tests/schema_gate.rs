@@ -20,7 +20,7 @@ async fn start() -> Gate {
     let bootstrap =
         std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let settings = Settings::from_toml(&format!(
-        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic_prefix = \"{prefix}\"\n[http]\nport = 0\n"
+        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic_prefix = \"{prefix}\"\n[http]\nport = 0\n[registry_server]\ndev_mode = true\n"
     ))
     .unwrap();
     let token = CancellationToken::new();

@@ -274,6 +274,8 @@ pub struct ConsumerSettings {
     pub stall_timeout_ms: u64,
 }
 
+/// How to reach the schema registry: its URL, the basic-auth user the registry knows this
+/// service as, and for `https://` a CA to trust besides the system's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySettings {
@@ -282,6 +284,12 @@ pub struct RegistrySettings {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<SecretString>,
+    /// A PEM file of CA certificates (a private CA's, or a self-signed registry's).
+    #[serde(default)]
+    pub ca_location: Option<PathBuf>,
+    /// `ca_location`'s certificates, read once at load so a bad file fails at start-up.
+    #[serde(skip)]
+    ca: Vec<reqwest::Certificate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +373,7 @@ impl Settings {
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
+        settings.registry.load_ca()?;
         settings.figment = Some(figment);
         Ok(settings)
     }
@@ -436,6 +445,57 @@ impl Settings {
                 field: "http.host",
                 reason: format!("{e}"),
             })
+    }
+}
+
+impl RegistrySettings {
+    /// Reads the certificates of `ca_location` (none when unset). Settings loaded through
+    /// [`Settings::load`] have them read already; call this after changing `ca_location`.
+    pub fn load_ca(&mut self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "registry.ca_location",
+            reason,
+        };
+        self.ca = match &self.ca_location {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    invalid(format!("{} holds no PEM certificate: {e}", path.display()))
+                })?;
+                if certs.is_empty() {
+                    return Err(invalid(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                certs
+            }
+        };
+        Ok(())
+    }
+
+    /// An HTTP client for the registry: rustls, trusting the system's roots and the
+    /// configured CA, every request bounded by `timeout`.
+    pub fn http_client(&self, timeout: Duration) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .tls_certs_merge(self.ca.iter().cloned())
+            .build()
+            .expect("a reqwest client with PEM-parsed roots builds")
+    }
+
+    /// `request` with this service's credentials, if it has any (an empty user name, as an
+    /// unset variable in docker-compose gives, means none).
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.username.as_deref().filter(|user| !user.is_empty()) {
+            Some(user) => request.basic_auth(
+                user,
+                Some(self.password.as_ref().map_or("", |p| p.expose_secret())),
+            ),
+            None => request,
+        }
     }
 }
 
@@ -734,6 +794,22 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn registry_password_does_not_reach_debug_output() {
+        let settings = Settings::from_toml(
+            "[registry]\nurl = \"https://r\"\nusername = \"svc\"\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_unreadable_registry_ca_names_the_key() {
+        let err =
+            Settings::from_toml("[registry]\nca_location = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert!(err.to_string().contains("registry.ca_location"), "{err}");
     }
 
     #[test]

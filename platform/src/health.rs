@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::RegistrySettings;
 use crate::context::FeedlineContext;
 
 /// How long one readiness check may take before it counts as failed.
@@ -148,15 +149,23 @@ impl Health {
         });
     }
 
-    /// Checks that the schema registry at `url` answers.
-    pub fn registry(&self, url: &str) {
-        let url = format!("{}/", url.trim_end_matches('/'));
-        let http = reqwest::Client::new();
+    /// Checks that the schema registry answers, and takes this service's credentials: a
+    /// registry that refuses them would make every schema look-up fail.
+    pub fn registry(&self, settings: &RegistrySettings) {
+        let url = format!("{}/", settings.url.trim_end_matches('/'));
+        let http = settings.http_client(CHECK_TIMEOUT);
+        let settings = settings.clone();
         self.ready_check("registry", move || {
-            let request = http.get(&url).timeout(CHECK_TIMEOUT).send();
+            let request = settings.authorize(http.get(&url)).send();
             async move {
                 match request.await {
-                    Ok(r) if r.status().is_success() || r.status().as_u16() == 401 => Ok(()),
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => Err(
+                        format!(
+                            "registry refused this service's credentials ({}): check registry.username and registry.password",
+                            r.status()
+                        ),
+                    ),
                     Ok(r) => Err(format!("registry answered {}", r.status())),
                     // Not the URL: it may carry credentials.
                     Err(e) => Err(format!("registry unreachable: {}", without_url(e))),

@@ -162,7 +162,7 @@ impl<H: Handler> ConsumerService<H> {
         .context("failed to create the kafka consumer")?;
 
         consumer.progress().register(&self.health, "consumer");
-        self.health.registry(&settings.registry.url);
+        self.health.registry(&settings.registry);
         if let Some(outbox) = &self.outbox {
             self.health.database("database", outbox.pool().clone());
             outbox.register(&self.health);

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::auth::{self, Authenticator};
 use crate::compat::{DEFAULT_LEVEL, Level};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::RegistryMetrics;
@@ -58,7 +59,14 @@ impl App {
     }
 }
 
-pub fn router(app: Arc<App>, platform_metrics: Arc<Metrics>, health: feedline::Health) -> Router {
+/// The whole API; with an `auth`enticator every route but the probes and metrics needs
+/// credentials (without one, in dev mode, the registry is open).
+pub fn router(
+    app: Arc<App>,
+    platform_metrics: Arc<Metrics>,
+    health: feedline::Health,
+    auth: Option<Arc<Authenticator>>,
+) -> Router {
     let api = Router::new()
         .route("/", get(root))
         .route("/subjects", get(list_subjects))
@@ -107,11 +115,16 @@ pub fn router(app: Arc<App>, platform_metrics: Arc<Metrics>, health: feedline::H
         )
         .route("/mode", get(mode))
         .with_state(Arc::clone(&app));
-    api.merge(feedline::http::ops_router(platform_metrics, health))
+    let mut router = api
+        .merge(feedline::http::ops_router(platform_metrics, health))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(app, negotiate_and_count))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT));
+    // Inside the negotiation layer, so 401 and 403 are counted like any other error.
+    if let Some(auth) = auth {
+        router = router.layer(middleware::from_fn_with_state(auth, auth::authenticate));
+    }
+    router.layer(middleware::from_fn_with_state(app, negotiate_and_count))
 }
 
 // ---- responses ----

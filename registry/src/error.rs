@@ -21,6 +21,8 @@ pub mod code {
     pub const BAD_REQUEST: u32 = 400;
     pub const NOT_FOUND: u32 = 404;
     pub const METHOD_NOT_ALLOWED: u32 = 405;
+    pub const UNAUTHORIZED: u32 = 40101;
+    pub const FORBIDDEN: u32 = 40301;
     pub const INCOMPATIBLE_SCHEMA: u32 = 409;
     pub const SUBJECT_NOT_FOUND: u32 = 40401;
     pub const VERSION_NOT_FOUND: u32 = 40402;
@@ -191,6 +193,23 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             code::OPERATION_TIMEOUT,
             format!("Operation timed out: {message}"),
+        )
+    }
+
+    /// No credentials, or wrong ones; the caller adds the `WWW-Authenticate` challenge.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHORIZED,
+            "Unauthorized: send HTTP basic credentials of a registry user",
+        )
+    }
+
+    pub fn forbidden(user: &str, needed: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            format!("User '{user}' is denied this operation: it needs the {needed} role"),
         )
     }
 

@@ -6,6 +6,7 @@
 //! writes stay consistent).
 //!
 //! - [`api`]: routes, handlers, extractors (Confluent's error format for every rejection)
+//! - [`auth`], [`config`]: basic authentication, users and roles; [`tls`]: HTTPS
 //! - [`error`]: the Confluent error type
 //! - [`store`]: the log reader and the transactional writer
 //! - [`state`]: the in-memory model and `apply`
@@ -14,7 +15,9 @@
 //! - [`record`]: the topic's record layout
 
 pub mod api;
+pub mod auth;
 pub mod compat;
+pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
@@ -22,6 +25,7 @@ pub mod record;
 pub mod schema;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -33,6 +37,8 @@ use feedline::{CancellationToken, Metrics, Settings, TaskGroup};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::auth::Authenticator;
+use crate::config::ServerSettings;
 use crate::metrics::RegistryMetrics;
 use crate::ops::Command;
 use crate::state::State;
@@ -44,6 +50,9 @@ service_name = "registry"
 [http]
 port = 8081
 
+[registry_server]
+anonymous_read = false
+dev_mode = false
 "#;
 
 /// The topic's base name; the configured prefix goes in front.
@@ -76,8 +85,25 @@ pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result
 }
 
 /// Starts the registry: creates `_schemas` if needed, reads it to its end, then serves HTTP
-/// on `http.host:http.port` (port 0 picks a free one, see [`Running::addr`]).
+/// (HTTPS with a certificate configured) on `http.host:http.port` (port 0 picks a free one,
+/// see [`Running::addr`]). Refuses to start with no users outside dev mode.
 pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Running> {
+    let server: ServerSettings = settings
+        .section(config::SECTION)
+        .context("invalid [registry_server] configuration")?;
+    let auth = if server.validate()? {
+        Some(Arc::new(Authenticator::new(&server)))
+    } else {
+        tracing::warn!(
+            "DEV MODE: the schema registry is OPEN, with no users: anyone who reaches it can register, change and permanently delete schemas; configure [registry_server.users] and turn registry_server.dev_mode off outside development"
+        );
+        None
+    };
+    let tls = server
+        .tls()?
+        .map(|files| tls::server_config(&files))
+        .transpose()?;
+
     let topic = settings.kafka.name(TOPIC);
     let platform_metrics = Metrics::new(&settings.service_name);
     let metrics = RegistryMetrics::new(&platform_metrics);
@@ -135,14 +161,26 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
     });
     // Serving at all means `_schemas` was read to its end at start-up; later reads and
     // writes report the store's own errors.
-    let router = api::router(app, platform_metrics, feedline::Health::new());
+    let router = api::router(app, platform_metrics, feedline::Health::new(), auth);
     let http_token = token.clone();
-    tasks.spawn("http", async move {
-        feedline::http::serve(listener, router, http_token)
-            .await
-            .context("http server failed")
-    });
-    tracing::info!(%addr, %topic, "schema registry serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            tasks.spawn("https", async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { http_token.cancelled().await })
+                    .await
+                    .context("https server failed")
+            });
+        }
+        None => tasks.spawn("http", async move {
+            feedline::http::serve(listener, router, http_token)
+                .await
+                .context("http server failed")
+        }),
+    }
+    tracing::info!(%addr, %topic, scheme, "schema registry serving");
     Ok(Running {
         addr,
         handle: tokio::spawn(tasks.join(DRAIN)),

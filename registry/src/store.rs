@@ -93,10 +93,25 @@ impl StoreError {
             ),
             _ => false,
         };
+        // The whole error goes to the log only: librdkafka's texts can name brokers, which
+        // a client has no business learning.
+        tracing::warn!(error = %self, "registry write failed");
+        let reason = self.public_reason();
         if timed_out {
-            ApiError::timeout(self)
+            ApiError::timeout(reason)
         } else {
-            ApiError::store(self)
+            ApiError::store(reason)
+        }
+    }
+
+    /// What a client may read of this error: Kafka's error code, never its text.
+    fn public_reason(&self) -> String {
+        match self {
+            StoreError::Kafka(e) => match e.rdkafka_error_code() {
+                Some(code) => format!("kafka: {code:?}"),
+                None => "kafka client error".to_owned(),
+            },
+            other => other.to_string(),
         }
     }
 }
@@ -586,6 +601,23 @@ mod tests {
         let store = StoreError::ReaderGone.to_api_error();
         assert_eq!((store.status.as_u16(), store.code), (500, 50001));
         assert!(store.message.starts_with("Error in the backend data store"));
+    }
+
+    #[test]
+    fn kafka_texts_stay_out_of_answers() {
+        let err = StoreError::Kafka(KafkaError::ClientCreation(
+            "broker-7.internal:9093: connection refused".into(),
+        ));
+        let answer = err.to_api_error();
+        assert!(!answer.message.contains("internal"), "{}", answer.message);
+        let timed_out = StoreError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        assert!(
+            timed_out
+                .to_api_error()
+                .message
+                .contains("OperationTimedOut"),
+            "the code is kept"
+        );
     }
 
     #[test]

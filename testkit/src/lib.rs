@@ -265,6 +265,8 @@ pub async fn start_registry(prefix: &str, token: CancellationToken) -> String {
         [http]
         host = "127.0.0.1"
         port = 0
+        [registry_server]
+        dev_mode = true
         "#,
         kafka_bootstrap()
     ))

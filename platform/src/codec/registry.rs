@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::CodecError;
@@ -25,12 +24,23 @@ pub trait SchemaResolver: Send + Sync + 'static {
 
 /// A client of any Confluent-compatible registry (feedline's own, Confluent's, Karapace,
 /// Redpanda's). Transient failures are retried with backoff before they surface.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryClient {
     http: reqwest::Client,
     url: String,
-    auth: Option<(String, String)>,
+    /// Credentials and CA; the password stays a `SecretString`.
+    settings: RegistrySettings,
     attempts: u32,
+}
+
+// By hand: only the URL and the user, never the password.
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.url)
+            .field("username", &self.settings.username)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -53,20 +63,10 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 impl RegistryClient {
     pub fn new(settings: &RegistrySettings) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("static reqwest configuration");
-        let auth = match (&settings.username, &settings.password) {
-            (Some(user), Some(password)) => {
-                Some((user.clone(), password.expose_secret().to_owned()))
-            }
-            _ => None,
-        };
         RegistryClient {
-            http,
+            http: settings.http_client(Duration::from_secs(10)),
             url: settings.url.trim_end_matches('/').to_owned(),
-            auth,
+            settings: settings.clone(),
             attempts: 5,
         }
     }
@@ -79,10 +79,9 @@ impl RegistryClient {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let mut builder = request().header(reqwest::header::ACCEPT, CONTENT_TYPE);
-            if let Some((user, password)) = &self.auth {
-                builder = builder.basic_auth(user, Some(password));
-            }
+            let builder = self
+                .settings
+                .authorize(request().header(reqwest::header::ACCEPT, CONTENT_TYPE));
             let failure = match builder.send().await {
                 Ok(response) if response.status().is_success() => {
                     return response

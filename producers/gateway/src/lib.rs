@@ -226,7 +226,7 @@ pub async fn spawn(
     });
     let health = feedline::Health::new();
     health.kafka(producer.context());
-    health.registry(&settings.registry.url);
+    health.registry(&settings.registry);
     let router = app::router(state.clone(), platform_metrics, health);
 
     let addr = settings.http_addr()?;

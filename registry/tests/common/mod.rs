@@ -30,6 +30,9 @@ pub fn settings(prefix: &str) -> Settings {
         [http]
         host = "127.0.0.1"
         port = 0
+        # Open, as a development registry: the auth tests add users on top.
+        [registry_server]
+        dev_mode = true
         "#,
         kafka_bootstrap()
     ))
