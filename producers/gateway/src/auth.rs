@@ -214,10 +214,14 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Authorized<R> {
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
         match check::<R>(parts, &state.auth) {
-            Ok(claims) => Ok(Authorized {
-                claims,
-                _requirement: PhantomData,
-            }),
+            Ok(claims) => {
+                // Per client: only a verified token says which client is asking.
+                crate::limits::admit_api_client(state, &claims.sub)?;
+                Ok(Authorized {
+                    claims,
+                    _requirement: PhantomData,
+                })
+            }
             Err(refusal) => {
                 state
                     .metrics

@@ -245,6 +245,16 @@ impl TestApp {
         answer.body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// A one-use feed ticket for `token`.
+    pub async fn ticket(&self, token: &str) -> String {
+        let answer = self
+            .send(self.http.post(self.at("/feed/ticket")).bearer_auth(token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:#?}");
+        assert_eq!(answer.body["expires_in"], 60, "{answer:#?}");
+        answer.body["ticket"].as_str().unwrap().to_owned()
+    }
+
     /// Sends and reads the whole answer; a 5xx other than the ones a test expects fails
     /// there, in the test.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
