@@ -8,6 +8,7 @@ mod bad_input;
 mod commands;
 mod helpers;
 mod idempotency;
+mod limits;
 mod proxy;
 mod static_content;
 mod stub_order_view;
