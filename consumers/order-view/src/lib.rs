@@ -198,15 +198,17 @@ pub async fn spawn(
         Decoders::new(registry, &settings.kafka).context("failed to prepare the decoders")?;
 
     let cache = Arc::new(Cache::new(view.cache_capacity));
-    let hub = Arc::new(FeedHub::new(
-        &generation,
-        store.clone(),
-        metrics.clone(),
-        view.feed_broadcast_capacity,
-        view.feed_client_buffer,
-        token.clone(),
-    )
-    .with_snapshot_limit(view.feed_snapshot_max_rows));
+    let hub = Arc::new(
+        FeedHub::new(
+            &generation,
+            store.clone(),
+            metrics.clone(),
+            view.feed_broadcast_capacity,
+            view.feed_client_buffer,
+            token.clone(),
+        )
+        .with_snapshot_limit(view.feed_snapshot_max_rows),
+    );
     let handler = ViewHandler::new(
         decoders,
         store.clone(),

@@ -40,7 +40,9 @@ async fn an_unfiltered_snapshot_is_capped_and_pages_on_through_the_listing() {
         env.send_order(&created(ada, order, n as i64 + 1)).await;
     }
     app.until(&format!("/customers/{ada}/orders?limit=500"), |_, b| {
-        b["orders"].as_array().is_some_and(|o| o.len() == orders.len())
+        b["orders"]
+            .as_array()
+            .is_some_and(|o| o.len() == orders.len())
     })
     .await;
     for customer in &customers {
@@ -60,18 +62,22 @@ async fn an_unfiltered_snapshot_is_capped_and_pages_on_through_the_listing() {
     let cursor = data["next_cursor"].as_str().expect("a cursor").to_owned();
 
     // The listing, from the cursor on, has exactly the orders the snapshot left out.
-    let rest = app
-        .ok(&format!("/orders?cursor={cursor}&limit=500"))
-        .await;
+    let rest = app.ok(&format!("/orders?cursor={cursor}&limit=500")).await;
     let rest = ids(&rest["orders"], "id");
     assert_eq!(rest.len(), orders.len() - CAP, "{rest:?}");
     let seen: BTreeSet<String> = first.iter().chain(&rest).cloned().collect();
     let all: BTreeSet<String> = orders.iter().cloned().collect();
-    assert_eq!(seen, all, "every order once, in the snapshot or on the next pages");
+    assert_eq!(
+        seen, all,
+        "every order once, in the snapshot or on the next pages"
+    );
 
     // A filtered snapshot under the cap is whole and says so.
     let mut one = app
-        .feed_from(&format!("?customer_id={}", customers[1]), Some("elsewhere-1"))
+        .feed_from(
+            &format!("?customer_id={}", customers[1]),
+            Some("elsewhere-1"),
+        )
         .await;
     let small = one.next().await;
     assert_eq!(small.event, "snapshot");

@@ -137,12 +137,12 @@ pub fn router(
         limits::per_ip,
     ))
     .with_state(state)
-        .merge(feedline::http::ops_router(platform_metrics, health))
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            gateway_metrics::track,
-        ))
+    .merge(feedline::http::ops_router(platform_metrics, health))
+    .fallback(error::not_found)
+    .method_not_allowed_fallback(error::method_not_allowed)
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        metrics,
+        gateway_metrics::track,
+    ))
 }

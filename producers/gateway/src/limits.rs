@@ -165,7 +165,10 @@ impl Buckets {
         let (tokens, answer) = if tokens >= 1.0 {
             (tokens - 1.0, Ok(()))
         } else {
-            (tokens, Err(Duration::from_secs_f64((1.0 - tokens) / per_second)))
+            (
+                tokens,
+                Err(Duration::from_secs_f64((1.0 - tokens) / per_second)),
+            )
         };
         if !current.contains_key(key) && current.len() >= self.generation {
             *previous = std::mem::take(current);
@@ -205,11 +208,15 @@ impl Cidr {
         let ip = canonical(ip);
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -346,7 +353,11 @@ pub fn admit_api_client(app: &AppState, client: &str) -> Result<(), ApiError> {
 
 /// Middleware on every API route: the per-address bucket (the token endpoint's own, or
 /// the API's). The client's address is also left in the request for the handlers.
-pub async fn per_ip(State(app): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+pub async fn per_ip(
+    State(app): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<PeerAddr>>()
@@ -391,7 +402,9 @@ mod tests {
         let wait = buckets.take("a", start).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
         buckets.take("b", start).unwrap();
-        buckets.take("a", start + Duration::from_millis(500)).unwrap();
+        buckets
+            .take("a", start + Duration::from_millis(500))
+            .unwrap();
         buckets
             .take("a", start + Duration::from_millis(600))
             .unwrap_err();
@@ -424,9 +437,21 @@ mod tests {
         assert!(net.contains("10.1.200.3".parse().unwrap()));
         assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
         assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains("127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("::/0").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(
+            Cidr::parse("127.0.0.1")
+                .unwrap()
+                .contains("127.0.0.1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("::/0")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", ""] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }

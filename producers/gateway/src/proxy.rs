@@ -13,10 +13,10 @@ use futures::StreamExt;
 
 use crate::app::AppState;
 use crate::auth::{Authorized, FeedRead};
-use crate::streams::StreamGuard;
-use crate::ticket::FeedAccess;
 use crate::error::ApiError;
 use crate::orderview::UpstreamError;
+use crate::streams::StreamGuard;
+use crate::ticket::FeedAccess;
 
 /// Request headers worth passing on. Not `Authorization`: the token is the gateway's
 /// business, and order-view sits behind it.

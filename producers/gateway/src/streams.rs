@@ -98,7 +98,9 @@ impl Drop for StreamGuard {
                 per_client.remove(&self.client);
             }
         }
-        self.streams.open.set(per_client.values().sum::<usize>() as i64);
+        self.streams
+            .open
+            .set(per_client.values().sum::<usize>() as i64);
     }
 }
 
@@ -327,15 +329,22 @@ mod tests {
         let upstream = tokio_stream_of(receive);
         let guard = streams(1, 1).open("a").unwrap();
         let mut body = Box::pin(live(upstream, guard, Duration::from_secs(10)));
-        send.send(Ok(Bytes::from_static(b"event: x\ndata: "))).unwrap();
-        assert_eq!(&body.next().await.unwrap().unwrap()[..], b"event: x\ndata: ");
+        send.send(Ok(Bytes::from_static(b"event: x\ndata: ")))
+            .unwrap();
+        assert_eq!(
+            &body.next().await.unwrap().unwrap()[..],
+            b"event: x\ndata: "
+        );
         // Mid-event: quiet for three intervals, and still no comment.
         let quiet = tokio::time::timeout(Duration::from_secs(30), body.next()).await;
         assert!(quiet.is_err(), "{quiet:?}");
         send.send(Ok(Bytes::from_static(b"1\n\n"))).unwrap();
         assert_eq!(&body.next().await.unwrap().unwrap()[..], b"1\n\n");
         let started = tokio::time::Instant::now();
-        assert_eq!(&body.next().await.unwrap().unwrap()[..], b": keep-alive\n\n");
+        assert_eq!(
+            &body.next().await.unwrap().unwrap()[..],
+            b": keep-alive\n\n"
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         drop(send);
         assert!(body.next().await.is_none());

@@ -128,19 +128,22 @@ impl FromRequestParts<Arc<AppState>> for FeedAccess {
                 claims: auth.claims,
             });
         };
-        let claims = state.tickets.redeem(&ticket, Instant::now()).ok_or_else(|| {
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&["invalid_ticket"])
-                .inc();
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_ticket",
-                "the ticket is unknown, used or expired; get a new one from POST /feed/ticket",
-            )
-            .field("ticket")
-        })?;
+        let claims = state
+            .tickets
+            .redeem(&ticket, Instant::now())
+            .ok_or_else(|| {
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["invalid_ticket"])
+                    .inc();
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_ticket",
+                    "the ticket is unknown, used or expired; get a new one from POST /feed/ticket",
+                )
+                .field("ticket")
+            })?;
         crate::limits::admit_api_client(state, &claims.sub)?;
         Ok(FeedAccess { claims })
     }
@@ -166,7 +169,11 @@ mod tests {
         assert_eq!(tickets.redeem(&once, now).unwrap().sub, "demo");
         assert!(tickets.redeem(&once, now).is_none());
         let late = tickets.issue(claims(), now).unwrap();
-        assert!(tickets.redeem(&late, now + Duration::from_secs(60)).is_none());
+        assert!(
+            tickets
+                .redeem(&late, now + Duration::from_secs(60))
+                .is_none()
+        );
         assert!(tickets.redeem("nope", now).is_none());
     }
 
@@ -178,6 +185,10 @@ mod tests {
         tickets.issue(claims(), now).unwrap();
         assert!(tickets.issue(claims(), now).is_none());
         // Expired ones make room.
-        assert!(tickets.issue(claims(), now + Duration::from_secs(61)).is_some());
+        assert!(
+            tickets
+                .issue(claims(), now + Duration::from_secs(61))
+                .is_some()
+        );
     }
 }

@@ -344,6 +344,11 @@ async fn no_route_takes_a_token_in_the_query() {
             .send(app.http.get(app.at(&format!("/feed?access_token={value}"))))
             .await;
         feed.assert_error(400, "invalid_parameter", Some("access_token"));
-        assert!(feed.body["error"]["message"].as_str().unwrap().contains("/feed/ticket"));
+        assert!(
+            feed.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/feed/ticket")
+        );
     }
 }

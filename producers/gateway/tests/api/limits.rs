@@ -119,7 +119,10 @@ async fn api_requests_are_limited_per_client() {
     let other = app
         .send(app.http.get(app.at("/orders")).bearer_auth(&reader))
         .await;
-    assert_eq!(other.status, 200, "another client is not limited: {other:#?}");
+    assert_eq!(
+        other.status, 200,
+        "another client is not limited: {other:#?}"
+    );
 }
 
 async fn list_from(app: &TestApp, token: &str, ip: &str) -> Answer {
@@ -180,7 +183,10 @@ async fn live_feeds_are_capped_per_client_and_in_total() {
     let reader = app.token_for(READER_ID, READER_SECRET, None).await;
     let first = open_feed(&app, &demo).await;
     let second = open_feed(&app, &demo).await;
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let third = Answer::read(open_feed(&app, &demo).await).await;
     third.assert_error(429, "too_many_streams", None);
     assert_retry_after(&third);
@@ -223,7 +229,11 @@ async fn a_reader_that_stops_reading_is_disconnected() {
     app.until_metric(FEED_STREAMS, 1.0).await;
     let started = Instant::now();
     app.until_metric(FEED_STREAMS, 0.0).await;
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     // And the connection is closed: what was buffered, then the end (or a reset).
     let mut sink = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
@@ -272,12 +282,15 @@ async fn waiters_are_capped_before_anything_is_published() {
         })
         .collect();
     app.until_metric("feedline_gateway_waiters", 2.0).await;
-    let published = app.metric("feedline_gateway_commands_published_total").await;
+    let published = app
+        .metric("feedline_gateway_commands_published_total")
+        .await;
     let refused = app.post_json("/orders?wait=3s", &token, &body).await;
     refused.assert_error(503, "too_many_waiters", Some("wait"));
     assert_retry_after(&refused);
     assert_eq!(
-        app.metric("feedline_gateway_commands_published_total").await,
+        app.metric("feedline_gateway_commands_published_total")
+            .await,
         published,
         "the refused command was not published"
     );
@@ -309,7 +322,10 @@ async fn a_feed_ticket_works_once_and_expires() {
     let late = app
         .send(app.http.post(app.at("/feed/ticket")).bearer_auth(&token))
         .await;
-    assert_eq!(late.body["expires_in"], 1, "the configured lifetime: {late:#?}");
+    assert_eq!(
+        late.body["expires_in"], 1,
+        "the configured lifetime: {late:#?}"
+    );
     let late = late.body["ticket"].as_str().unwrap();
     // The ticket's lifetime is the condition here: it has to pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -349,7 +365,11 @@ async fn a_slow_request_is_answered_503_but_a_feed_is_not_cut() {
         .await;
     slow.assert_error(503, "timeout", None);
     assert_retry_after(&slow);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         app.metric("feedline_gateway_request_timeouts_total").await,
         1.0

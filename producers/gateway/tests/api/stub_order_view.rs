@@ -4,8 +4,8 @@
 //! the end-to-end tests with every service live elsewhere.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,7 +165,10 @@ async fn feed(
     let rest = stream::unfold((stub, announced), move |(stub, mut announced)| async move {
         if flood {
             let data = "x".repeat(16 * 1024);
-            return Some((vec![Event::default().event("flood").data(data)], (stub, announced)));
+            return Some((
+                vec![Event::default().event("flood").data(data)],
+                (stub, announced),
+            ));
         }
         if !unfiltered {
             return std::future::pending().await;
