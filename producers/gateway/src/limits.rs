@@ -431,6 +431,43 @@ mod tests {
         assert!(maps.0.len() + maps.1.len() <= 10);
     }
 
+    fn load(toml: &str) -> Result<crate::config::GatewayConfig, String> {
+        let settings = feedline::Settings::from_toml(toml).map_err(|e| e.to_string())?;
+        crate::config::GatewayConfig::from_settings(&settings).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_bad_values_name_the_key() {
+        let limits = load("").unwrap().limits;
+        assert_eq!(limits.token_per_client.burst, 10);
+        assert_eq!(limits.api_per_client.burst, 20_000);
+        assert!(limits.trusted_proxies.is_empty());
+        assert_eq!(limits.max_streams_per_client, 10);
+        assert_eq!(limits.max_streams, 1000);
+        assert_eq!(limits.write_timeout(), Duration::from_secs(30));
+        assert_eq!(limits.request_timeout(), Duration::from_secs(15));
+        assert_eq!(limits.max_waiters, 1000);
+        assert_eq!(limits.ticket_ttl_secs, 60);
+        for (toml, key) in [
+            (
+                "trusted_proxies = [\"10.0.0.0/40\"]",
+                "limits.trusted_proxies[0]",
+            ),
+            ("max_streams = 0", "limits.max_streams"),
+            (
+                "api_per_ip = { burst = 0, per_second = 1.0 }",
+                "limits.api_per_ip.burst",
+            ),
+            (
+                "token_per_ip = { burst = 1, per_second = 0.0 }",
+                "limits.token_per_ip.per_second",
+            ),
+        ] {
+            let error = load(&format!("[gateway.limits]\n{toml}")).unwrap_err();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
     #[test]
     fn cidrs() {
         let net = Cidr::parse("10.1.0.0/16").unwrap();
