@@ -267,9 +267,10 @@ pub async fn spawn(
         "gateway serving"
     );
     let write_timeout = config.limits.write_timeout();
+    let write_timeouts = state.metrics.write_timeouts.clone();
     let handle = tokio::spawn(async move {
         // Connection info for the per-address limits; a write timeout on every connection.
-        let listener = TimedListener::new(listener, write_timeout);
+        let listener = TimedListener::new(listener, write_timeout, write_timeouts);
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<PeerAddr>(),

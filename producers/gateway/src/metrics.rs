@@ -54,6 +54,8 @@ pub struct GatewayMetrics {
     pub wait_feed_connections: IntCounter,
     /// Requests answered 503 because they took longer than the request timeout.
     pub request_timeouts: IntCounter,
+    /// Connections closed because the client took nothing for the write timeout.
+    pub write_timeouts: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -119,6 +121,10 @@ impl GatewayMetrics {
             "gateway_request_timeouts_total",
             "requests answered 503 because they took too long",
         );
+        let write_timeouts = single(
+            "gateway_write_timeouts_total",
+            "connections closed because the client stopped reading",
+        );
         for collector in [
             Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(commands_refused.clone()),
@@ -128,6 +134,7 @@ impl GatewayMetrics {
             Box::new(waits_refused.clone()),
             Box::new(wait_feed_connections.clone()),
             Box::new(request_timeouts.clone()),
+            Box::new(write_timeouts.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -186,6 +193,7 @@ impl GatewayMetrics {
             waits_refused,
             wait_feed_connections,
             request_timeouts,
+            write_timeouts,
         })
     }
 }

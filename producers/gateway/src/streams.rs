@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
@@ -179,13 +179,16 @@ pub async fn request_timeout(
 pub struct TimedListener {
     inner: TcpListener,
     write_timeout: Duration,
+    /// `gateway_write_timeouts_total`.
+    timeouts: IntCounter,
 }
 
 impl TimedListener {
-    pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
+    pub fn new(inner: TcpListener, write_timeout: Duration, timeouts: IntCounter) -> Self {
         TimedListener {
             inner,
             write_timeout,
+            timeouts,
         }
     }
 }
@@ -196,7 +199,8 @@ impl axum::serve::Listener for TimedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (WriteTimeout::new(io, self.write_timeout), addr)
+        let io = WriteTimeout::new(io, self.write_timeout, Some(self.timeouts.clone()));
+        (io, addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -226,14 +230,18 @@ pub struct WriteTimeout<T> {
     timeout: Duration,
     /// Set while a write is blocked: when it fires, the write fails.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Counts the connections given up on.
+    timeouts: Option<IntCounter>,
 }
 
 impl<T> WriteTimeout<T> {
-    pub fn new(inner: T, timeout: Duration) -> Self {
+    /// `timeouts` counts the connections given up on.
+    pub fn new(inner: T, timeout: Duration, timeouts: Option<IntCounter>) -> Self {
         WriteTimeout {
             inner,
             timeout,
             stalled: None,
+            timeouts,
         }
     }
 
@@ -248,6 +256,9 @@ impl<T> WriteTimeout<T> {
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(sleep.as_mut().poll(cx));
+        if let Some(timeouts) = &self.timeouts {
+            timeouts.inc();
+        }
         tracing::info!("client stopped reading, closing its connection");
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -238,6 +238,10 @@ async fn a_reader_that_stops_reading_is_disconnected() {
     let mut sink = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
     assert!(end.is_ok(), "the gateway closed the connection");
+    assert_eq!(
+        app.metric("feedline_gateway_write_timeouts_total").await,
+        1.0
+    );
     assert!(app.metric("feedline_gateway_request_timeouts_total").await == 0.0);
 }
 
