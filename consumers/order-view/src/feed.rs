@@ -91,8 +91,14 @@ pub struct FeedHub {
     store: Store,
     metrics: ViewMetrics,
     client_buffer: usize,
+    /// Customers, and orders, a snapshot holds at most.
+    snapshot_limit: u32,
     token: CancellationToken,
 }
+
+/// Customers, and orders, in a snapshot unless [`FeedHub::with_snapshot_limit`] says
+/// otherwise.
+pub const SNAPSHOT_LIMIT: u32 = 1000;
 
 impl FeedHub {
     /// `generation` is the read model's ([`Store::generation`]); `capacity` bounds the
@@ -111,8 +117,16 @@ impl FeedHub {
             store,
             metrics,
             client_buffer: client_buffer.max(1),
+            snapshot_limit: SNAPSHOT_LIMIT,
             token,
         }
+    }
+
+    /// Caps snapshots at `limit` customers and `limit` orders (the newest); the event says
+    /// when something was left out, and where listing pages on.
+    pub fn with_snapshot_limit(mut self, limit: u32) -> Self {
+        self.snapshot_limit = limit.max(1);
+        self
     }
 
     /// Sends committed changes, in order, to every subscriber. Never waits.
@@ -150,6 +164,7 @@ impl FeedHub {
         ));
         let store = self.store.clone();
         let metrics = self.metrics.clone();
+        let snapshot_limit = self.snapshot_limit;
         async_stream::stream! {
             let _subscriber = subscriber;
             // The highest change number covered so far: sent, or read and not matching.
@@ -190,7 +205,7 @@ impl FeedHub {
                     }
                 }
                 if snapshot {
-                    match store.snapshot(&filter).await {
+                    match store.snapshot(&filter, snapshot_limit).await {
                         Ok(snapshot) => {
                             metrics.feed_snapshots.inc();
                             covered = snapshot.seq;
@@ -304,6 +319,8 @@ fn snapshot_event(ids: &Ids, snapshot: crate::store::Snapshot) -> SseEvent {
                 "seq": snapshot.seq,
                 "customers": snapshot.customers,
                 "orders": snapshot.orders,
+                "truncated": snapshot.truncated,
+                "next_cursor": snapshot.next_cursor.map(|c| c.to_string()),
             })
             .to_string(),
         )

@@ -102,6 +102,10 @@ pub struct ViewSettings {
     pub feed_client_buffer: usize,
     /// Seconds between keep-alive comments on idle feeds.
     pub feed_keep_alive_secs: u64,
+    /// Customers, and orders (the newest), a feed snapshot holds at most: a snapshot is
+    /// built in memory, so it must not be the whole read model. The snapshot event says
+    /// `truncated`, and `next_cursor` pages on through `GET /orders`.
+    pub feed_snapshot_max_rows: u32,
 }
 
 impl Default for ViewSettings {
@@ -114,6 +118,7 @@ impl Default for ViewSettings {
             feed_broadcast_capacity: 8_192,
             feed_client_buffer: 1_024,
             feed_keep_alive_secs: 15,
+            feed_snapshot_max_rows: 1_000,
         }
     }
 }
@@ -123,6 +128,10 @@ impl ViewSettings {
         anyhow::ensure!(
             self.change_log_retain >= 1,
             "order_view.change_log_retain must be at least 1"
+        );
+        anyhow::ensure!(
+            self.feed_snapshot_max_rows >= 1,
+            "order_view.feed_snapshot_max_rows must be at least 1"
         );
         anyhow::ensure!(
             self.feed_keep_alive_secs >= 1,
@@ -189,14 +198,17 @@ pub async fn spawn(
         Decoders::new(registry, &settings.kafka).context("failed to prepare the decoders")?;
 
     let cache = Arc::new(Cache::new(view.cache_capacity));
-    let hub = Arc::new(FeedHub::new(
-        &generation,
-        store.clone(),
-        metrics.clone(),
-        view.feed_broadcast_capacity,
-        view.feed_client_buffer,
-        token.clone(),
-    ));
+    let hub = Arc::new(
+        FeedHub::new(
+            &generation,
+            store.clone(),
+            metrics.clone(),
+            view.feed_broadcast_capacity,
+            view.feed_client_buffer,
+            token.clone(),
+        )
+        .with_snapshot_limit(view.feed_snapshot_max_rows),
+    );
     let handler = ViewHandler::new(
         decoders,
         store.clone(),

@@ -172,12 +172,19 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
-/// The current state of what a feed filter covers, as of change `seq`.
+/// The current state of what a feed filter covers, as of change `seq`: at most a limit of
+/// customers and of orders (the newest), so that a snapshot of a large read model is not
+/// read into memory whole.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub seq: i64,
     pub customers: Vec<Customer>,
     pub orders: Vec<Order>,
+    /// Some customers or orders were left out.
+    pub truncated: bool,
+    /// When orders were left out: the `cursor` of `GET /orders` (with the same
+    /// `customer_id`) that pages on to the older ones.
+    pub next_cursor: Option<i64>,
 }
 
 /// One page of the change log, with the oldest change still retained when it was read.
@@ -410,8 +417,9 @@ impl Store {
     }
 
     /// The rows `filter` covers and the change number they are current as of, read in one
-    /// transaction.
-    pub async fn snapshot(&self, filter: &Filter) -> Result<Snapshot, StoreError> {
+    /// transaction: up to `limit` customers (by id) and the `limit` newest orders.
+    pub async fn snapshot(&self, filter: &Filter, limit: u32) -> Result<Snapshot, StoreError> {
+        let fetch = i64::from(limit) + 1;
         let mut tx = self.pool.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM changes")
             .fetch_one(&mut *tx)
@@ -429,27 +437,48 @@ impl Store {
             }
             (None, None) => {
                 sqlx::query_as(&format!(
-                    "SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY id"
+                    "SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY id LIMIT ?"
                 ))
+                .bind(fetch)
                 .fetch_all(&mut *tx)
                 .await?
             }
         };
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1"));
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT pos, {ORDER_COLUMNS} FROM orders WHERE 1 = 1"
+        ));
         if let Some(customer) = &filter.customer_id {
             qb.push(" AND customer_id = ").push_bind(customer.as_str());
         }
         if let Some(order) = &filter.order_id {
             qb.push(" AND id = ").push_bind(order.as_str());
         }
-        qb.push(" ORDER BY pos");
-        let order_rows: Vec<OrderRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        qb.push(" ORDER BY pos DESC LIMIT ").push_bind(fetch);
+        #[derive(sqlx::FromRow)]
+        struct Positioned {
+            pos: i64,
+            #[sqlx(flatten)]
+            order: OrderRow,
+        }
+        let mut order_rows: Vec<Positioned> = qb.build_query_as().fetch_all(&mut *tx).await?;
         tx.commit().await?;
+        let mut customers = customers;
+        let customers_cut = customers.len() > limit as usize;
+        customers.truncate(limit as usize);
+        let next_cursor = if order_rows.len() > limit as usize {
+            order_rows.truncate(limit as usize);
+            order_rows.last().map(|r| r.pos)
+        } else {
+            None
+        };
+        // Oldest first, as the changes that follow them.
+        order_rows.reverse();
         Ok(Snapshot {
             seq: seq.unwrap_or(0),
             customers: customers.into_iter().map(Customer::from).collect(),
-            orders: orders(order_rows)?,
+            orders: orders(order_rows.into_iter().map(|r| r.order).collect())?,
+            truncated: customers_cut || next_cursor.is_some(),
+            next_cursor,
         })
     }
 }

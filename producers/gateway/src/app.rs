@@ -18,7 +18,7 @@ use crate::commands::{self, CommandAnswer, CommandTopic};
 use crate::idempotency::Answers;
 use crate::metrics::{self as gateway_metrics, GatewayMetrics};
 use crate::orderview::OrderView;
-use crate::{dashboard, error, openapi, proxy, token};
+use crate::{dashboard, error, limits, openapi, proxy, streams, ticket, token};
 
 /// Requests carry a few hundred bytes of JSON; anything near this is not a command.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -39,6 +39,18 @@ pub struct AppState {
     /// Answers to requests with an `Idempotency-Key`, replayed to their retries.
     pub answers: Answers<CommandAnswer>,
     pub max_wait: Duration,
+    /// Token buckets per client and per address.
+    pub limits: crate::limits::Limits,
+    /// The live feeds open now, capped.
+    pub streams: Arc<crate::streams::Streams>,
+    /// Requests waiting for outcomes, over one feed subscription.
+    pub waiters: Arc<crate::waiters::Waiters>,
+    /// One-use tickets for the browser's live feed.
+    pub tickets: crate::ticket::Tickets,
+    /// Time limit of a request other than the live feed.
+    pub request_timeout: Duration,
+    /// Comment lines on a quiet live feed this often.
+    pub keep_alive: Duration,
     /// Ends waits and live feeds at shutdown, so the graceful drain does not hang on them.
     pub shutdown: CancellationToken,
 }
@@ -89,6 +101,7 @@ pub fn api() -> (Router<Arc<AppState>>, Vec<RouteInfo>) {
         "/customers/{id}/credit-limit",
         commands::change_credit_limit,
     )
+    .add(Method::POST, "/feed/ticket", ticket::issue)
     .add(Method::GET, "/feed", proxy::feed);
     (routes.router, routes.table)
 }
@@ -115,13 +128,21 @@ pub fn router(
 ) -> Router {
     let metrics = state.metrics.clone();
     let (api, _) = api();
-    api.with_state(state)
-        .merge(feedline::http::ops_router(platform_metrics, health))
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            gateway_metrics::track,
-        ))
+    api.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        streams::request_timeout,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        limits::per_ip,
+    ))
+    .with_state(state)
+    .merge(feedline::http::ops_router(platform_metrics, health))
+    .fallback(error::not_found)
+    .method_not_allowed_fallback(error::method_not_allowed)
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        metrics,
+        gateway_metrics::track,
+    ))
 }

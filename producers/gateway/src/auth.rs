@@ -138,11 +138,10 @@ impl Auth {
     }
 }
 
-/// A route's requirement: the scope it needs, and whether the token may come in the
-/// query string (only for the live feed: a browser's `EventSource` cannot send headers).
+/// A route's requirement: the scope it needs. Tokens come only in the `Authorization`
+/// header; a browser's feed uses a one-use ticket instead (see `ticket.rs`).
 pub trait Requirement: Send + Sync + 'static {
     const SCOPE: Scope;
-    const QUERY_TOKEN: bool = false;
 }
 
 #[derive(Debug)]
@@ -152,9 +151,6 @@ pub struct CustomersWrite;
 /// Queries proxied to order-view.
 #[derive(Debug)]
 pub struct FeedRead;
-/// The live feed: `feed:read`, token in the header or in `?access_token=`.
-#[derive(Debug)]
-pub struct FeedStream;
 
 impl Requirement for OrdersWrite {
     const SCOPE: Scope = Scope::OrdersWrite;
@@ -164,10 +160,6 @@ impl Requirement for CustomersWrite {
 }
 impl Requirement for FeedRead {
     const SCOPE: Scope = Scope::FeedRead;
-}
-impl Requirement for FeedStream {
-    const SCOPE: Scope = Scope::FeedRead;
-    const QUERY_TOKEN: bool = true;
 }
 
 /// A request whose bearer token is valid and carries `R`'s scope. As an extractor it comes
@@ -233,10 +225,14 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Authorized<R> {
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
         match check::<R>(parts, &state.auth).await {
-            Ok(claims) => Ok(Authorized {
-                claims,
-                _requirement: PhantomData,
-            }),
+            Ok(claims) => {
+                // Per client: only a verified token says which client is asking.
+                crate::limits::admit_api_client(state, &claims.sub)?;
+                Ok(Authorized {
+                    claims,
+                    _requirement: PhantomData,
+                })
+            }
             Err(refusal) => {
                 state
                     .metrics
@@ -257,7 +253,6 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Authorized<R> {
 async fn check<R: Requirement>(parts: &Parts, auth: &Auth) -> Result<Claims, Refusal> {
     let token = match parts.headers.get(header::AUTHORIZATION) {
         Some(value) => bearer(value.as_bytes()).ok_or(Refusal::Token(TokenError::Malformed))?,
-        None if R::QUERY_TOKEN => query_token(parts.uri.query()).ok_or(Refusal::Missing)?,
         None => return Err(Refusal::Missing),
     };
     let claims = auth.verify(&token).await.map_err(Refusal::Token)?;
@@ -273,16 +268,6 @@ fn bearer(value: &[u8]) -> Option<String> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
-}
-
-/// `access_token` from a query string (RFC 6750 §2.3).
-pub fn query_token(query: Option<&str>) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
-    pairs
-        .into_iter()
-        .find(|(k, _)| k == "access_token")
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -332,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn bearer_and_query_tokens() {
+    fn bearer_tokens() {
         assert_eq!(
             bearer(b"Bearer abc.def.ghi").as_deref(),
             Some("abc.def.ghi")
@@ -341,12 +326,5 @@ mod tests {
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bearer "), None);
         assert_eq!(bearer(b"Bearer"), None);
-        assert_eq!(
-            query_token(Some("order_id=1&access_token=a.b.c")).as_deref(),
-            Some("a.b.c")
-        );
-        assert_eq!(query_token(Some("order_id=1")), None);
-        assert_eq!(query_token(Some("access_token=")), None);
-        assert_eq!(query_token(None), None);
     }
 }

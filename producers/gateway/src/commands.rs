@@ -182,11 +182,13 @@ impl FromRequestParts<Arc<AppState>> for Wait {
             Some(wait) => Some(wait),
             None => prefer_wait(&parts.headers),
         };
-        Ok(Wait(
-            wanted
-                .filter(|w| !w.is_zero())
-                .map(|w| w.min(state.max_wait)),
-        ))
+        let wait = wanted
+            .filter(|w| !w.is_zero())
+            .map(|w| w.min(state.max_wait));
+        if wait.is_some() {
+            state.waiters.check_room()?;
+        }
+        Ok(Wait(wait))
     }
 }
 
@@ -426,13 +428,12 @@ impl AppState {
     ) -> Option<Value> {
         let limit = wait.0?;
         let outcome = self
-            .order_view
+            .waiters
             .wait_until(
                 &subject.status_url(id),
-                &subject.feed_query(id),
+                id,
                 done,
                 tokio::time::Instant::now() + limit,
-                &self.shutdown,
             )
             .await;
         self.metrics
@@ -638,16 +639,15 @@ pub async fn cancel_order(
                     .with_label_values(&[e.kind()])
                     .inc();
                 tracing::warn!(error = %e, %order_id, "cannot look up the order to cancel");
-                ApiError::upstream_unavailable(format!("cannot look up order {order_id}: {e}"))
+                ApiError::upstream_unavailable()
             })?
             .ok_or_else(|| ApiError::not_found(format!("order {order_id} not found")))?;
         let customer_id = orderview::field(&view, "order", "customer_id")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok())
             .ok_or_else(|| {
-                ApiError::upstream_unavailable(format!(
-                    "order-view's answer for order {order_id} has no customer_id"
-                ))
+                tracing::warn!(%order_id, "order-view's answer has no customer_id");
+                ApiError::upstream_unavailable()
             })?
             .to_string();
         let command = app.order_command(

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::admission::AdmissionConfig;
 use crate::auth::Scope;
 use crate::jwt::Expected;
+use crate::limits::LimitsConfig;
 
 /// The signing secret of dev mode when no key is configured: published, so anyone can forge
 /// tokens with it, and refused outside dev mode.
@@ -70,6 +71,8 @@ pub struct GatewayConfig {
     pub admission: AdmissionConfig,
     /// How many answers to `Idempotency-Key` requests are kept, and for how long.
     pub idempotency: IdempotencyConfig,
+    /// Rate limits, caps on streams and waits, timeouts (see [`crate::limits`]).
+    pub limits: LimitsConfig,
     /// OAuth2 clients allowed to get tokens, by client id.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientConfig>,
@@ -257,6 +260,9 @@ impl GatewayConfig {
                 "max_wait_secs",
                 "must be at most 30: longer waits belong on the live feed",
             );
+        }
+        if let Some((key, reason)) = self.limits.problem() {
+            return invalid(&format!("limits.{key}"), reason);
         }
         for (id, client) in &self.clients {
             let hash = &client.secret_sha256;

@@ -82,8 +82,15 @@ impl ApiError {
         .header(header::RETRY_AFTER, "5")
     }
 
-    pub fn upstream_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", message)
+    /// A service behind the gateway failed. The message is fixed: what went wrong names
+    /// internal hosts and URLs, and belongs in the gateway's log, not in the answer.
+    pub fn upstream_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            "a service behind the gateway is unavailable; retry later",
+        )
+        .header(header::RETRY_AFTER, "5")
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -6,6 +6,8 @@
 //! - [`jwks`]: an external issuer's RS256/ES256 tokens, verified with its published keys
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
+//! - [`limits`], [`streams`], [`waiters`]: rate limits, caps on feeds and waits, timeouts
+//! - [`ticket`]: one-use tickets for the browser's live feed
 //! - [`admission`]: refusing commands while the services behind are too far behind
 //! - [`idempotency`]: `Idempotency-Key`: ids derived from the key, answers replayed
 //! - [`money`]: amounts converted exactly to cents
@@ -25,12 +27,16 @@ pub mod error;
 pub mod idempotency;
 pub mod jwks;
 pub mod jwt;
+pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod openapi;
 pub mod orderview;
 pub mod proxy;
+pub mod streams;
+pub mod ticket;
 pub mod token;
+pub mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,8 +58,12 @@ use crate::config::GatewayConfig;
 use crate::idempotency::Answers;
 use crate::jwks::ExternalIssuer;
 use crate::jwt::TokenKeys;
+use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
+use crate::streams::{PeerAddr, Streams, TimedListener};
+use crate::ticket::Tickets;
+use crate::waiters::Waiters;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
 /// The demo client (`demo` / `demo-secret`) is for local runs, as is signing with the
@@ -104,6 +114,27 @@ customers = ["customer-commands", "order-events"]
 [gateway.idempotency]
 ttl_secs = 86400
 max_entries = 10000
+
+# Rate limits, caps and timeouts. Token buckets allow `burst` requests at once and
+# `per_second` on average, per key; the token endpoint's are tight (they slow down guessing
+# secrets), the API's leave room for the benches (thousands of orders per second from one
+# client and one address).
+[gateway.limits]
+token_per_client = { burst = 10, per_second = 1.0 }
+token_per_ip = { burst = 10, per_second = 1.0 }
+api_per_client = { burst = 20000, per_second = 10000.0 }
+api_per_ip = { burst = 40000, per_second = 20000.0 }
+max_keys = 100000
+# Addresses or CIDR blocks of the proxies whose X-Forwarded-For is believed; none by default.
+trusted_proxies = []
+max_streams_per_client = 10
+max_streams = 1000
+write_timeout_ms = 30000
+keep_alive_ms = 15000
+request_timeout_ms = 15000
+max_waiters = 1000
+ticket_ttl_secs = 60
+max_tickets = 10000
 
 [gateway.clients.demo]
 # sha256("demo-secret")
@@ -206,7 +237,27 @@ pub async fn spawn(
         ));
     }
 
+    let order_view = OrderView::new(&config.order_view_url, config.proxy_timeout());
+    let limits = &config.limits;
     let state = Arc::new(AppState {
+        limits: Limits::new(limits),
+        streams: Streams::new(
+            limits.max_streams_per_client,
+            limits.max_streams,
+            metrics.feed_streams.clone(),
+        ),
+        waiters: Waiters::new(
+            order_view.clone(),
+            limits.max_waiters,
+            metrics.clone(),
+            token.clone(),
+        ),
+        tickets: Tickets::new(
+            Duration::from_secs(limits.ticket_ttl_secs),
+            limits.max_tickets,
+        ),
+        request_timeout: limits.request_timeout(),
+        keep_alive: limits.keep_alive(),
         admission,
         auth: Auth {
             keys,
@@ -219,7 +270,7 @@ pub async fn spawn(
         producer_name: config.producer_name(),
         orders,
         customers,
-        order_view: OrderView::new(&config.order_view_url, config.proxy_timeout()),
+        order_view,
         answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),
@@ -240,10 +291,18 @@ pub async fn spawn(
         order_view = %config.order_view_url,
         "gateway serving"
     );
+    let write_timeout = config.limits.write_timeout();
+    let write_timeouts = state.metrics.write_timeouts.clone();
     let handle = tokio::spawn(async move {
-        feedline::http::serve(listener, router, token)
-            .await
-            .context("http server failed")?;
+        // Connection info for the per-address limits; a write timeout on every connection.
+        let listener = TimedListener::new(listener, write_timeout, write_timeouts);
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<PeerAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("http server failed")?;
         if let Err(e) = producer.flush(FLUSH).await {
             tracing::warn!(error = %e, "producer flush at shutdown failed");
         }

@@ -41,6 +41,21 @@ pub struct GatewayMetrics {
     pub commands_refused: IntCounter,
     /// How long commands admitted after a hold waited for the backlog to fall.
     pub admission_held_seconds: Histogram,
+    /// Requests refused with 429 by a token bucket: `token_client`, `token_ip`,
+    /// `api_client`, `api_ip`.
+    pub rate_limited: IntCounterVec,
+    /// Live feeds open now.
+    pub feed_streams: IntGauge,
+    /// Requests waiting for a command's outcome now.
+    pub waiters: IntGauge,
+    /// Requests refused (or not held) because the waiter cap was reached.
+    pub waits_refused: IntCounter,
+    /// Subscriptions the waiters opened to order-view's feed (one serves them all).
+    pub wait_feed_connections: IntCounter,
+    /// Requests answered 503 because they took longer than the request timeout.
+    pub request_timeouts: IntCounter,
+    /// Connections closed because the client took nothing for the write timeout.
+    pub write_timeouts: IntCounter,
 }
 
 const BUCKETS: &[f64] = &[
@@ -87,10 +102,39 @@ impl GatewayMetrics {
             .buckets(BUCKETS.to_vec()),
         )
         .expect("valid histogram");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid gauge");
+        let single = |name: &str, help: &str| IntCounter::new(name, help).expect("valid counter");
+        let feed_streams = gauge("gateway_feed_streams", "live feeds open now");
+        let waiters = gauge(
+            "gateway_waiters",
+            "requests waiting for a command's outcome now",
+        );
+        let waits_refused = single(
+            "gateway_waits_refused_total",
+            "requests refused or not held because too many were waiting",
+        );
+        let wait_feed_connections = single(
+            "gateway_wait_feed_connections_total",
+            "subscriptions to order-view's feed opened for the waiters",
+        );
+        let request_timeouts = single(
+            "gateway_request_timeouts_total",
+            "requests answered 503 because they took too long",
+        );
+        let write_timeouts = single(
+            "gateway_write_timeouts_total",
+            "connections closed because the client stopped reading",
+        );
         for collector in [
             Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(commands_refused.clone()),
             Box::new(admission_held_seconds.clone()),
+            Box::new(feed_streams.clone()),
+            Box::new(waiters.clone()),
+            Box::new(waits_refused.clone()),
+            Box::new(wait_feed_connections.clone()),
+            Box::new(request_timeouts.clone()),
+            Box::new(write_timeouts.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -139,6 +183,17 @@ impl GatewayMetrics {
             backlog,
             commands_refused,
             admission_held_seconds,
+            rate_limited: counter(
+                "gateway_rate_limited_total",
+                "requests refused with 429 by a rate limit, by limit",
+                &["limit"],
+            ),
+            feed_streams,
+            waiters,
+            waits_refused,
+            wait_feed_connections,
+            request_timeouts,
+            write_timeouts,
         })
     }
 }

@@ -103,6 +103,7 @@ fn command(c: Command<'_>) -> Value {
         "409": response("IdempotencyKeyInUse"),
         "415": response("UnsupportedMediaType"),
         "422": response("Unprocessable"),
+        "429": response("TooManyRequests"),
         "503": response("KafkaUnavailable")
     });
     for (status, name) in extra_errors {
@@ -140,8 +141,8 @@ fn query(summary: &str, id_param: bool, extra: &[Value]) -> Value {
             "401": response("Unauthorized"),
             "403": response("Forbidden"),
             "404": response("NotFound"),
-            "502": response("BadGateway"),
-            "504": response("GatewayTimeout")
+            "429": response("TooManyRequests"),
+            "503": response("Unavailable")
         }
     })
 }
@@ -237,6 +238,7 @@ fn build() -> Value {
                             "description": "invalid_client: unknown client or wrong secret",
                             "content": { "application/json": { "schema": schema("Error") } }
                         },
+                        "429": response("TooManyRequests"),
                         "413": response("PayloadTooLarge"),
                         "415": response("UnsupportedMediaType")
                     }
@@ -270,7 +272,7 @@ fn build() -> Value {
                     body: json_body("CancelOrderRequest", false),
                     accepted: "OrderAccepted",
                     outcome: "OrderOutcome",
-                    extra_errors: &[("404", "NotFound"), ("502", "BadGateway")],
+                    extra_errors: &[("404", "NotFound")],
                 }),
             },
             "/customers": {
@@ -314,17 +316,22 @@ fn build() -> Value {
                         Event ids are `<generation>-<seq>`: an id the answering order-view \
                         cannot resume from (another replica's, from before a rebuild) gets a \
                         `snapshot` event first, then the live changes. \
-                        Browsers' EventSource cannot send headers, so this route (only) also \
-                        takes the token as `?access_token=`.",
+                        Browsers' EventSource cannot send headers: they get a one-use ticket \
+                        from POST /feed/ticket and pass it as `?ticket=`. A token in the \
+                        query string is refused (400, `field` is `access_token`). A client \
+                        may hold a limited number of feeds at once (then 429), and the \
+                        gateway serves a limited number in total (then 503). A reader that \
+                        stops reading is disconnected after the write timeout; comment lines \
+                        keep a quiet feed open.",
                     "security": [
                         { "oauth2": ["feed:read"] },
                         { "bearer": ["feed:read"] },
-                        { "accessTokenQuery": [] }
+                        { "feedTicket": [] }
                     ],
                     "parameters": [
                         { "name": "order_id", "in": "query", "required": false, "schema": { "type": "string", "format": "uuid" } },
                         { "name": "customer_id", "in": "query", "required": false, "schema": { "type": "string", "format": "uuid" } },
-                        { "name": "access_token", "in": "query", "required": false, "schema": { "type": "string" } },
+                        { "name": "ticket", "in": "query", "required": false, "description": "a one-use ticket from POST /feed/ticket", "schema": { "type": "string" } },
                         { "name": "Last-Event-ID", "in": "header", "required": false, "schema": { "type": "string" } }
                     ],
                     "responses": {
@@ -332,9 +339,28 @@ fn build() -> Value {
                             "description": "an endless event stream",
                             "content": { "text/event-stream": { "schema": { "type": "string" } } }
                         },
+                        "400": response("BadRequest"),
                         "401": response("Unauthorized"),
                         "403": response("Forbidden"),
-                        "502": response("BadGateway")
+                        "429": response("TooManyRequests"),
+                        "503": response("Unavailable")
+                    }
+                }
+            },
+            "/feed/ticket": {
+                "post": {
+                    "tags": ["queries"],
+                    "summary": "a one-use ticket for the live feed",
+                    "description": "For browsers, whose EventSource cannot send headers: \
+                        `GET /feed?ticket=...` accepts the ticket once, within `expires_in` \
+                        seconds, with the rights of the token it was issued for.",
+                    "security": secured("feed:read"),
+                    "responses": {
+                        "200": json_response("the ticket", "FeedTicket"),
+                        "401": response("Unauthorized"),
+                        "403": response("Forbidden"),
+                        "429": response("TooManyRequests"),
+                        "503": response("Unavailable")
                     }
                 }
             },
@@ -380,9 +406,9 @@ fn build() -> Value {
                     "flows": { "clientCredentials": { "tokenUrl": "/auth/token", "scopes": scopes } }
                 },
                 "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
-                "accessTokenQuery": {
-                    "type": "apiKey", "in": "query", "name": "access_token",
-                    "description": "the bearer token in the query string, on /feed only"
+                "feedTicket": {
+                    "type": "apiKey", "in": "query", "name": "ticket",
+                    "description": "a one-use ticket from POST /feed/ticket, on /feed only"
                 },
                 "clientBasic": {
                     "type": "http", "scheme": "basic",
@@ -481,17 +507,26 @@ fn build() -> Value {
                 },
                 "KafkaUnavailable": {
                     "description": "nothing was accepted: Kafka did not acknowledge the command \
-                        (`kafka_unavailable`), or the services are too far behind (`overloaded`); \
-                        retry after `Retry-After` seconds",
+                        (`kafka_unavailable`), the services are too far behind (`overloaded`), \
+                        order-view is unavailable (`upstream_unavailable`), too many requests \
+                        are waiting for outcomes (`too_many_waiters`), or the request took too \
+                        long (`timeout`); retry after `Retry-After` seconds",
                     "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
-                "BadGateway": {
-                    "description": "order-view is unreachable",
+                "Unavailable": {
+                    "description": "a service behind the gateway is unavailable or too slow \
+                        (`upstream_unavailable`, `upstream_timeout`), the request took too long \
+                        (`timeout`), or the gateway is at a cap (`too_many_streams`, \
+                        `too_many_tickets`); retry after `Retry-After` seconds",
+                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
-                "GatewayTimeout": {
-                    "description": "order-view did not answer in time",
+                "TooManyRequests": {
+                    "description": "a rate limit was reached (`rate_limited`), or this client \
+                        holds as many live feeds as it may (`too_many_streams`); retry after \
+                        `Retry-After` seconds",
+                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 }
             },
@@ -512,7 +547,9 @@ fn build() -> Value {
                                         "invalid_client", "invalid_request", "invalid_scope",
                                         "unsupported_grant_type", "payload_too_large",
                                         "kafka_unavailable", "overloaded", "upstream_unavailable", "upstream_timeout",
-                                        "idempotency_key_reused", "idempotency_key_in_use"]
+                                        "idempotency_key_reused", "idempotency_key_in_use",
+                                        "rate_limited", "too_many_streams", "too_many_waiters",
+                                        "too_many_tickets", "invalid_ticket", "timeout"]
                                 },
                                 "message": { "type": "string" },
                                 "field": { "type": "string", "description": "the input to blame, when there is one" }
@@ -526,6 +563,14 @@ fn build() -> Value {
                         { "type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,2})?$", "examples": ["60.00"] },
                         { "type": "number", "minimum": 0, "maximum": 1000000000, "multipleOf": 0.01 }
                     ]
+                },
+                "FeedTicket": {
+                    "type": "object",
+                    "required": ["ticket", "expires_in"],
+                    "properties": {
+                        "ticket": { "type": "string", "description": "pass as GET /feed?ticket=, once" },
+                        "expires_in": { "type": "integer", "description": "seconds the ticket stays valid" }
+                    }
                 },
                 "TokenRequest": {
                     "type": "object",
@@ -707,7 +752,10 @@ mod tests {
         let mut commands = 0;
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
-                if !["post", "put"].contains(&method.as_str()) || path == "/auth/token" {
+                if !["post", "put"].contains(&method.as_str())
+                    || path == "/auth/token"
+                    || path == "/feed/ticket"
+                {
                     continue;
                 }
                 commands += 1;

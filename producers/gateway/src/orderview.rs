@@ -1,20 +1,9 @@
 //! The gateway's client of order-view, the query side: one-off look-ups (the customer of an
-//! order to cancel) and waiting for a command's outcome.
-//!
-//! Waiting subscribes to order-view's live feed filtered by the id, but uses each feed
-//! event only as a doorbell and asks `GET` for the state: the `GET` answer is order-view's
-//! contract for queries, so the gateway does not depend on the shape of feed events, and
-//! an event that arrived before the subscription cannot be missed because the state is
-//! read after subscribing. Without a feed (or if it drops) the state is polled with backoff.
+//! order to cancel, the state a waiter waits for; see [`crate::waiters`]).
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use futures::{Stream, StreamExt};
 use serde_json::Value;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// How a call to order-view failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +56,6 @@ impl WaitOutcome {
         }
     }
 }
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// Poll intervals when there is no feed to ring the bell.
-const POLL_FIRST: Duration = Duration::from_millis(100);
-const POLL_MAX: Duration = Duration::from_secs(1);
-/// Even with a feed, look again this often: a safety net should an event go astray.
-const RECHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct OrderView {
@@ -130,82 +111,6 @@ impl OrderView {
                 .map(Some)
                 .map_err(|e| UpstreamError::BadBody(e.to_string())),
             status => Err(UpstreamError::Status(status)),
-        }
-    }
-
-    /// The live feed filtered by `query` (`order_id=...`), or `None` if order-view does
-    /// not offer it; the caller then polls.
-    async fn subscribe(&self, query: &str) -> Option<ByteStream> {
-        let response = self
-            .http
-            .get(self.url(&format!("/feed?{query}")))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await;
-        // No request timeout: reqwest's would cut the stream too. The caller's deadline
-        // bounds the whole wait, connecting included.
-        match response {
-            Ok(r) if r.status().is_success() => Some(Box::pin(r.bytes_stream())),
-            Ok(r) => {
-                tracing::debug!(
-                    status = r.status().as_u16(),
-                    query,
-                    "no feed to wait on, polling"
-                );
-                None
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, query, "no feed to wait on, polling");
-                None
-            }
-        }
-    }
-
-    /// Waits until `GET path` answers with a representation for which `done` holds, the
-    /// deadline passes, or `shutdown` is cancelled. Upstream errors along the way are
-    /// retried until the deadline: the command is already accepted, so waiting is a
-    /// courtesy and never an error.
-    pub async fn wait_until(
-        &self,
-        path: &str,
-        feed_query: &str,
-        done: impl Fn(&Value) -> bool,
-        deadline: Instant,
-        shutdown: &CancellationToken,
-    ) -> WaitOutcome {
-        let work = async {
-            // Subscribe first, then read: a change between the two is seen either way.
-            let mut feed = self.subscribe(feed_query).await;
-            let mut poll = POLL_FIRST;
-            loop {
-                match self.get_json(path).await {
-                    Ok(Some(value)) if done(&value) => return value,
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, path, "state check failed, retrying"),
-                }
-                match feed.as_mut() {
-                    Some(stream) => {
-                        tokio::select! {
-                            chunk = stream.next() => {
-                                if !matches!(chunk, Some(Ok(_))) {
-                                    // Feed ended or broke: fall back to polling.
-                                    feed = None;
-                                }
-                            }
-                            _ = tokio::time::sleep(RECHECK) => {}
-                        }
-                    }
-                    None => {
-                        tokio::time::sleep(poll).await;
-                        poll = (poll * 3 / 2).min(POLL_MAX);
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            value = work => WaitOutcome::Done(value),
-            _ = tokio::time::sleep_until(deadline) => WaitOutcome::TimedOut,
-            _ = shutdown.cancelled() => WaitOutcome::Shutdown,
         }
     }
 }

@@ -12,9 +12,11 @@ use axum::response::Response;
 use futures::StreamExt;
 
 use crate::app::AppState;
-use crate::auth::{Authorized, FeedRead, FeedStream};
+use crate::auth::{Authorized, FeedRead};
 use crate::error::ApiError;
 use crate::orderview::UpstreamError;
+use crate::streams::StreamGuard;
+use crate::ticket::FeedAccess;
 
 /// Request headers worth passing on. Not `Authorization`: the token is the gateway's
 /// business, and order-view sits behind it.
@@ -75,7 +77,7 @@ pub async fn item(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, false).await
+    forward(&app, &path_and_query(&uri), &headers, None).await
 }
 
 /// `GET /orders`.
@@ -85,22 +87,23 @@ pub async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, false).await
+    forward(&app, &path_and_query(&uri), &headers, None).await
 }
 
 /// `GET /feed`: Server-Sent Events, streamed through. `Last-Event-ID` and the query string
-/// go along.
+/// go along. Each stream holds a place under the caps of [`crate::streams`] while it lives.
 pub async fn feed(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedStream>,
+    access: FeedAccess,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, true).await
+    let guard = app.streams.open(&access.claims.sub)?;
+    forward(&app, &path_and_query(&uri), &headers, Some(guard)).await
 }
 
-/// The path and query to ask order-view for, without `access_token`: a token is the
-/// gateway's business and must not end up in order-view's logs.
+/// The path and query to ask order-view for, without `access_token` or `ticket`: they are
+/// the gateway's business and must not end up in order-view's logs.
 fn path_and_query(uri: &Uri) -> String {
     let path = uri.path();
     let Some(query) = uri.query() else {
@@ -109,7 +112,10 @@ fn path_and_query(uri: &Uri) -> String {
     // Pairs are kept as sent (no re-encoding); only the token goes.
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("access_token"))
+        .filter(|pair| {
+            let name = pair.split('=').next();
+            !pair.is_empty() && name != Some("access_token") && name != Some("ticket")
+        })
         .collect();
     if kept.is_empty() {
         path.to_owned()
@@ -122,7 +128,7 @@ async fn forward(
     app: &AppState,
     path_and_query: &str,
     headers: &HeaderMap,
-    stream: bool,
+    stream: Option<StreamGuard>,
 ) -> Result<Response, ApiError> {
     let view = &app.order_view;
     let mut request = view.http().get(view.url(path_and_query));
@@ -131,7 +137,7 @@ async fn forward(
             request = request.header(*name, value);
         }
     }
-    if !stream {
+    if stream.is_none() {
         request = request.timeout(view.timeout());
     }
     let upstream = request.send().await.map_err(|e| {
@@ -143,11 +149,12 @@ async fn forward(
         tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
         match error {
             UpstreamError::Timeout => ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_timeout",
-                "order-view did not answer in time",
-            ),
-            other => ApiError::upstream_unavailable(other.to_string()),
+                "the query took too long; retry later",
+            )
+            .header(axum::http::header::RETRY_AFTER, "1"),
+            _ => ApiError::upstream_unavailable(),
         }
     })?;
 
@@ -158,11 +165,16 @@ async fn forward(
         }
     }
     // The feed never ends by itself; shutdown ends it, so the graceful drain can finish.
-    let body = upstream
-        .bytes_stream()
-        .take_until(app.shutdown.clone().cancelled_owned());
+    let shutdown = app.shutdown.clone().cancelled_owned();
+    let body = match stream {
+        Some(guard) => Body::from_stream(
+            crate::streams::live(upstream.bytes_stream(), guard, app.keep_alive)
+                .take_until(shutdown),
+        ),
+        None => Body::from_stream(upstream.bytes_stream().take_until(shutdown)),
+    };
     response
-        .body(Body::from_stream(body))
+        .body(body)
         .map_err(|e| ApiError::internal(format!("cannot build the proxied response: {e}")))
 }
 
@@ -176,7 +188,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(path_and_query(&uri), "/feed?order_id=a%20b&since=3");
-        let only: Uri = "/feed?access_token=x".parse().unwrap();
+        let only: Uri = "/feed?access_token=x&ticket=y".parse().unwrap();
         assert_eq!(path_and_query(&only), "/feed");
         let none: Uri = "/orders".parse().unwrap();
         assert_eq!(path_and_query(&none), "/orders");

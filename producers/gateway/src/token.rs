@@ -113,6 +113,7 @@ fn grant(
         },
     };
 
+    crate::limits::admit_token_client(app, &client_id)?;
     let Some(client) = app.auth.clients.authenticate(&client_id, &secret) else {
         tracing::info!(client_id, "token refused: unknown client or wrong secret");
         return Err(invalid_client("unknown client or wrong secret", used_basic));

@@ -58,12 +58,12 @@ async fn client_credentials_grant_issues_a_signed_token() {
     assert_eq!(basic.status, 200, "{basic:#?}");
     assert_eq!(basic.body["scope"], "orders:write");
 
-    // A good token works on a route that needs its scope (order-view is away: 502, past auth).
+    // A good token works on a route that needs its scope (order-view is away: 503, past auth).
     let token = app.token(Some("feed:read")).await;
     let past_auth = app
         .send(app.http.get(app.at("/orders")).bearer_auth(&token))
         .await;
-    past_auth.assert_error(502, "upstream_unavailable", None);
+    past_auth.assert_error(503, "upstream_unavailable", None);
 }
 
 #[tokio::test]
@@ -325,7 +325,7 @@ async fn each_route_needs_its_scope() {
 }
 
 #[tokio::test]
-async fn only_the_feed_takes_a_token_in_the_query() {
+async fn no_route_takes_a_token_in_the_query() {
     let app = TestApp::spawn().await;
     let token = app.token(Some("feed:read")).await;
     let id = uuid::Uuid::new_v4();
@@ -338,14 +338,17 @@ async fn only_the_feed_takes_a_token_in_the_query() {
         .await;
     order.assert_error(401, "invalid_token", None);
 
-    // Past auth: order-view is away in this test.
-    let feed = app
-        .send(app.http.get(app.at(&format!("/feed?access_token={token}"))))
-        .await;
-    feed.assert_error(502, "upstream_unavailable", None);
-
-    let bad = app
-        .send(app.http.get(app.at("/feed?access_token=nope")))
-        .await;
-    bad.assert_error(401, "invalid_token", None);
+    // The feed names the parameter (and the way to do it instead), good token or not.
+    for value in [token.as_str(), "nope"] {
+        let feed = app
+            .send(app.http.get(app.at(&format!("/feed?access_token={value}"))))
+            .await;
+        feed.assert_error(400, "invalid_parameter", Some("access_token"));
+        assert!(
+            feed.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/feed/ticket")
+        );
+    }
 }

@@ -228,7 +228,7 @@ async fn cancelling_asks_order_view_for_the_customer() {
 }
 
 #[tokio::test]
-async fn cancelling_without_order_view_is_a_bad_gateway() {
+async fn cancelling_without_order_view_is_a_503_naming_no_host() {
     let app = TestApp::spawn().await;
     let token = app.token(Some("orders:write")).await;
     let answer = app
@@ -238,7 +238,9 @@ async fn cancelling_without_order_view_is_a_bad_gateway() {
             &json!({}),
         )
         .await;
-    answer.assert_error(502, "upstream_unavailable", None);
+    answer.assert_error(503, "upstream_unavailable", None);
+    assert!(!answer.header("retry-after").is_empty(), "{answer:#?}");
+    assert!(!answer.text.contains("127.0.0.1"), "{answer:#?}");
 }
 
 #[tokio::test]

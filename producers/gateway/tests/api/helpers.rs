@@ -281,6 +281,17 @@ impl TestApp {
         answer.body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// A one-use feed ticket for `token`.
+    pub async fn ticket(&self, token: &str) -> String {
+        let answer = self
+            .send(self.http.post(self.at("/feed/ticket")).bearer_auth(token))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:#?}");
+        assert!(answer.body["expires_in"].as_u64() >= Some(1), "{answer:#?}");
+        assert_eq!(answer.header("cache-control"), "no-store");
+        answer.body["ticket"].as_str().unwrap().to_owned()
+    }
+
     /// Sends and reads the whole answer; a 5xx other than the ones a test expects fails
     /// there, in the test.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
@@ -301,6 +312,35 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The sum of the samples of metric `name` (all label sets) on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits (up to 20 s) until metric `name` is `value`.
+    pub async fn until_metric(&self, name: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Reads `count` messages of the (unprefixed) `topic` from the beginning and decodes

@@ -9,6 +9,7 @@ mod commands;
 mod external_issuer;
 mod helpers;
 mod idempotency;
+mod limits;
 mod proxy;
 mod static_content;
 mod stub_order_view;

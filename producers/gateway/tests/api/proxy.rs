@@ -99,9 +99,10 @@ async fn the_feed_streams_through_unbuffered_with_last_event_id() {
     let token = app.token(Some("feed:read")).await;
 
     // The stub sends one event and then nothing, ever: seeing it proves nothing is buffered.
+    let ticket = app.ticket(&token).await;
     let response = app
         .http
-        .get(app.at(&format!("/feed?customer_id=c1&access_token={token}")))
+        .get(app.at(&format!("/feed?customer_id=c1&ticket={ticket}")))
         .header("last-event-id", "41")
         .send()
         .await
@@ -132,7 +133,7 @@ async fn the_feed_streams_through_unbuffered_with_last_event_id() {
     .unwrap();
     assert_eq!(
         data["query"], "customer_id=c1",
-        "filter kept, token removed: {data}"
+        "filter kept, ticket removed: {data}"
     );
     assert_eq!(data["last_event_id"], "41");
     assert_eq!(data["authorization"], Value::Null);
@@ -157,7 +158,7 @@ async fn the_feed_streams_through_unbuffered_with_last_event_id() {
 }
 
 #[tokio::test]
-async fn order_view_down_is_a_bad_gateway() {
+async fn order_view_down_is_a_503_naming_no_host() {
     let app = TestApp::spawn().await;
     let token = app.token(Some("feed:read")).await;
     for path in [
@@ -169,7 +170,11 @@ async fn order_view_down_is_a_bad_gateway() {
         let answer = app
             .send(app.http.get(app.at(&path)).bearer_auth(&token))
             .await;
-        answer.assert_error(502, "upstream_unavailable", None);
+        answer.assert_error(503, "upstream_unavailable", None);
+        assert!(!answer.header("retry-after").is_empty(), "{answer:#?}");
+        // Nothing of where order-view lives reaches the client.
+        assert!(!answer.text.contains("127.0.0.1"), "{answer:#?}");
+        assert!(!answer.text.contains("http"), "{answer:#?}");
     }
     assert!(app.metrics().await.contains(
         r#"feedline_gateway_upstream_errors_total{kind="unreachable",service="gateway"} 4"#

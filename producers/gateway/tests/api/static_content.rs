@@ -21,7 +21,10 @@ async fn dashboard_is_cached_with_a_strong_etag() {
         page.text.contains("EventSource"),
         "the page follows the live feed"
     );
-    assert!(page.text.contains("access_token"));
+    assert!(
+        page.text.contains("/feed/ticket") && !page.text.contains("/feed?access_token"),
+        "the page opens the feed with a ticket, never with its token in the URL"
+    );
     assert!(
         page.text.contains("\"Idempotency-Key\""),
         "the page sends its commands with keys"

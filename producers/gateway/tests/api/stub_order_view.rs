@@ -3,8 +3,9 @@
 //! can see what the gateway passed on. It knows nothing of Kafka; the real order-view and
 //! the end-to-end tests with every service live elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ use serde_json::json;
 pub const STUB_CUSTOMER: &str = "5b0c6f6e-58a6-4a31-9d5e-2f1f1b2c0d11";
 /// The one order id the stub does not know.
 pub const UNKNOWN_ORDER: &str = "00000000-0000-0000-0000-000000000000";
+/// An order the stub takes a minute to answer for.
+pub const SLOW_ORDER: &str = "00000000-0000-0000-0000-00000000005a";
 /// The credit limit the stub reports for every customer, in cents.
 pub const STUB_LIMIT_CENTS: i64 = 10_000;
 /// How long after its first look-up an order turns APPROVED (when `completes`).
@@ -30,14 +33,33 @@ const DECIDES_AFTER: Duration = Duration::from_millis(300);
 struct Stub {
     completes: bool,
     first_seen: Mutex<HashMap<String, Instant>>,
+    /// Unfiltered feed subscriptions opened so far (a waiting gateway's).
+    unfiltered_feeds: AtomicUsize,
 }
 
 /// Serves the stub on a free local port; returns its URL.
 pub async fn start(completes: bool) -> String {
+    start_counted(completes).await.0
+}
+
+/// Feed subscriptions the stub has seen, by the test.
+#[derive(Debug, Clone)]
+pub struct FeedCount(Arc<Stub>);
+
+impl FeedCount {
+    /// Unfiltered subscriptions opened so far.
+    pub fn unfiltered(&self) -> usize {
+        self.0.unfiltered_feeds.load(Ordering::SeqCst)
+    }
+}
+
+/// [`start`], and a view of how many feed subscriptions it served.
+pub async fn start_counted(completes: bool) -> (String, FeedCount) {
     let stub = Arc::new(Stub {
         completes,
         ..Stub::default()
     });
+    let count = FeedCount(stub.clone());
     let router = Router::new()
         .route("/orders", get(list_orders))
         .route("/orders/{id}", get(order))
@@ -48,7 +70,7 @@ pub async fn start(completes: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    url
+    (url, count)
 }
 
 fn echo(headers: &HeaderMap, query: &Option<String>) -> serde_json::Value {
@@ -70,6 +92,9 @@ async fn list_orders(headers: HeaderMap, RawQuery(query): RawQuery) -> Response 
 }
 
 async fn order(State(stub): State<Arc<Stub>>, Path(id): Path<String>) -> Response {
+    if id == SLOW_ORDER {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
     if id == UNKNOWN_ORDER {
         return (
             StatusCode::NOT_FOUND,
@@ -114,10 +139,15 @@ async fn customer_orders(Path(id): Path<String>) -> Response {
         .into_response()
 }
 
-/// One `echo` event at once, then: with an `order_id` filter a `tick` every 100 ms (what a
-/// waiting gateway rings its bell on); without, nothing more, ever (so a client that sees
-/// the first event proves the gateway does not buffer).
+/// One `echo` event at once, then:
+/// - with `flood`: 16 KiB events as fast as they are taken (a reader that stops reading
+///   fills every buffer on the way quickly);
+/// - with a filter: nothing more, ever (so a client that sees the first event proves the
+///   gateway does not buffer);
+/// - unfiltered (a waiting gateway's subscription): an `OrderApproved` event naming each
+///   order as it turns APPROVED, what the waiters ring their bells on.
 async fn feed(
+    State(stub): State<Arc<Stub>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -125,20 +155,47 @@ async fn feed(
         .id("1")
         .event("echo")
         .data(echo(&headers, &query).to_string());
-    let ticking = query.as_deref().is_some_and(|q| q.contains("order_id="));
-    let rest = stream::unfold(1u64, move |n| async move {
-        if ticking {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Some((
-                Event::default()
-                    .id((n + 1).to_string())
-                    .event("tick")
-                    .data("{}"),
-                n + 1,
-            ))
-        } else {
-            std::future::pending().await
+    let query = query.unwrap_or_default();
+    let flood = query.contains("flood");
+    let unfiltered = query.is_empty();
+    if unfiltered {
+        stub.unfiltered_feeds.fetch_add(1, Ordering::SeqCst);
+    }
+    let announced = HashSet::new();
+    let rest = stream::unfold((stub, announced), move |(stub, mut announced)| async move {
+        if flood {
+            let data = "x".repeat(16 * 1024);
+            return Some((
+                vec![Event::default().event("flood").data(data)],
+                (stub, announced),
+            ));
         }
-    });
+        if !unfiltered {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let decided: Vec<String> = stub
+            .first_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, seen)| {
+                stub.completes && seen.elapsed() >= DECIDES_AFTER && !announced.contains(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let events = decided
+            .into_iter()
+            .map(|id| {
+                let event = Event::default()
+                    .event("OrderApproved")
+                    .data(json!({"order_id": id, "status": "APPROVED"}).to_string());
+                announced.insert(id);
+                event
+            })
+            .collect();
+        Some((events, (stub, announced)))
+    })
+    .flat_map(stream::iter);
     Sse::new(stream::once(async { first }).chain(rest).map(Ok))
 }
