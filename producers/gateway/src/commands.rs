@@ -698,6 +698,7 @@ pub async fn register_customer(
                 customer_id: customer_id.clone(),
                 name: name.to_owned(),
                 credit_limit_cents,
+                tenant: None,
             }),
         );
         // As for orders; only the name is compared, the limit may have changed since.
