@@ -60,6 +60,11 @@ pub struct ClientConfig {
     pub secret_sha256: String,
     /// The scopes the client may ask for.
     pub scopes: Vec<Scope>,
+    /// The tenant whose customers the client sees and acts on; customers it registers
+    /// belong to it. Every client needs one unless it has the `admin` scope (which sees
+    /// every tenant and must have none).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// `false` removes a client the defaults define (such as `demo`) without deleting it.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -150,6 +155,30 @@ impl GatewayConfig {
                     &format!("clients.{id}.secret_sha256"),
                     "must be 64 hex digits (the SHA-256 of the secret)",
                 );
+            }
+            let admin = client.scopes.contains(&Scope::Admin);
+            match &client.tenant {
+                Some(tenant) if !crate::tenancy::valid_name(tenant) => {
+                    return invalid(
+                        &format!("clients.{id}.tenant"),
+                        crate::tenancy::NAME_RULE,
+                    );
+                }
+                Some(_) if admin => {
+                    return invalid(
+                        &format!("clients.{id}.tenant"),
+                        "an admin client sees every tenant and must not name one",
+                    );
+                }
+                // Refused here rather than seeing everything or nothing: a client is
+                // bound to a tenant, or is explicitly an admin.
+                None if !admin && client.enabled => {
+                    return invalid(
+                        &format!("clients.{id}.tenant"),
+                        "is required unless the client has the admin scope",
+                    );
+                }
+                _ => {}
             }
         }
         Ok(())

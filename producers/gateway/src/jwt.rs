@@ -41,6 +41,10 @@ pub struct Claims {
     /// Unique per token, for audit logs.
     #[serde(default)]
     pub jti: String,
+    /// The tenant whose customers the token sees and acts on; absent on admin tokens
+    /// (see [`crate::tenancy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Claims {
@@ -178,6 +182,7 @@ mod tests {
             exp,
             scope: "orders:write feed:read".into(),
             jti: "j".into(),
+            tenant: Some("acme".into()),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod money;
 pub mod openapi;
 pub mod orderview;
 pub mod proxy;
+pub mod tenancy;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -100,7 +101,8 @@ max_entries = 10000
 [gateway.clients.demo]
 # sha256("demo-secret")
 secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
-scopes = ["orders:write", "customers:write", "feed:read"]
+# Development only: the demo client is an admin, seeing every tenant's customers.
+scopes = ["orders:write", "customers:write", "feed:read", "admin"]
 "#;
 
 /// How long a producer flush may hold shutdown: every command was already acknowledged

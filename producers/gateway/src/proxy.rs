@@ -15,9 +15,11 @@ use crate::app::AppState;
 use crate::auth::{Authorized, FeedRead, FeedStream};
 use crate::error::ApiError;
 use crate::orderview::UpstreamError;
+use crate::tenancy::{TENANT_HEADER, Tenancy};
 
 /// Request headers worth passing on. Not `Authorization`: the token is the gateway's
-/// business, and order-view sits behind it.
+/// business, and order-view sits behind it. Not [`TENANT_HEADER`] either: only the gateway
+/// sets it, from the token.
 const FORWARDED_REQUEST: &[&str] = &[
     "accept",
     "accept-language",
@@ -70,33 +72,36 @@ impl<S: Send + Sync> FromRequestParts<S> for UuidPath {
 /// `GET /orders/{id}`, `/customers/{id}`, `/customers/{id}/orders`.
 pub async fn item(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedRead>,
+    auth: Authorized<FeedRead>,
     _ids: UuidPath,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, false).await
+    let tenancy = Tenancy::of(&auth.claims)?;
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, false).await
 }
 
 /// `GET /orders`.
 pub async fn list(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedRead>,
+    auth: Authorized<FeedRead>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, false).await
+    let tenancy = Tenancy::of(&auth.claims)?;
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, false).await
 }
 
 /// `GET /feed`: Server-Sent Events, streamed through. `Last-Event-ID` and the query string
 /// go along.
 pub async fn feed(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedStream>,
+    auth: Authorized<FeedStream>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, true).await
+    let tenancy = Tenancy::of(&auth.claims)?;
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, true).await
 }
 
 /// The path and query to ask order-view for, without `access_token`: a token is the
@@ -120,6 +125,7 @@ fn path_and_query(uri: &Uri) -> String {
 
 async fn forward(
     app: &AppState,
+    tenancy: &Tenancy,
     path_and_query: &str,
     headers: &HeaderMap,
     stream: bool,
@@ -130,6 +136,9 @@ async fn forward(
         for value in headers.get_all(*name) {
             request = request.header(*name, value);
         }
+    }
+    if let Some(tenant) = tenancy.header() {
+        request = request.header(TENANT_HEADER, tenant);
     }
     if !stream {
         request = request.timeout(view.timeout());

@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 
 /// The signing secret of every test gateway, so tests can mint their own tokens.
 pub const JWT_SECRET: &str = "test-only-jwt-secret-of-more-than-32-bytes";
-/// A client that may only place and cancel orders.
+/// A client that may only place and cancel orders, of its tenant's customers.
 pub const LIMITED_ID: &str = "limited";
 pub const LIMITED_SECRET: &str = "limited-secret";
+pub const LIMITED_TENANT: &str = "limited-tenant";
 
 /// A local address where nothing listens.
 pub async fn closed_port() -> String {
@@ -161,6 +162,7 @@ impl TestApp {
             [gateway.clients.{LIMITED_ID}]
             secret_sha256 = "{limited}"
             scopes = ["orders:write"]
+            tenant = "{LIMITED_TENANT}"
             {extra}
             "#,
             bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),
@@ -321,5 +323,6 @@ pub fn claims(scope: &str, exp_in: i64) -> Claims {
         exp: now + exp_in,
         scope: scope.into(),
         jti: uuid::Uuid::new_v4().to_string(),
+        tenant: None,
     }
 }
