@@ -272,11 +272,7 @@ async fn get_order(
     }
     app.metrics.cache_lookup("order", false);
     let epoch = app.cache.epoch();
-    let order = app
-        .store
-        .order(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let order = app.store.order(&id).await?.ok_or_else(not_found)?;
     let order = Arc::new(order);
     app.cache.fill_order(order.clone(), epoch);
     if !visible(tenant.as_deref(), order.tenant.as_deref()) {
@@ -302,11 +298,7 @@ async fn get_customer(
     }
     app.metrics.cache_lookup("customer", false);
     let epoch = app.cache.epoch();
-    let customer = app
-        .store
-        .customer(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let customer = app.store.customer(&id).await?.ok_or_else(not_found)?;
     let customer = Arc::new(customer);
     app.cache.fill_customer(customer.clone(), epoch);
     if !visible(tenant.as_deref(), customer.tenant.as_deref()) {

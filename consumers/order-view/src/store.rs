@@ -63,8 +63,7 @@ const PAGE_SIZE: u32 = 16384;
 pub(crate) const ORDER_COLUMNS: &str =
     "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at, tenant";
 /// The same for [`CustomerRow`].
-pub(crate) const CUSTOMER_COLUMNS: &str =
-    "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at, tenant";
+pub(crate) const CUSTOMER_COLUMNS: &str = "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at, tenant";
 const CHANGE_COLUMNS: &str = "seq, kind, customer_id, order_id, data, tenant";
 
 /// An orders row as stored; [`Order::try_from`] checks what the text columns hold.

@@ -47,7 +47,8 @@ async fn a_tenant_sees_only_its_own_customers_and_orders() {
 
     // Without the header (the gateway's admins and its own look-ups): everything.
     for order in [&a1, &b1, &c1] {
-        app.until(&format!("/orders/{order}"), |s, _| s == 200).await;
+        app.until(&format!("/orders/{order}"), |s, _| s == 200)
+            .await;
     }
     app.until(&format!("/orders/{early}"), |s, b| {
         s == 200 && b["tenant"] == "acme"
@@ -59,7 +60,10 @@ async fn a_tenant_sees_only_its_own_customers_and_orders() {
     // acme: its own rows, and 404 for anybody else's, as for rows that do not exist.
     let (status, body) = app.get_as("acme", &format!("/orders/{a1}")).await;
     assert_eq!((status, body["tenant"].as_str()), (200, Some("acme")));
-    assert_eq!(app.get_as("acme", &format!("/customers/{ada}")).await.0, 200);
+    assert_eq!(
+        app.get_as("acme", &format!("/customers/{ada}")).await.0,
+        200
+    );
     for path in [
         format!("/orders/{b1}"),
         format!("/orders/{c1}"),
@@ -72,10 +76,17 @@ async fn a_tenant_sees_only_its_own_customers_and_orders() {
     }
     let (status, listing) = app.get_as("acme", "/orders").await;
     assert_eq!(status, 200);
-    assert_eq!(order_ids(&listing), BTreeSet::from([early.clone(), a1.clone()]));
-    let (_, theirs) = app.get_as("acme", &format!("/orders?customer_id={bob}")).await;
+    assert_eq!(
+        order_ids(&listing),
+        BTreeSet::from([early.clone(), a1.clone()])
+    );
+    let (_, theirs) = app
+        .get_as("acme", &format!("/orders?customer_id={bob}"))
+        .await;
     assert!(order_ids(&theirs).is_empty(), "{theirs}");
-    let (_, own) = app.get_as("acme", &format!("/customers/{ada}/orders")).await;
+    let (_, own) = app
+        .get_as("acme", &format!("/customers/{ada}/orders"))
+        .await;
     assert_eq!(order_ids(&own), BTreeSet::from([early.clone(), a1.clone()]));
     let (_, globex) = app.get_as("globex", "/orders").await;
     assert_eq!(order_ids(&globex), BTreeSet::from([b1.clone()]));
@@ -124,7 +135,9 @@ async fn a_tenant_sees_only_its_own_customers_and_orders() {
     );
 
     // An admin's feed (no header) carries every tenant's changes.
-    let mut admin = app.feed_from("", Some(&format!("{}-0", app.generation))).await;
+    let mut admin = app
+        .feed_from("", Some(&format!("{}-0", app.generation)))
+        .await;
     let everything = admin.read_until(|e| e.data["id"] == a2.as_str()).await;
     let seen = ids_of(&everything);
     for id in [&ada, &bob, &cyd, &b1, &b2, &c1] {

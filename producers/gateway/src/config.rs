@@ -159,10 +159,7 @@ impl GatewayConfig {
             let admin = client.scopes.contains(&Scope::Admin);
             match &client.tenant {
                 Some(tenant) if !crate::tenancy::valid_name(tenant) => {
-                    return invalid(
-                        &format!("clients.{id}.tenant"),
-                        crate::tenancy::NAME_RULE,
-                    );
+                    return invalid(&format!("clients.{id}.tenant"), crate::tenancy::NAME_RULE);
                 }
                 Some(_) if admin => {
                     return invalid(

@@ -236,7 +236,10 @@ mod tests {
         );
         assert_eq!(Tenancy::All.new_customer(None).unwrap(), None);
         assert_eq!(
-            Tenancy::All.new_customer(Some("globex")).unwrap().as_deref(),
+            Tenancy::All
+                .new_customer(Some("globex"))
+                .unwrap()
+                .as_deref(),
             Some("globex")
         );
         let bad = Tenancy::All.new_customer(Some("a b")).unwrap_err();

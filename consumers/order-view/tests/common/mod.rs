@@ -345,7 +345,12 @@ impl TestApp {
     }
 
     /// The feed as a client of `tenant` sees it, sending `last_event_id` as it is.
-    pub async fn feed_as(&self, tenant: &str, query: &str, last_event_id: Option<&str>) -> SseClient {
+    pub async fn feed_as(
+        &self,
+        tenant: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-feedline-tenant", tenant.parse().expect("a header value"));
         let http = reqwest::Client::builder()

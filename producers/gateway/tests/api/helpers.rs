@@ -43,6 +43,9 @@ pub struct Options {
     pub message_timeout_ms: u32,
     /// More TOML, appended to the gateway's settings.
     pub extra_toml: String,
+    /// The topic prefix and registry URL of services already running, to join them;
+    /// by default a fresh prefix and a registry of the gateway's own.
+    pub join: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             ensure_topics: true,
             message_timeout_ms: 10_000,
             extra_toml: String::new(),
+            join: None,
         }
     }
 }
@@ -133,9 +137,15 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> TestApp {
         feedline::telemetry::init();
-        let prefix = random_prefix();
         let registry = CancellationToken::new();
-        let registry_url = start_registry(&prefix, registry.clone()).await;
+        let (prefix, registry_url) = match options.join {
+            Some(joined) => joined,
+            None => {
+                let prefix = random_prefix();
+                let url = start_registry(&prefix, registry.clone()).await;
+                (prefix, url)
+            }
+        };
         let order_view_url = match options.order_view_url {
             Some(url) => url,
             None => closed_port().await,

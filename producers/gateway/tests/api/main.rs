@@ -11,3 +11,4 @@ mod idempotency;
 mod proxy;
 mod static_content;
 mod stub_order_view;
+mod tenancy;
