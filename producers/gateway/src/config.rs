@@ -264,6 +264,35 @@ mod tests {
     }
 
     #[test]
+    fn every_client_has_a_tenant_or_is_an_admin_never_both() {
+        let client = |scopes: &str, tenant: &str| {
+            format!(
+                "[gateway.clients.x]\nsecret_sha256 = \"{}\"\nscopes = [{scopes}]\n{tenant}",
+                DEMO_SECRET_SHA256
+            )
+        };
+        let tenant = load(&client("\"feed:read\"", "tenant = \"acme-eu.1\"")).unwrap();
+        assert_eq!(tenant.clients["x"].tenant.as_deref(), Some("acme-eu.1"));
+        load(&client("\"feed:read\", \"admin\"", "")).unwrap();
+        for (scopes, tenant) in [
+            ("\"feed:read\"", ""),
+            ("\"feed:read\", \"admin\"", "tenant = \"acme\""),
+            ("\"feed:read\"", "tenant = \"a b\""),
+            ("\"feed:read\"", "tenant = \"\""),
+        ] {
+            let error = load(&client(scopes, tenant)).unwrap_err();
+            assert!(error.contains("clients.x.tenant"), "{error}");
+        }
+        // A disabled client needs neither: it gets no tokens.
+        load(&client("\"feed:read\"", "enabled = false")).unwrap();
+        assert!(
+            load("").unwrap().clients["demo"]
+                .scopes
+                .contains(&Scope::Admin)
+        );
+    }
+
+    #[test]
     fn producer_name_prefers_the_configured_replica() {
         let config = load("[gateway]\nreplica = \"a7\"").unwrap();
         assert_eq!(config.producer_name(), "gateway-a7");
