@@ -607,6 +607,24 @@ mod tests {
     }
 
     #[test]
+    fn the_registration_passes_its_tenant_on() {
+        use feedline_schemas::types::RegisterCustomer;
+        let command = CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
+            customer_id: Uuid::new_v4().to_string(),
+            name: "Ada".into(),
+            credit_limit_cents: 1,
+            tenant: Some("acme".into()),
+        });
+        let input = Input::from_command(&command).unwrap();
+        let emitted = Ledger::default().apply(&input).unwrap();
+        let Event::Customer(CustomerEventPayload::CustomerRegistered(registered)) = emitted.event
+        else {
+            panic!("a registration, got {:?}", emitted.event);
+        };
+        assert_eq!(registered.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
     fn malformed_messages_are_refused() {
         use feedline_schemas::types::{OrderCreated, RegisterCustomer};
         let negative = CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
