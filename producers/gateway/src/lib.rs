@@ -98,6 +98,9 @@ customers = ["customer-commands", "order-events"]
 ttl_secs = 86400
 max_entries = 10000
 
+# Every enabled client is bound to a tenant (`tenant = "acme"`: its tokens see and act on
+# that tenant's customers and their orders only, and customers it registers are that
+# tenant's) or has the `admin` scope (every tenant), never both.
 [gateway.clients.demo]
 # sha256("demo-secret")
 secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
