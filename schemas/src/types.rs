@@ -87,7 +87,9 @@ record!(CancelOrder { order_id: String, customer_id: String, reason: Option<Stri
 record!(RegisterCustomer {
     customer_id: String,
     name: String,
-    credit_limit_cents: i64
+    credit_limit_cents: i64,
+    /// The tenant the customer belongs to; `None` for no tenant (seen by admins only).
+    tenant: Option<String>
 });
 record!(ChangeCreditLimit {
     customer_id: String,
@@ -113,7 +115,9 @@ record!(OrderCancelled { order_id: String, customer_id: String, total_cents: i64
 record!(CustomerRegistered {
     customer_id: String,
     name: String,
-    credit_limit_cents: i64
+    credit_limit_cents: i64,
+    /// The tenant the customer belongs to; `None` for no tenant (seen by admins only).
+    tenant: Option<String>
 });
 record!(CreditLimitChanged {
     customer_id: String,

@@ -87,6 +87,7 @@ fn every_record_type_matches_its_file() {
             customer_id: C.into(),
             name: "Ada".into(),
             credit_limit_cents: 10_000,
+            tenant: Some("acme".into()),
         },
     );
     round_trip(
@@ -136,6 +137,16 @@ fn every_record_type_matches_its_file() {
             customer_id: C.into(),
             name: "Ada".into(),
             credit_limit_cents: 5,
+            tenant: Some("acme".into()),
+        },
+    );
+    round_trip(
+        file("CustomerRegistered"),
+        &CustomerRegistered {
+            customer_id: C.into(),
+            name: "Ada".into(),
+            credit_limit_cents: 5,
+            tenant: None,
         },
     );
     round_trip(
@@ -235,6 +246,7 @@ fn every_envelope_type_matches_its_topic_schema_for_every_payload() {
         customer_id: C.into(),
         name: "Ada".into(),
         credit_limit_cents: 10_000,
+        tenant: None,
     };
     let change = ChangeCreditLimit {
         customer_id: C.into(),
@@ -253,6 +265,7 @@ fn every_envelope_type_matches_its_topic_schema_for_every_payload() {
         customer_id: C.into(),
         name: "Ada".into(),
         credit_limit_cents: 1,
+        tenant: None,
     };
     let changed = CreditLimitChanged {
         customer_id: C.into(),

@@ -76,6 +76,7 @@ fn register_customer(i: usize) -> RegisterCustomer {
         customer_id: s(i),
         name: s(i + 3),
         credit_limit_cents: n(i),
+        tenant: None,
     }
 }
 fn change_credit_limit(i: usize) -> ChangeCreditLimit {
@@ -119,6 +120,7 @@ fn customer_registered(i: usize) -> CustomerRegistered {
         customer_id: s(i),
         name: s(i + 2),
         credit_limit_cents: n(i),
+        tenant: None,
     }
 }
 fn credit_limit_changed(i: usize) -> CreditLimitChanged {

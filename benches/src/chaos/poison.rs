@@ -150,6 +150,7 @@ pub async fn send(settings: &Settings, client: &Client) -> anyhow::Result<Vec<Po
             customer_id: uuid::Uuid::now_v7().to_string(),
             name: mark.clone(),
             credit_limit_cents: -1,
+            tenant: None,
         }),
     );
     let bytes = encoder.encode(&command)?;

@@ -63,6 +63,8 @@ pub enum Input {
         customer_id: Uuid,
         name: String,
         credit_limit_cents: i64,
+        /// Passed on to the event: order-view shows the customer to that tenant only.
+        tenant: Option<String>,
     },
     ChangeLimit {
         customer_id: Uuid,
@@ -115,6 +117,7 @@ impl Input {
                 customer_id: uuid("customer_id", &r.customer_id)?,
                 name: r.name.clone(),
                 credit_limit_cents: not_negative("credit_limit_cents", r.credit_limit_cents)?,
+                tenant: r.tenant.clone(),
             }),
             CustomerCommandPayload::ChangeCreditLimit(c) => Ok(Input::ChangeLimit {
                 customer_id: uuid("customer_id", &c.customer_id)?,
@@ -277,7 +280,8 @@ impl Ledger {
                 customer_id,
                 name,
                 credit_limit_cents,
-            } => self.register(*customer_id, name, *credit_limit_cents),
+                tenant,
+            } => self.register(*customer_id, name, *credit_limit_cents, tenant.clone()),
             Input::ChangeLimit {
                 customer_id,
                 credit_limit_cents,
@@ -291,7 +295,13 @@ impl Ledger {
         }
     }
 
-    fn register(&mut self, id: Uuid, name: &str, limit: i64) -> Result<Emitted, Ignored> {
+    fn register(
+        &mut self,
+        id: Uuid,
+        name: &str,
+        limit: i64,
+        tenant: Option<String>,
+    ) -> Result<Emitted, Ignored> {
         if self.customers.contains_key(&id) {
             return Err(Ignored::AlreadyRegistered);
         }
@@ -309,6 +319,7 @@ impl Ledger {
                     customer_id: id.to_string(),
                     name: name.to_owned(),
                     credit_limit_cents: limit,
+                    tenant,
                 },
             )),
         })
@@ -449,6 +460,7 @@ mod tests {
             customer_id: id,
             name: "Ada".into(),
             credit_limit_cents: limit,
+            tenant: None,
         }
     }
 
@@ -595,12 +607,31 @@ mod tests {
     }
 
     #[test]
+    fn the_registration_passes_its_tenant_on() {
+        use feedline_schemas::types::RegisterCustomer;
+        let command = CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
+            customer_id: Uuid::new_v4().to_string(),
+            name: "Ada".into(),
+            credit_limit_cents: 1,
+            tenant: Some("acme".into()),
+        });
+        let input = Input::from_command(&command).unwrap();
+        let emitted = Ledger::default().apply(&input).unwrap();
+        let Event::Customer(CustomerEventPayload::CustomerRegistered(registered)) = emitted.event
+        else {
+            panic!("a registration, got {:?}", emitted.event);
+        };
+        assert_eq!(registered.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
     fn malformed_messages_are_refused() {
         use feedline_schemas::types::{OrderCreated, RegisterCustomer};
         let negative = CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
             customer_id: Uuid::new_v4().to_string(),
             name: "x".into(),
             credit_limit_cents: -1,
+            tenant: None,
         });
         assert!(
             Input::from_command(&negative)

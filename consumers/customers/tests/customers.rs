@@ -26,6 +26,7 @@ fn register(customer_id: Uuid, credit_limit_cents: i64) -> CustomerCommand {
             customer_id: customer_id.to_string(),
             name: "Ada Lovelace".into(),
             credit_limit_cents,
+            tenant: None,
         }),
     )
 }
@@ -120,6 +121,7 @@ async fn credit_is_reserved_within_the_limit_and_released_on_cancel() {
             customer_id: customer.to_string(),
             name: "Ada Lovelace".into(),
             credit_limit_cents: 10_000,
+            tenant: None,
         })
     );
 

@@ -25,6 +25,7 @@ fn register(customer_id: Uuid) -> CustomerCommand {
             customer_id: customer_id.to_string(),
             name: format!("customer {customer_id}"),
             credit_limit_cents: LIMIT,
+            tenant: None,
         }),
     )
 }

@@ -27,6 +27,12 @@ use crate::metrics::ViewMetrics;
 use crate::model::{Filter, Order, Status};
 use crate::store::{ListQuery, Store, StoreError};
 
+/// The tenant a request is answered for, set by the gateway from the client's token (which
+/// drops any copy a client sent). Without it a request sees every tenant: order-view sits
+/// on the internal network, behind the gateway, and the gateway's own look-ups and its
+/// admins' requests go without it.
+pub const TENANT_HEADER: &str = "x-feedline-tenant";
+
 /// Page size of listings when `limit` is not given, and its maximum.
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -214,6 +220,28 @@ impl Params {
     }
 }
 
+/// The request's [`TENANT_HEADER`]. An empty or non-text one is refused rather than read as
+/// "no tenant", which would show every tenant's rows.
+fn tenant(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(TENANT_HEADER) else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(tenant) if !tenant.is_empty() => Ok(Some(tenant.to_owned())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("{TENANT_HEADER} must be a non-empty tenant name"),
+            Some(TENANT_HEADER),
+        )),
+    }
+}
+
+/// Whether a row of `row_tenant` may be shown to a request for `tenant`.
+fn visible(tenant: Option<&str>, row_tenant: Option<&str>) -> bool {
+    tenant.is_none_or(|t| row_tenant == Some(t))
+}
+
 /// A UUID parameter in canonical form (the form ids are stored in).
 fn uuid_param(name: &str, value: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(value)
@@ -226,45 +254,56 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
     uuid_param("id", &id)
 }
 
+/// Another tenant's order is a 404, as a missing one: its existence is not theirs to know.
 async fn get_order(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant(&headers)?;
     let id = path_id(path)?;
+    let not_found = || ApiError::not_found(format!("no order {id}"));
     if let Some(order) = app.cache.order(&id) {
         app.metrics.cache_lookup("order", true);
+        if !visible(tenant.as_deref(), order.tenant.as_deref()) {
+            return Err(not_found());
+        }
         return Ok(json_response(&*order));
     }
     app.metrics.cache_lookup("order", false);
     let epoch = app.cache.epoch();
-    let order = app
-        .store
-        .order(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no order {id}")))?;
+    let order = app.store.order(&id).await?.ok_or_else(not_found)?;
     let order = Arc::new(order);
     app.cache.fill_order(order.clone(), epoch);
+    if !visible(tenant.as_deref(), order.tenant.as_deref()) {
+        return Err(not_found());
+    }
     Ok(json_response(&*order))
 }
 
 async fn get_customer(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant(&headers)?;
     let id = path_id(path)?;
+    let not_found = || ApiError::not_found(format!("no customer {id}"));
     if let Some(customer) = app.cache.customer(&id) {
         app.metrics.cache_lookup("customer", true);
+        if !visible(tenant.as_deref(), customer.tenant.as_deref()) {
+            return Err(not_found());
+        }
         return Ok(json_response(&*customer));
     }
     app.metrics.cache_lookup("customer", false);
     let epoch = app.cache.epoch();
-    let customer = app
-        .store
-        .customer(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no customer {id}")))?;
+    let customer = app.store.customer(&id).await?.ok_or_else(not_found)?;
     let customer = Arc::new(customer);
     app.cache.fill_customer(customer.clone(), epoch);
+    if !visible(tenant.as_deref(), customer.tenant.as_deref()) {
+        return Err(not_found());
+    }
     Ok(json_response(&*customer))
 }
 
@@ -286,12 +325,15 @@ async fn page(app: &App, query: ListQuery) -> Result<Response, ApiError> {
 /// `GET /orders?status=&customer_id=&limit=&cursor=`: newest first.
 async fn list_orders(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant(&headers)?;
     let params = Params::parse(query, &["status", "customer_id", "limit", "cursor"])?;
     let query = ListQuery {
         status: params.status()?,
         customer_id: params.uuid("customer_id")?,
+        tenant,
         before: params.cursor()?,
         limit: params.limit()?,
     };
@@ -302,18 +344,25 @@ async fn list_orders(
 /// known about.
 async fn customer_orders(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant(&headers)?;
     let id = path_id(path)?;
     let params = Params::parse(query, &["status", "limit", "cursor"])?;
     let query = ListQuery {
         status: params.status()?,
         customer_id: Some(id.clone()),
+        tenant: tenant.clone(),
         before: params.cursor()?,
         limit: params.limit()?,
     };
-    if app.cache.customer(&id).is_none() && !app.store.customer_known(&id).await? {
+    let cached = app
+        .cache
+        .customer(&id)
+        .is_some_and(|c| visible(tenant.as_deref(), c.tenant.as_deref()));
+    if !cached && !app.store.customer_known(&id, tenant.as_deref()).await? {
         return Err(ApiError::not_found(format!("no customer {id}")));
     }
     page(&app, query).await
@@ -329,10 +378,12 @@ async fn feed(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let tenant = tenant(&headers)?;
     let params = Params::parse(query, &["customer_id", "order_id", "last_event_id"])?;
     let filter = Filter {
         customer_id: params.uuid("customer_id")?,
         order_id: params.uuid("order_id")?,
+        tenant,
     };
     let header = headers.get("last-event-id").map(|value| {
         // Bytes that are not text are no id of ours either: a snapshot.

@@ -99,13 +99,13 @@ impl Event {
         }
     }
 
-    /// The name a registration gives its customer.
-    pub fn registered_name(&self) -> Option<(&str, &str)> {
+    /// The name and tenant a registration gives its customer.
+    pub fn registered_name(&self) -> Option<(&str, &str, Option<&str>)> {
         match self {
             Event::Customer(CustomerEvent {
                 payload: CustomerEventPayload::CustomerRegistered(p),
                 ..
-            }) => Some((&p.customer_id, &p.name)),
+            }) => Some((&p.customer_id, &p.name, p.tenant.as_deref())),
             _ => None,
         }
     }
@@ -223,6 +223,7 @@ impl WorkingSet {
                 CustomerEventPayload::CustomerRegistered(p) => {
                     self.customer(&p.customer_id, at, |c| {
                         c.name = Some(p.name.clone());
+                        c.tenant.clone_from(&p.tenant);
                         set_limit(c, p.credit_limit_cents, at);
                     });
                 }
@@ -259,7 +260,10 @@ impl WorkingSet {
         at: i64,
         update: impl FnOnce(&mut Order),
     ) {
-        let name = self.customers.get(customer_id).and_then(|c| c.name.clone());
+        let (name, tenant) = self
+            .customers
+            .get(customer_id)
+            .map_or((None, None), |c| (c.name.clone(), c.tenant.clone()));
         let (before, order) = match self.orders.get_mut(id) {
             Some(order) => (Some(order.clone()), order),
             // The first event of an order makes its row, whichever event it is.
@@ -273,6 +277,7 @@ impl WorkingSet {
                     reason: None,
                     created_at: at,
                     updated_at: at,
+                    tenant: None,
                 };
                 (None, self.orders.entry(id.to_owned()).or_insert(order))
             }
@@ -280,6 +285,9 @@ impl WorkingSet {
         update(order);
         if order.customer_name.is_none() {
             order.customer_name = name;
+        }
+        if order.tenant.is_none() {
+            order.tenant = tenant;
         }
         if before.as_ref() != Some(order) {
             order.updated_at = order.updated_at.max(at);
@@ -304,27 +312,34 @@ impl WorkingSet {
         }
         customer.updated_at = customer.updated_at.max(at);
         let name = customer.name.clone();
-        let renamed = before.as_ref().map(|b| &b.name) != Some(&name);
+        let tenant = customer.tenant.clone();
+        let renamed = before
+            .as_ref()
+            .is_none_or(|b| b.name != name || b.tenant != tenant);
         let change = customer_change(self.next_seq, customer);
         self.push(change);
         if renamed && let Some(name) = name {
-            self.rename_orders(id, &name, at);
+            self.rename_orders(id, &name, tenant.as_deref(), at);
         }
     }
 
-    /// Orders carry their customer's name; orders that arrived before the registration get
-    /// it now.
-    fn rename_orders(&mut self, customer_id: &str, name: &str, at: i64) {
+    /// Orders carry their customer's name and tenant; orders that arrived before the
+    /// registration get them now.
+    fn rename_orders(&mut self, customer_id: &str, name: &str, tenant: Option<&str>, at: i64) {
         let mut renamed: Vec<&mut Order> = self
             .orders
             .values_mut()
-            .filter(|o| o.customer_id == customer_id && o.customer_name.as_deref() != Some(name))
+            .filter(|o| {
+                o.customer_id == customer_id
+                    && (o.customer_name.as_deref() != Some(name) || o.tenant.as_deref() != tenant)
+            })
             .collect();
         // Stable numbering across runs, whatever the hash map's order.
         renamed.sort_by(|a, b| a.id.cmp(&b.id));
         let mut changes = Vec::with_capacity(renamed.len());
         for (n, order) in renamed.into_iter().enumerate() {
             order.customer_name = Some(name.to_owned());
+            order.tenant = tenant.map(str::to_owned);
             order.updated_at = order.updated_at.max(at);
             changes.push(order_change(self.next_seq + n as i64, order));
         }
@@ -361,6 +376,7 @@ fn order_change(seq: i64, order: &Order) -> Change {
         customer_id: order.customer_id.clone(),
         order_id: Some(order.id.clone()),
         data: json(order),
+        tenant: order.tenant.clone(),
     }
 }
 
@@ -371,6 +387,7 @@ fn customer_change(seq: i64, customer: &Customer) -> Change {
         customer_id: customer.id.clone(),
         order_id: None,
         data: json(customer),
+        tenant: customer.tenant.clone(),
     }
 }
 
@@ -448,6 +465,7 @@ mod tests {
                 customer_id: C.into(),
                 name: "Ada".into(),
                 credit_limit_cents: limit,
+                tenant: None,
             }),
         )
     }
@@ -528,6 +546,39 @@ mod tests {
         assert_eq!(ws.orders[O].customer_name.as_deref(), Some("Ada"));
         let kinds: Vec<Kind> = ws.changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [Kind::Order, Kind::Customer, Kind::Order]);
+    }
+
+    fn registered_to(at: i64, tenant: &str) -> Event {
+        let mut e = registered(at, 1000);
+        if let Event::Customer(c) = &mut e
+            && let CustomerEventPayload::CustomerRegistered(p) = &mut c.payload
+        {
+            p.tenant = Some(tenant.into());
+        }
+        e
+    }
+
+    #[test]
+    fn orders_and_changes_carry_their_customers_tenant() {
+        let ws = run(&[registered_to(1, "acme"), created(2), approved(3)]);
+        assert_eq!(ws.customers[C].tenant.as_deref(), Some("acme"));
+        assert_eq!(ws.orders[O].tenant.as_deref(), Some("acme"));
+        assert!(
+            ws.changes
+                .iter()
+                .all(|c| c.tenant.as_deref() == Some("acme"))
+        );
+        assert!(ws.changes[1].data.contains(r#""tenant":"acme""#));
+    }
+
+    #[test]
+    fn orders_before_the_registration_take_its_tenant_with_a_new_change() {
+        let ws = run(&[created(2), registered_to(5, "acme")]);
+        assert_eq!(ws.orders[O].tenant.as_deref(), Some("acme"));
+        let tenants: Vec<Option<&str>> = ws.changes.iter().map(|c| c.tenant.as_deref()).collect();
+        // The order's first change had no tenant yet (admins only); the registration
+        // re-announces it to the tenant.
+        assert_eq!(tenants, [None, Some("acme"), Some("acme")]);
     }
 
     #[test]

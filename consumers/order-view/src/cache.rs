@@ -184,6 +184,7 @@ mod tests {
             reason: None,
             created_at: 0,
             updated_at: 0,
+            tenant: None,
         }
     }
 

@@ -59,6 +59,9 @@ pub struct Order {
     pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The customer's tenant; `None` until the registration arrived, or for a customer of
+    /// no tenant.
+    pub tenant: Option<String>,
 }
 
 /// A customer and their credit.
@@ -74,6 +77,8 @@ pub struct Customer {
     /// `occurred_at` of the event the reservation came from (newer events win).
     pub reserved_at: Option<i64>,
     pub updated_at: i64,
+    /// The tenant the registration named; `None` for no tenant (admins only see it).
+    pub tenant: Option<String>,
 }
 
 impl Customer {
@@ -86,6 +91,7 @@ impl Customer {
             limit_at: None,
             reserved_at: None,
             updated_at: at,
+            tenant: None,
         }
     }
 }
@@ -107,6 +113,7 @@ struct OrderJson<'a> {
     reason: Option<&'a str>,
     created_at: String,
     updated_at: String,
+    tenant: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +124,7 @@ struct CustomerJson<'a> {
     credit_reserved_cents: i64,
     available_cents: i64,
     updated_at: String,
+    tenant: Option<&'a str>,
 }
 
 impl Serialize for Order {
@@ -130,6 +138,7 @@ impl Serialize for Order {
             reason: self.reason.as_deref(),
             created_at: timestamp(self.created_at),
             updated_at: timestamp(self.updated_at),
+            tenant: self.tenant.as_deref(),
         }
         .serialize(serializer)
     }
@@ -144,6 +153,7 @@ impl Serialize for Customer {
             credit_reserved_cents: self.credit_reserved_cents,
             available_cents: self.credit_limit_cents - self.credit_reserved_cents,
             updated_at: timestamp(self.updated_at),
+            tenant: self.tenant.as_deref(),
         }
         .serialize(serializer)
     }
@@ -184,13 +194,18 @@ pub struct Change {
     pub order_id: Option<String>,
     /// The row's JSON, serialized once and shared by every subscriber.
     pub data: Arc<str>,
+    /// The tenant of the row's customer, as of this change.
+    pub tenant: Option<String>,
 }
 
-/// Which changes a feed subscriber wants (both set: both must match).
+/// Which changes a feed subscriber wants (all set: all must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub customer_id: Option<String>,
     pub order_id: Option<String>,
+    /// Only rows of this tenant; `None` is every row (the gateway's admins and its own
+    /// internal subscriptions).
+    pub tenant: Option<String>,
 }
 
 impl Filter {
@@ -202,6 +217,10 @@ impl Filter {
                 .order_id
                 .as_ref()
                 .is_none_or(|o| change.order_id.as_ref() == Some(o))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| change.tenant.as_ref() == Some(t))
     }
 }
 
@@ -243,20 +262,43 @@ mod tests {
             customer_id: customer.into(),
             order_id: order.map(Into::into),
             data: "{}".into(),
+            tenant: Some("acme".into()),
         };
         let by_customer = Filter {
             customer_id: Some("c1".into()),
-            order_id: None,
+            ..Filter::default()
         };
         assert!(by_customer.matches(&change("c1", None)));
         assert!(by_customer.matches(&change("c1", Some("o1"))));
         assert!(!by_customer.matches(&change("c2", Some("o1"))));
         let by_order = Filter {
-            customer_id: None,
             order_id: Some("o1".into()),
+            ..Filter::default()
         };
         assert!(by_order.matches(&change("c1", Some("o1"))));
         assert!(!by_order.matches(&change("c1", None)));
         assert!(Filter::default().matches(&change("c9", None)));
+    }
+
+    #[test]
+    fn a_tenant_filter_passes_only_that_tenants_changes() {
+        let change = |tenant: Option<&str>| Change {
+            seq: 1,
+            kind: Kind::Customer,
+            customer_id: "c1".into(),
+            order_id: None,
+            data: "{}".into(),
+            tenant: tenant.map(Into::into),
+        };
+        let acme = Filter {
+            tenant: Some("acme".into()),
+            ..Filter::default()
+        };
+        assert!(acme.matches(&change(Some("acme"))));
+        assert!(!acme.matches(&change(Some("globex"))));
+        // A row of no tenant is for admins only.
+        assert!(!acme.matches(&change(None)));
+        assert!(Filter::default().matches(&change(Some("globex"))));
+        assert!(Filter::default().matches(&change(None)));
     }
 }

@@ -61,11 +61,10 @@ const PAGE_SIZE: u32 = 16384;
 /// The columns of a row as [`OrderRow`] holds them, in its order (the writer reads them by
 /// position).
 pub(crate) const ORDER_COLUMNS: &str =
-    "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at";
+    "id, customer_id, customer_name, status, total_cents, reason, created_at, updated_at, tenant";
 /// The same for [`CustomerRow`].
-pub(crate) const CUSTOMER_COLUMNS: &str =
-    "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at";
-const CHANGE_COLUMNS: &str = "seq, kind, customer_id, order_id, data";
+pub(crate) const CUSTOMER_COLUMNS: &str = "id, name, credit_limit_cents, credit_reserved_cents, limit_at, reserved_at, updated_at, tenant";
+const CHANGE_COLUMNS: &str = "seq, kind, customer_id, order_id, data, tenant";
 
 /// An orders row as stored; [`Order::try_from`] checks what the text columns hold.
 #[derive(sqlx::FromRow)]
@@ -78,6 +77,7 @@ pub(crate) struct OrderRow {
     pub(crate) reason: Option<String>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    pub(crate) tenant: Option<String>,
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -96,6 +96,7 @@ impl TryFrom<OrderRow> for Order {
             reason: r.reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            tenant: r.tenant,
         })
     }
 }
@@ -109,6 +110,7 @@ pub(crate) struct CustomerRow {
     pub(crate) limit_at: Option<i64>,
     pub(crate) reserved_at: Option<i64>,
     pub(crate) updated_at: i64,
+    pub(crate) tenant: Option<String>,
 }
 
 impl From<CustomerRow> for Customer {
@@ -121,6 +123,7 @@ impl From<CustomerRow> for Customer {
             limit_at: r.limit_at,
             reserved_at: r.reserved_at,
             updated_at: r.updated_at,
+            tenant: r.tenant,
         }
     }
 }
@@ -132,6 +135,7 @@ struct ChangeRow {
     customer_id: String,
     order_id: Option<String>,
     data: String,
+    tenant: Option<String>,
 }
 
 impl TryFrom<ChangeRow> for Change {
@@ -147,6 +151,7 @@ impl TryFrom<ChangeRow> for Change {
             customer_id: r.customer_id,
             order_id: r.order_id,
             data: r.data.into(),
+            tenant: r.tenant,
         })
     }
 }
@@ -167,6 +172,8 @@ pub struct Page {
 pub struct ListQuery {
     pub status: Option<Status>,
     pub customer_id: Option<String>,
+    /// Only orders of this tenant's customers; `None`: every order.
+    pub tenant: Option<String>,
     /// Rows before this position (the previous page's cursor).
     pub before: Option<i64>,
     pub limit: u32,
@@ -334,13 +341,15 @@ impl Store {
     }
 
     /// Whether anything is known about the customer: their row, or one of their orders
-    /// (an order can arrive before the registration).
-    pub async fn customer_known(&self, id: &str) -> Result<bool, StoreError> {
+    /// (an order can arrive before the registration). With a tenant, only rows of that
+    /// tenant count: another tenant's customer is as unknown as a missing one.
+    pub async fn customer_known(&self, id: &str, tenant: Option<&str>) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM customers WHERE id = ?1) \
-             OR EXISTS (SELECT 1 FROM orders WHERE customer_id = ?1)",
+            "SELECT EXISTS (SELECT 1 FROM customers WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)) \
+             OR EXISTS (SELECT 1 FROM orders WHERE customer_id = ?1 AND (?2 IS NULL OR tenant = ?2))",
         )
         .bind(id)
+        .bind(tenant)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -355,6 +364,9 @@ impl Store {
         }
         if let Some(customer) = &q.customer_id {
             qb.push(" AND customer_id = ").push_bind(customer.as_str());
+        }
+        if let Some(tenant) = &q.tenant {
+            qb.push(" AND tenant = ").push_bind(tenant.as_str());
         }
         if let Some(before) = q.before {
             qb.push(" AND pos < ").push_bind(before);
@@ -404,6 +416,9 @@ impl Store {
         if let Some(order) = &filter.order_id {
             qb.push(" AND order_id = ").push_bind(order.as_str());
         }
+        if let Some(tenant) = &filter.tenant {
+            qb.push(" AND tenant = ").push_bind(tenant.as_str());
+        }
         qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
         let rows: Vec<ChangeRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -424,25 +439,21 @@ impl Store {
         let seq: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM changes")
             .fetch_one(&mut *tx)
             .await?;
-        let customers: Vec<CustomerRow> = match (&filter.customer_id, &filter.order_id) {
+        let customers: Vec<CustomerRow> = if filter.order_id.is_some() {
             // Customer changes carry no order id: an order filter covers no customer.
-            (_, Some(_)) => Vec::new(),
-            (Some(customer), None) => {
-                sqlx::query_as(&format!(
-                    "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?"
-                ))
-                .bind(customer)
-                .fetch_all(&mut *tx)
-                .await?
+            Vec::new()
+        } else {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE 1 = 1"
+            ));
+            if let Some(customer) = &filter.customer_id {
+                qb.push(" AND id = ").push_bind(customer.as_str());
             }
-            (None, None) => {
-                sqlx::query_as(&format!(
-                    "SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY id LIMIT ?"
-                ))
-                .bind(fetch)
-                .fetch_all(&mut *tx)
-                .await?
+            if let Some(tenant) = &filter.tenant {
+                qb.push(" AND tenant = ").push_bind(tenant.as_str());
             }
+            qb.push(" ORDER BY id LIMIT ").push_bind(fetch);
+            qb.build_query_as().fetch_all(&mut *tx).await?
         };
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
             "SELECT pos, {ORDER_COLUMNS} FROM orders WHERE 1 = 1"
@@ -452,6 +463,9 @@ impl Store {
         }
         if let Some(order) = &filter.order_id {
             qb.push(" AND id = ").push_bind(order.as_str());
+        }
+        if let Some(tenant) = &filter.tenant {
+            qb.push(" AND tenant = ").push_bind(tenant.as_str());
         }
         qb.push(" ORDER BY pos DESC LIMIT ").push_bind(fetch);
         #[derive(sqlx::FromRow)]

@@ -79,23 +79,27 @@ static SELECT_ORDER: LazyLock<String> =
 static SELECT_CUSTOMER: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ?1"));
 static SELECT_ORDERS_NAMED_OTHERWISE: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = ?1 AND customer_name IS NOT ?2")
+    format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = ?1 \
+         AND (customer_name IS NOT ?2 OR tenant IS NOT ?3)"
+    )
 });
 // Not customer_id in the update: it never changes (every event of an order names the same
 // customer), and leaving it out spares its index an update.
 static UPSERT_ORDER: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (id) DO UPDATE SET \
-         customer_name = excluded.customer_name, status = excluded.status, \
+         customer_name = excluded.customer_name, tenant = excluded.tenant, \
+         status = excluded.status, \
          total_cents = excluded.total_cents, reason = excluded.reason, \
          created_at = excluded.created_at, updated_at = excluded.updated_at"
     )
 });
 static UPSERT_CUSTOMER: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-         ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+        "INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, tenant = excluded.tenant, \
          credit_limit_cents = excluded.credit_limit_cents, \
          credit_reserved_cents = excluded.credit_reserved_cents, \
          limit_at = excluded.limit_at, reserved_at = excluded.reserved_at, \
@@ -385,10 +389,10 @@ fn load(
             ws.customers.insert(id.to_owned(), customer);
         }
     }
-    // Orders that arrived before their customer's registration take its name.
+    // Orders that arrived before their customer's registration take its name and tenant.
     let mut select = conn.prepare_cached(&SELECT_ORDERS_NAMED_OTHERWISE)?;
-    for (customer, name) in registrations {
-        for row in select.query_map([customer, name], order_row)? {
+    for (customer, name, tenant) in registrations {
+        for row in select.query_map(params![customer, name, tenant], order_row)? {
             let order = Order::try_from(row?)?;
             ws.orders.entry(order.id.clone()).or_insert(order);
         }
@@ -415,6 +419,7 @@ fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
         reason: row.get(5)?,
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
+        tenant: row.get(8)?,
     })
 }
 
@@ -428,6 +433,7 @@ fn read_customer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Customer> {
         limit_at: row.get(4)?,
         reserved_at: row.get(5)?,
         updated_at: row.get(6)?,
+        tenant: row.get(7)?,
     }))
 }
 
@@ -437,8 +443,8 @@ pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), Store
     let mut upsert_order = conn.prepare_cached(&UPSERT_ORDER)?;
     let mut upsert_customer = conn.prepare_cached(&UPSERT_CUSTOMER)?;
     let mut insert_change = conn.prepare_cached(
-        "INSERT INTO changes (seq, kind, customer_id, order_id, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO changes (seq, kind, customer_id, order_id, data, tenant) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     let mut seen = HashSet::new();
     for change in &ws.changes {
@@ -453,7 +459,8 @@ pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), Store
                     o.total_cents,
                     o.reason,
                     o.created_at,
-                    o.updated_at
+                    o.updated_at,
+                    o.tenant
                 ])?;
             }
             (Kind::Customer, _) if seen.insert(change.customer_id.as_str()) => {
@@ -465,7 +472,8 @@ pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), Store
                     c.credit_reserved_cents,
                     c.limit_at,
                     c.reserved_at,
-                    c.updated_at
+                    c.updated_at,
+                    c.tenant
                 ])?;
             }
             _ => {}
@@ -477,7 +485,8 @@ pub(crate) fn write_rows(conn: &Connection, ws: &WorkingSet) -> Result<(), Store
             c.kind.as_str(),
             c.customer_id,
             c.order_id,
-            &*c.data
+            &*c.data,
+            c.tenant
         ])?;
     }
     Ok(())
@@ -561,6 +570,7 @@ mod tests {
             reason: Some(format!("{awkward} reason")),
             created_at: i64::MIN,
             updated_at: 1_700_000_000_123,
+            tenant: Some(awkward.into()),
         };
         let plain = Order {
             id: "order-2".into(),
@@ -568,6 +578,7 @@ mod tests {
             reason: None,
             status: Status::Pending,
             total_cents: 0,
+            tenant: None,
             ..order.clone()
         };
         let customer = Customer {
@@ -578,6 +589,7 @@ mod tests {
             limit_at: None,
             reserved_at: Some(42),
             updated_at: 7,
+            tenant: Some("acme".into()),
         };
         let mut ws = WorkingSet::new(1);
         let change = |seq, kind, order_id: Option<&str>, data: &str| {
@@ -587,6 +599,7 @@ mod tests {
                 customer_id: "customer-1".into(),
                 order_id: order_id.map(Into::into),
                 data: data.into(),
+                tenant: Some("acme".into()),
             })
         };
         ws.changes = vec![

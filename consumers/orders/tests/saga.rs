@@ -57,6 +57,7 @@ async fn saga_approves_rejects_cancels_and_releases_credit() {
             customer_id: customer.to_string(),
             name: "Ada Lovelace".into(),
             credit_limit_cents: 10_000,
+            tenant: None,
         }),
     );
     env.send(CUSTOMER_COMMANDS, customer, &register).await;

@@ -27,16 +27,25 @@ pub enum Scope {
     CustomersWrite,
     #[serde(rename = "feed:read")]
     FeedRead,
+    /// Every tenant's customers and orders, with no tenant filter (see [`crate::tenancy`]).
+    #[serde(rename = "admin")]
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::OrdersWrite, Scope::CustomersWrite, Scope::FeedRead];
+    pub const ALL: [Scope; 4] = [
+        Scope::OrdersWrite,
+        Scope::CustomersWrite,
+        Scope::FeedRead,
+        Scope::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::OrdersWrite => "orders:write",
             Scope::CustomersWrite => "customers:write",
             Scope::FeedRead => "feed:read",
+            Scope::Admin => "admin",
         }
     }
 
@@ -49,6 +58,7 @@ impl Scope {
             Scope::OrdersWrite => "place and cancel orders",
             Scope::CustomersWrite => "register customers and change credit limits",
             Scope::FeedRead => "query orders and customers, and follow the live feed",
+            Scope::Admin => "see and act on every tenant's customers and orders",
         }
     }
 }
@@ -68,6 +78,8 @@ pub struct Client {
     pub id: String,
     secret_sha256: [u8; 32],
     pub scopes: Vec<Scope>,
+    /// The tenant whose customers the client's tokens see (`gateway.clients.<id>.tenant`).
+    pub tenant: Option<String>,
 }
 
 /// The enabled clients, by id.
@@ -94,6 +106,7 @@ impl Clients {
                         id: id.clone(),
                         secret_sha256: hash,
                         scopes,
+                        tenant: c.tenant.clone(),
                     },
                 ))
             })
@@ -281,6 +294,7 @@ mod tests {
             ClientConfig {
                 secret_sha256: hash_secret("demo-secret"),
                 scopes: vec![Scope::FeedRead, Scope::OrdersWrite, Scope::FeedRead],
+                tenant: Some("acme".into()),
                 enabled: true,
             },
         );
@@ -289,6 +303,7 @@ mod tests {
             ClientConfig {
                 secret_sha256: hash_secret("off-secret"),
                 scopes: vec![Scope::FeedRead],
+                tenant: Some("acme".into()),
                 enabled: false,
             },
         );

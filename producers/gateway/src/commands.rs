@@ -28,6 +28,7 @@ use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Key, KeyError};
 use crate::money::Money;
 use crate::orderview::{self, WaitOutcome};
 use crate::proxy::UuidPath;
+use crate::tenancy::{Resource, Tenancy};
 
 /// Longest name and cancel reason accepted, in characters.
 const MAX_TEXT: usize = 200;
@@ -60,6 +61,10 @@ pub struct CancelOrderBody {
 pub struct RegisterCustomerBody {
     pub name: String,
     pub credit_limit: Money,
+    /// The customer's tenant: only an admin may choose it; a tenant's client registers
+    /// customers of its own tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -571,6 +576,9 @@ pub async fn place_order(
         ));
     }
     let customer_id = body.customer_id.to_string();
+    Tenancy::of(&auth.claims)?
+        .check_customer(&app.order_view, &customer_id, "customer_id")
+        .await?;
     let request = meta.request(&auth.claims.sub, json!([customer_id, total_cents]));
     let order_id = request.id("order_id");
     app.answer_once(&request, async {
@@ -623,6 +631,7 @@ pub async fn cancel_order(
     OptionalJson(body): OptionalJson<CancelOrderBody>,
 ) -> Result<Response, ApiError> {
     let order_id = path_id(&ids)?;
+    let tenancy = Tenancy::of(&auth.claims)?;
     let reason = body.unwrap_or_default().reason;
     if let Some(reason) = &reason {
         check_text("reason", reason)?;
@@ -642,6 +651,9 @@ pub async fn cancel_order(
                 ApiError::upstream_unavailable()
             })?
             .ok_or_else(|| ApiError::not_found(format!("order {order_id} not found")))?;
+        if !tenancy.owns(&view, "order") {
+            return Err(Tenancy::forbidden(Resource::Order, &order_id, "id"));
+        }
         let customer_id = orderview::field(&view, "order", "customer_id")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok())
@@ -688,8 +700,9 @@ pub async fn register_customer(
         return Err(ApiError::invalid_field("name", "name must not be empty"));
     }
     check_text("name", name)?;
+    let tenant = Tenancy::of(&auth.claims)?.new_customer(body.tenant.as_deref())?;
     let credit_limit_cents = body.credit_limit.cents();
-    let request = meta.request(&auth.claims.sub, json!([name, credit_limit_cents]));
+    let request = meta.request(&auth.claims.sub, json!([name, credit_limit_cents, tenant]));
     let customer_id = request.id("customer_id");
     app.answer_once(&request, async {
         let command = app.customer_command(
@@ -698,6 +711,7 @@ pub async fn register_customer(
                 customer_id: customer_id.clone(),
                 name: name.to_owned(),
                 credit_limit_cents,
+                tenant: tenant.clone(),
             }),
         );
         // As for orders; only the name is compared, the limit may have changed since.
@@ -733,6 +747,9 @@ pub async fn change_credit_limit(
     ApiJson(body): ApiJson<CreditLimitBody>,
 ) -> Result<Response, ApiError> {
     let customer_id = path_id(&ids)?;
+    Tenancy::of(&auth.claims)?
+        .check_customer(&app.order_view, &customer_id, "id")
+        .await?;
     let limit = body.credit_limit;
     let request = meta.request(&auth.claims.sub, json!([limit.cents()]));
     app.answer_once(&request, async {

@@ -134,6 +134,11 @@ pub struct ClientConfig {
     pub secret_sha256: String,
     /// The scopes the client may ask for.
     pub scopes: Vec<Scope>,
+    /// The tenant whose customers the client sees and acts on; customers it registers
+    /// belong to it. Every client needs one unless it has the `admin` scope (which sees
+    /// every tenant and must have none).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// `false` removes a client the defaults define (such as `demo`) without deleting it.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -271,6 +276,27 @@ impl GatewayConfig {
                     &format!("clients.{id}.secret_sha256"),
                     "must be 64 hex digits (the SHA-256 of the secret)",
                 );
+            }
+            let admin = client.scopes.contains(&Scope::Admin);
+            match &client.tenant {
+                Some(tenant) if !crate::tenancy::valid_name(tenant) => {
+                    return invalid(&format!("clients.{id}.tenant"), crate::tenancy::NAME_RULE);
+                }
+                Some(_) if admin => {
+                    return invalid(
+                        &format!("clients.{id}.tenant"),
+                        "an admin client sees every tenant and must not name one",
+                    );
+                }
+                // Refused here rather than seeing everything or nothing: a client is
+                // bound to a tenant, or is explicitly an admin.
+                None if !admin && client.enabled => {
+                    return invalid(
+                        &format!("clients.{id}.tenant"),
+                        "is required unless the client has the admin scope",
+                    );
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -532,6 +558,35 @@ mod tests {
         assert!(unknown.contains("orderview"), "{unknown}");
         let wait = load("[gateway]\nmax_wait_secs = 60").unwrap_err();
         assert!(wait.contains("max_wait_secs"), "{wait}");
+    }
+
+    #[test]
+    fn every_client_has_a_tenant_or_is_an_admin_never_both() {
+        let client = |scopes: &str, tenant: &str| {
+            format!(
+                "[gateway.clients.x]\nsecret_sha256 = \"{}\"\nscopes = [{scopes}]\n{tenant}",
+                DEMO_SECRET_SHA256
+            )
+        };
+        let tenant = load(&client("\"feed:read\"", "tenant = \"acme-eu.1\"")).unwrap();
+        assert_eq!(tenant.clients["x"].tenant.as_deref(), Some("acme-eu.1"));
+        load(&client("\"feed:read\", \"admin\"", "")).unwrap();
+        for (scopes, tenant) in [
+            ("\"feed:read\"", ""),
+            ("\"feed:read\", \"admin\"", "tenant = \"acme\""),
+            ("\"feed:read\"", "tenant = \"a b\""),
+            ("\"feed:read\"", "tenant = \"\""),
+        ] {
+            let error = load(&client(scopes, tenant)).unwrap_err();
+            assert!(error.contains("clients.x.tenant"), "{error}");
+        }
+        // A disabled client needs neither: it gets no tokens.
+        load(&client("\"feed:read\"", "enabled = false")).unwrap();
+        assert!(
+            load("").unwrap().clients["demo"]
+                .scopes
+                .contains(&Scope::Admin)
+        );
     }
 
     #[test]

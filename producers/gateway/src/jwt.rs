@@ -54,6 +54,10 @@ pub struct Claims {
     /// Unique per token, for audit logs.
     #[serde(default)]
     pub jti: String,
+    /// The tenant whose customers the token sees and acts on; absent on admin tokens
+    /// (see [`crate::tenancy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Claims {
@@ -268,6 +272,7 @@ impl TokenKeys {
             exp: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
             scope,
             jti: uuid::Uuid::new_v4().to_string(),
+            tenant: None,
         }
     }
 
@@ -350,6 +355,7 @@ mod tests {
             exp,
             scope: "orders:write feed:read".into(),
             jti: "j".into(),
+            tenant: Some("acme".into()),
         }
     }
 

@@ -34,6 +34,7 @@ pub mod openapi;
 pub mod orderview;
 pub mod proxy;
 pub mod streams;
+pub mod tenancy;
 pub mod ticket;
 pub mod token;
 pub mod waiters;
@@ -136,10 +137,14 @@ max_waiters = 1000
 ticket_ttl_secs = 60
 max_tickets = 10000
 
+# Every enabled client is bound to a tenant (`tenant = "acme"`: its tokens see and act on
+# that tenant's customers and their orders only, and customers it registers are that
+# tenant's) or has the `admin` scope (every tenant), never both.
 [gateway.clients.demo]
 # sha256("demo-secret")
 secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25bf"
-scopes = ["orders:write", "customers:write", "feed:read"]
+# Development only: the demo client is an admin, seeing every tenant's customers.
+scopes = ["orders:write", "customers:write", "feed:read", "admin"]
 "#;
 
 /// How long a producer flush may hold shutdown: every command was already acknowledged

@@ -216,7 +216,9 @@ fn build() -> Value {
                     "description": "RFC 6749 §4.4. Client credentials in HTTP Basic or in the \
                         body, not both. Without `scope`, every scope the client may have is \
                         granted. The token is an HS256 JWT whose header names its key (`kid`), \
-                        with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `scope`, `jti`.",
+                        with `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `scope`, `jti` and, for a \
+                        client bound to a tenant, `tenant`; a client without one is an admin and \
+                        its tokens always carry the `admin` scope.",
                     "security": [{}, { "clientBasic": [] }],
                     "requestBody": {
                         "required": true,
@@ -248,13 +250,15 @@ fn build() -> Value {
                 "post": command(Command {
                     summary: "place an order",
                     description: "Publishes PlaceOrder on order-commands (key: customer_id) with a new order_id, \
-                        derived from the Idempotency-Key when there is one.",
+                        derived from the Idempotency-Key when there is one. A tenant's client may \
+                        only order for its tenant's customers (403 forbidden); one order-view does \
+                        not show yet is a 404 unknown_customer with Retry-After.",
                     scope: "orders:write",
                     id_param: false,
                     body: json_body("PlaceOrderRequest", true),
                     accepted: "OrderAccepted",
                     outcome: "OrderOutcome",
-                    extra_errors: &[],
+                    extra_errors: &[("404", "NotFound")],
                 }),
                 "get": query("list orders", false, &[])
             },
@@ -298,13 +302,14 @@ fn build() -> Value {
                 "put": command(Command {
                     summary: "change a customer's credit limit",
                     description: "Publishes ChangeCreditLimit on customer-commands. With a wait, answers \
-                        200 once order-view shows the new limit.",
+                        200 once order-view shows the new limit. A tenant's client may only change \
+                        its tenant's customers (403 forbidden).",
                     scope: "customers:write",
                     id_param: true,
                     body: json_body("CreditLimitRequest", true),
                     accepted: "CustomerAccepted",
                     outcome: "CustomerOutcome",
-                    extra_errors: &[],
+                    extra_errors: &[("404", "NotFound")],
                 })
             },
             "/feed": {
@@ -474,7 +479,9 @@ fn build() -> Value {
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
                 "Forbidden": {
-                    "description": "insufficient_scope: the token lacks the route's scope",
+                    "description": "insufficient_scope: the token lacks the route's scope; \
+                        forbidden: the customer or order belongs to another tenant; no_tenant: the \
+                        token names no tenant and lacks the admin scope",
                     "headers": { "WWW-Authenticate": { "schema": { "type": "string" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
@@ -620,7 +627,12 @@ fn build() -> Value {
                             "type": "string", "minLength": 1, "maxLength": 200,
                             "description": "no control characters", "pattern": "^\\P{Cc}*$"
                         },
-                        "credit_limit": schema("Money")
+                        "credit_limit": schema("Money"),
+                        "tenant": {
+                            "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                            "description": "the customer's tenant: an admin's choice (none when left \
+                                out); a tenant's client registers customers of its own tenant"
+                        }
                     }
                 },
                 "CreditLimitRequest": {

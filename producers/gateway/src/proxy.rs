@@ -17,9 +17,11 @@ use crate::error::ApiError;
 use crate::orderview::UpstreamError;
 use crate::streams::StreamGuard;
 use crate::ticket::FeedAccess;
+use crate::tenancy::{TENANT_HEADER, Tenancy};
 
 /// Request headers worth passing on. Not `Authorization`: the token is the gateway's
-/// business, and order-view sits behind it.
+/// business, and order-view sits behind it. Not [`TENANT_HEADER`] either: only the gateway
+/// sets it, from the token.
 const FORWARDED_REQUEST: &[&str] = &[
     "accept",
     "accept-language",
@@ -72,22 +74,24 @@ impl<S: Send + Sync> FromRequestParts<S> for UuidPath {
 /// `GET /orders/{id}`, `/customers/{id}`, `/customers/{id}/orders`.
 pub async fn item(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedRead>,
+    auth: Authorized<FeedRead>,
     _ids: UuidPath,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, None).await
+    let tenancy = Tenancy::of(&auth.claims)?;
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, None).await
 }
 
 /// `GET /orders`.
 pub async fn list(
     State(app): State<Arc<AppState>>,
-    _auth: Authorized<FeedRead>,
+    auth: Authorized<FeedRead>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    forward(&app, &path_and_query(&uri), &headers, None).await
+    let tenancy = Tenancy::of(&auth.claims)?;
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, None).await
 }
 
 /// `GET /feed`: Server-Sent Events, streamed through. `Last-Event-ID` and the query string
@@ -98,8 +102,9 @@ pub async fn feed(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let tenancy = Tenancy::of(&access.claims)?;
     let guard = app.streams.open(&access.claims.sub)?;
-    forward(&app, &path_and_query(&uri), &headers, Some(guard)).await
+    forward(&app, &tenancy, &path_and_query(&uri), &headers, Some(guard)).await
 }
 
 /// The path and query to ask order-view for, without `access_token` or `ticket`: they are
@@ -126,6 +131,7 @@ fn path_and_query(uri: &Uri) -> String {
 
 async fn forward(
     app: &AppState,
+    tenancy: &Tenancy,
     path_and_query: &str,
     headers: &HeaderMap,
     stream: Option<StreamGuard>,
@@ -136,6 +142,9 @@ async fn forward(
         for value in headers.get_all(*name) {
             request = request.header(*name, value);
         }
+    }
+    if let Some(tenant) = tenancy.header() {
+        request = request.header(TENANT_HEADER, tenant);
     }
     if stream.is_none() {
         request = request.timeout(view.timeout());

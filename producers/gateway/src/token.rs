@@ -143,6 +143,13 @@ fn grant(
     if requested.is_empty() {
         granted = client.scopes.clone();
     }
+    // Whom a token sees is the client's binding, not a choice per token: a client without
+    // a tenant is an admin (the config allows no other), and a token of it without the
+    // admin scope could see nothing at all. So its tokens always carry it, and the answer's
+    // `scope` says so (RFC 6749 §3.3 lets the server grant other than asked).
+    if client.tenant.is_none() {
+        granted.push(Scope::Admin);
+    }
     granted.sort();
     granted.dedup();
     let scope = granted
@@ -152,15 +159,16 @@ fn grant(
         .join(" ");
 
     let ttl = app.auth.token_ttl_secs;
-    let claims = app
+    let mut claims = app
         .auth
         .keys
         .claims_for(&client.id, scope.clone(), jwt::now(), ttl);
+    claims.tenant = client.tenant.clone();
     app.metrics
         .tokens_issued
         .with_label_values(&[&client.id])
         .inc();
-    tracing::info!(client_id = %client.id, %scope, "token issued");
+    tracing::info!(client_id = %client.id, %scope, tenant = ?client.tenant, "token issued");
     Ok(TokenResponse {
         access_token: app.auth.keys.sign(&claims),
         token_type: "Bearer".to_owned(),

@@ -327,6 +327,39 @@ impl TestApp {
         }
     }
 
+    /// GETs `path` as the gateway does for a client of `tenant`: status and JSON body.
+    pub async fn get_as(&self, tenant: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("x-feedline-tenant", tenant)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert!(status < 500, "{path}: server error {status}: {text}");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    /// The feed as a client of `tenant` sees it, sending `last_event_id` as it is.
+    pub async fn feed_as(
+        &self,
+        tenant: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-feedline-tenant", tenant.parse().expect("a header value"));
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        SseClient::connect(&http, &format!("{}/feed{query}", self.url), last_event_id).await
+    }
+
     /// The feed, resuming after change `after` of this app's own generation.
     pub async fn feed(&self, query: &str, after: Option<i64>) -> SseClient {
         let id = after.map(|seq| format!("{}-{seq}", self.generation));
@@ -533,8 +566,18 @@ pub fn registered(customer: &str, name: &str, limit: i64) -> CustomerEvent {
             customer_id: customer.into(),
             name: name.into(),
             credit_limit_cents: limit,
+            tenant: None,
         },
     ))
+}
+
+/// A registration of a customer of `tenant`.
+pub fn registered_in(customer: &str, name: &str, limit: i64, tenant: &str) -> CustomerEvent {
+    let mut event = registered(customer, name, limit);
+    if let CustomerEventPayload::CustomerRegistered(p) = &mut event.payload {
+        p.tenant = Some(tenant.into());
+    }
+    event
 }
 
 pub fn created(customer: &str, order: &str, total: i64) -> OrderEvent {

@@ -5,9 +5,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use feedline_gateway::jwt::TokenKeys;
 use serde_json::json;
 
-use crate::helpers::{JWT_SECRET, LIMITED_ID, LIMITED_SECRET, TestApp, claims, sign};
+use crate::helpers::{
+    JWT_SECRET, LIMITED_ID, LIMITED_SECRET, LIMITED_TENANT, TestApp, claims, sign,
+};
 
-const ALL_SCOPES: &str = "orders:write customers:write feed:read";
+const ALL_SCOPES: &str = "orders:write customers:write feed:read admin";
 
 #[tokio::test]
 async fn client_credentials_grant_issues_a_signed_token() {
@@ -44,7 +46,8 @@ async fn client_credentials_grant_issues_a_signed_token() {
         })))
         .await;
     assert_eq!(json_body.status, 200, "{json_body:#?}");
-    assert_eq!(json_body.body["scope"], "feed:read");
+    // The demo client has no tenant: its tokens are admin tokens whatever was asked.
+    assert_eq!(json_body.body["scope"], "feed:read admin");
 
     // HTTP Basic.
     let basic = app
@@ -57,6 +60,10 @@ async fn client_credentials_grant_issues_a_signed_token() {
         .await;
     assert_eq!(basic.status, 200, "{basic:#?}");
     assert_eq!(basic.body["scope"], "orders:write");
+    let limited = TokenKeys::from_bytes(JWT_SECRET.as_bytes())
+        .verify(basic.body["access_token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(limited.tenant.as_deref(), Some(LIMITED_TENANT));
 
     // A good token works on a route that needs its scope (order-view is away: 503, past auth).
     let token = app.token(Some("feed:read")).await;
@@ -143,7 +150,7 @@ async fn bad_client_credentials_are_refused() {
         ("grant_type", "client_credentials"),
         ("client_id", "demo"),
         ("client_secret", "demo-secret"),
-        ("scope", "admin"),
+        ("scope", "root"),
     ])
     .await;
     unknown_scope.assert_error(400, "invalid_scope", Some("scope"));

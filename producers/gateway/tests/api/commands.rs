@@ -152,6 +152,7 @@ async fn customers_and_credit_limits_publish_customer_commands() {
             customer_id: customer.clone(),
             name: "Ada Lovelace".into(),
             credit_limit_cents: 10_000,
+            tenant: None,
         })
     );
     assert_eq!(

@@ -115,6 +115,8 @@ fn provider_claims(scope: &str) -> Claims {
         exp: now + 300,
         scope: scope.into(),
         jti: uuid::Uuid::new_v4().to_string(),
+        // The company's identity provider names the tenant as the built-in issuer does.
+        tenant: Some("billing".into()),
     }
 }
 

@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 
 /// The signing secret of every test gateway, so tests can mint their own tokens.
 pub const JWT_SECRET: &str = "test-only-jwt-secret-of-more-than-32-bytes";
-/// A client that may only place and cancel orders.
+/// A client that may only place and cancel orders, of its tenant's customers.
 pub const LIMITED_ID: &str = "limited";
 pub const LIMITED_SECRET: &str = "limited-secret";
+pub const LIMITED_TENANT: &str = "limited-tenant";
 
 /// A local address where nothing listens.
 pub async fn closed_port() -> String {
@@ -48,6 +49,9 @@ pub struct Options {
     pub jwt_secret: Option<String>,
     /// `gateway.dev_mode`: on by default, as the tests get their tokens as the demo client.
     pub dev_mode: bool,
+    /// The topic prefix and registry URL of services already running, to join them;
+    /// by default a fresh prefix and a registry of the gateway's own.
+    pub join: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -61,6 +65,7 @@ impl Default for Options {
             gateway_toml: String::new(),
             jwt_secret: Some(JWT_SECRET.to_owned()),
             dev_mode: true,
+            join: None,
         }
     }
 }
@@ -141,9 +146,15 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> TestApp {
         feedline::telemetry::init();
-        let prefix = random_prefix();
         let registry = CancellationToken::new();
-        let registry_url = start_registry(&prefix, registry.clone()).await;
+        let (prefix, registry_url) = match options.join.clone() {
+            Some(joined) => joined,
+            None => {
+                let prefix = random_prefix();
+                let url = start_registry(&prefix, registry.clone()).await;
+                (prefix, url)
+            }
+        };
         let settings = Self::settings(options, &prefix, &registry_url).await;
         Self::start(settings, registry).await
     }
@@ -182,6 +193,7 @@ impl TestApp {
             [gateway.clients.{LIMITED_ID}]
             secret_sha256 = "{limited}"
             scopes = ["orders:write"]
+            tenant = "{LIMITED_TENANT}"
             {extra}
             "#,
             bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),

@@ -9,7 +9,7 @@ use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Answer, LIMITED_ID, LIMITED_SECRET, Options, TestApp};
+use crate::helpers::{Answer, Options, TestApp};
 use crate::stub_order_view::{self, STUB_CUSTOMER};
 
 async fn post_keyed(app: &TestApp, path: &str, token: &str, key: &str, body: &Value) -> Answer {
@@ -123,9 +123,18 @@ async fn the_same_key_with_another_request_is_a_422_naming_the_header() {
 
 #[tokio::test]
 async fn different_clients_with_the_same_key_get_different_ids() {
-    let app = TestApp::spawn().await;
+    // Two admin clients: a tenant's client would first need order-view to show the
+    // customer as its own (see the tenancy tests).
+    let app = TestApp::spawn_with(Options {
+        extra_toml: format!(
+            "[gateway.clients.other]\nsecret_sha256 = \"{}\"\nscopes = [\"orders:write\", \"admin\"]",
+            feedline_gateway::auth::hash_secret("other-secret")
+        ),
+        ..Options::default()
+    })
+    .await;
     let demo = app.token(Some("orders:write")).await;
-    let limited = app.token_for(LIMITED_ID, LIMITED_SECRET, None).await;
+    let limited = app.token_for("other", "other-secret", None).await;
     let order = json!({"customer_id": Uuid::new_v4(), "total": "60.00"});
 
     let a = post_keyed(&app, "/orders", &demo, "shared", &order).await;

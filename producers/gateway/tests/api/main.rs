@@ -13,4 +13,5 @@ mod limits;
 mod proxy;
 mod static_content;
 mod stub_order_view;
+mod tenancy;
 mod tokens;
