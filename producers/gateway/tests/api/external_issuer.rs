@@ -269,7 +269,7 @@ async fn read_orders(app: &TestApp, token: &str) -> Answer {
 /// Past auth, to the absent order-view.
 #[track_caller]
 fn assert_accepted(answer: &Answer) {
-    answer.assert_error(502, "upstream_unavailable", None);
+    answer.assert_error(503, "upstream_unavailable", None);
 }
 
 #[track_caller]
@@ -406,7 +406,7 @@ async fn a_key_the_provider_adds_is_fetched_when_a_token_names_it() {
         "the new key to be fetched",
         || async {
             let answer = read_orders(&app, &token).await;
-            answer.status == 502
+            answer.status == 503
         },
     )
     .await;

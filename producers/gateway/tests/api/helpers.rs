@@ -401,12 +401,13 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
     TokenKeys::from_bytes(secret).sign(claims)
 }
 
-/// The claims the gateway would issue to the demo client for `scope`, expiring in `exp_in`
-/// seconds (negative: already expired).
+/// Claims as the gateway issues them, for `scope` and a client of tenant `demo`, expiring
+/// in `exp_in` seconds (negative: already expired).
 pub fn claims(scope: &str, exp_in: i64) -> Claims {
     let now = feedline_gateway::jwt::now();
     let mut claims =
         TokenKeys::from_bytes(JWT_SECRET.as_bytes()).claims_for("demo", scope.into(), now, 0);
     claims.exp = now + exp_in;
+    claims.tenant = Some("demo".into());
     claims
 }

@@ -22,7 +22,7 @@ async fn app(completes: bool, limits: &str) -> (TestApp, FeedCount) {
     let app = TestApp::spawn_with(Options {
         order_view_url: Some(order_view),
         extra_toml: format!(
-            "[gateway.clients.{READER_ID}]\nsecret_sha256 = \"{}\"\nscopes = [\"feed:read\"]\n[gateway.limits]\n{limits}",
+            "[gateway.clients.{READER_ID}]\nsecret_sha256 = \"{}\"\nscopes = [\"feed:read\"]\ntenant = \"readers\"\n[gateway.limits]\n{limits}",
             feedline_gateway::auth::hash_secret(READER_SECRET)
         ),
         ..Options::default()

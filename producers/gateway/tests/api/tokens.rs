@@ -32,7 +32,7 @@ fn sign_as(kid: &str, secret: &str, claims: &Claims) -> String {
 }
 
 /// A read route: with a token it accepts, the request gets past auth to the absent
-/// order-view (502); with one it refuses, 401.
+/// order-view (503); with one it refuses, 401.
 async fn read_orders(app: &TestApp, token: &str) -> Answer {
     app.send(app.http.get(app.at("/orders")).bearer_auth(token))
         .await
@@ -40,7 +40,7 @@ async fn read_orders(app: &TestApp, token: &str) -> Answer {
 
 #[track_caller]
 fn assert_accepted(answer: &Answer) {
-    answer.assert_error(502, "upstream_unavailable", None);
+    answer.assert_error(503, "upstream_unavailable", None);
 }
 
 #[track_caller]
