@@ -42,6 +42,11 @@ pub struct Options {
     pub message_timeout_ms: u32,
     /// More TOML, appended to the gateway's settings.
     pub extra_toml: String,
+    /// Starts the real order-view in-process (on the test's topics and registry, an
+    /// in-memory read model) and points the gateway at it; `order_view_url` is then unused.
+    pub real_order_view: bool,
+    /// `gateway.max_wait_secs`: the longest `?wait` a command may ask for.
+    pub max_wait_secs: u64,
 }
 
 impl Default for Options {
@@ -52,6 +57,8 @@ impl Default for Options {
             ensure_topics: true,
             message_timeout_ms: 10_000,
             extra_toml: String::new(),
+            real_order_view: false,
+            max_wait_secs: 30,
         }
     }
 }
@@ -136,6 +143,9 @@ impl TestApp {
         let registry = CancellationToken::new();
         let registry_url = start_registry(&prefix, registry.clone()).await;
         let order_view_url = match options.order_view_url {
+            _ if options.real_order_view => {
+                start_order_view(&prefix, &registry_url, registry.child_token()).await
+            }
             Some(url) => url,
             None => closed_port().await,
         };
@@ -158,6 +168,7 @@ impl TestApp {
             jwt_secret = "{JWT_SECRET}"
             replica = "test"
             ensure_topics = {ensure}
+            max_wait_secs = {max_wait}
             [gateway.clients.{LIMITED_ID}]
             secret_sha256 = "{limited}"
             scopes = ["orders:write"]
@@ -166,6 +177,7 @@ impl TestApp {
             bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),
             timeout = options.message_timeout_ms,
             ensure = options.ensure_topics,
+            max_wait = options.max_wait_secs,
             limited = feedline_gateway::auth::hash_secret(LIMITED_SECRET),
             extra = options.extra_toml,
         ))
@@ -194,6 +206,13 @@ impl TestApp {
             token,
             handle: Some(handle),
         }
+    }
+
+    /// `true` while the gateway's task has not ended (it ends on shutdown, an error or a
+    /// panic). Used by the fuzz test, which includes this file.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Stops the gateway and checks it stopped cleanly and in time.
@@ -306,6 +325,44 @@ impl TestApp {
         }
         out
     }
+}
+
+/// The real order-view on `prefix`'s topics and `registry_url`, its read model a fresh
+/// SQLite file in the temp dir, running until `token` is cancelled; returns its URL.
+async fn start_order_view(prefix: &str, registry_url: &str, token: CancellationToken) -> String {
+    let db = std::env::temp_dir().join(format!("{prefix}order-view.db"));
+    let settings = Settings::from_toml(&format!(
+        r#"
+        service_name = "order-view"
+        [kafka]
+        bootstrap_servers = "{bootstrap}"
+        topic_prefix = "{prefix}"
+        default_partitions = 3
+        linger_ms = 1
+        [consumer]
+        session_timeout_ms = 6000
+        drain_timeout_ms = 3000
+        [registry]
+        url = "{registry_url}"
+        [database]
+        url = "sqlite:{db}"
+        max_connections = 4
+        [http]
+        host = "127.0.0.1"
+        port = 0
+        "#,
+        bootstrap = kafka_bootstrap(),
+        db = db.display(),
+    ))
+    .expect("order-view settings");
+    let (addr, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        feedline_order_view::spawn(settings, token),
+    )
+    .await
+    .expect("order-view started in time")
+    .expect("order-view started");
+    format!("http://{addr}")
 }
 
 /// Signs `claims` with `secret`: how tests forge, tamper with and expire tokens.
