@@ -341,7 +341,7 @@ mod tests {
         let trailing = parse_json::<Body>(br#"{"name": "x"} {}"#).unwrap_err();
         assert_eq!(trailing.code, "malformed_json");
 
-        let not_object = parse_json::<Body>(b"[1]").unwrap_err();
+        let not_object = parse_json::<Body>(b"1").unwrap_err();
         assert_eq!(not_object.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(not_object.code, "invalid_body");
         assert_eq!(not_object.field, None);
