@@ -593,10 +593,10 @@ fn headers(rng: &mut StdRng, route: &Route, credentials: &Credentials) -> Header
     if let Some(value) = content_type {
         headers.insert("content-type", value);
     }
-    if rng.random_bool(0.3) {
-        if let Ok(value) = HeaderValue::from_str(pick(rng, ACCEPTS)) {
-            headers.insert("accept", value);
-        }
+    if rng.random_bool(0.3)
+        && let Ok(value) = HeaderValue::from_str(pick(rng, ACCEPTS))
+    {
+        headers.insert("accept", value);
     }
     let authorization = match rng.random_range(0..10) {
         0 | 1 => None,
