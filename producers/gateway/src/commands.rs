@@ -638,7 +638,9 @@ pub async fn cancel_order(
                     .with_label_values(&[e.kind()])
                     .inc();
                 tracing::warn!(error = %e, %order_id, "cannot look up the order to cancel");
-                ApiError::upstream_unavailable(format!("cannot look up order {order_id}: {e}"))
+                ApiError::upstream_unavailable(format!(
+                    "cannot look up order {order_id} now; retry later"
+                ))
             })?
             .ok_or_else(|| ApiError::not_found(format!("order {order_id} not found")))?;
         let customer_id = orderview::field(&view, "order", "customer_id")

@@ -83,8 +83,25 @@ impl ApiError {
         .header(header::RETRY_AFTER, "5")
     }
 
+    /// order-view could not be asked or gave no usable answer: a 503 with `Retry-After`
+    /// (the only 5xx a client is promised), its message free of internal addresses.
     pub fn upstream_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            message,
+        )
+        .header(header::RETRY_AFTER, "2")
+    }
+
+    /// order-view did not answer in time.
+    pub fn upstream_timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_timeout",
+            "order-view did not answer in time; retry later",
+        )
+        .header(header::RETRY_AFTER, "2")
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

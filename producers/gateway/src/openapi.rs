@@ -140,8 +140,7 @@ fn query(summary: &str, id_param: bool, extra: &[Value]) -> Value {
             "401": response("Unauthorized"),
             "403": response("Forbidden"),
             "404": response("NotFound"),
-            "502": response("BadGateway"),
-            "504": response("GatewayTimeout")
+            "503": response("UpstreamUnavailable")
         }
     })
 }
@@ -269,7 +268,7 @@ fn build() -> Value {
                     body: json_body("CancelOrderRequest", false),
                     accepted: "OrderAccepted",
                     outcome: "OrderOutcome",
-                    extra_errors: &[("404", "NotFound"), ("502", "BadGateway")],
+                    extra_errors: &[("404", "NotFound")],
                 }),
             },
             "/customers": {
@@ -333,7 +332,7 @@ fn build() -> Value {
                         },
                         "401": response("Unauthorized"),
                         "403": response("Forbidden"),
-                        "502": response("BadGateway")
+                        "503": response("UpstreamUnavailable")
                     }
                 }
             },
@@ -481,17 +480,16 @@ fn build() -> Value {
                 },
                 "KafkaUnavailable": {
                     "description": "nothing was accepted: Kafka did not acknowledge the command \
-                        (`kafka_unavailable`), or the services are too far behind (`overloaded`); \
+                        (`kafka_unavailable`), the services are too far behind (`overloaded`), \
+                        or (a cancel) order-view could not be asked (`upstream_unavailable`); \
                         retry after `Retry-After` seconds",
                     "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 },
-                "BadGateway": {
-                    "description": "order-view is unreachable",
-                    "content": { "application/json": { "schema": schema("Error") } }
-                },
-                "GatewayTimeout": {
-                    "description": "order-view did not answer in time",
+                "UpstreamUnavailable": {
+                    "description": "order-view is unreachable (`upstream_unavailable`) or did \
+                        not answer in time (`upstream_timeout`); retry after `Retry-After` seconds",
+                    "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                     "content": { "application/json": { "schema": schema("Error") } }
                 }
             },

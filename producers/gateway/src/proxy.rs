@@ -44,7 +44,7 @@ const DROPPED_RESPONSE: &[&str] = &[
 
 /// A path whose every parameter is a UUID (`/orders/{id}`, `/customers/{id}/orders`).
 /// Checked here so a malformed id is a 400 naming the parameter whether or not order-view
-/// is up, instead of a round trip (or a 502).
+/// is up, instead of a round trip (or a 503).
 #[derive(Debug)]
 pub struct UuidPath(pub Vec<(String, uuid::Uuid)>);
 
@@ -141,13 +141,10 @@ async fn forward(
             .with_label_values(&[error.kind()])
             .inc();
         tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
+        // The details (which name the internal address) go to the log, not the client.
         match error {
-            UpstreamError::Timeout => ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "order-view did not answer in time",
-            ),
-            other => ApiError::upstream_unavailable(other.to_string()),
+            UpstreamError::Timeout => ApiError::upstream_timeout(),
+            _ => ApiError::upstream_unavailable("order-view is unavailable; retry later"),
         }
     })?;
 

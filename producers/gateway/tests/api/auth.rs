@@ -58,12 +58,12 @@ async fn client_credentials_grant_issues_a_signed_token() {
     assert_eq!(basic.status, 200, "{basic:#?}");
     assert_eq!(basic.body["scope"], "orders:write");
 
-    // A good token works on a route that needs its scope (order-view is away: 502, past auth).
+    // A good token works on a route that needs its scope (order-view is away: 503, past auth).
     let token = app.token(Some("feed:read")).await;
     let past_auth = app
         .send(app.http.get(app.at("/orders")).bearer_auth(&token))
         .await;
-    past_auth.assert_error(502, "upstream_unavailable", None);
+    past_auth.assert_error(503, "upstream_unavailable", None);
 }
 
 #[tokio::test]
@@ -342,7 +342,7 @@ async fn only_the_feed_takes_a_token_in_the_query() {
     let feed = app
         .send(app.http.get(app.at(&format!("/feed?access_token={token}"))))
         .await;
-    feed.assert_error(502, "upstream_unavailable", None);
+    feed.assert_error(503, "upstream_unavailable", None);
 
     let bad = app
         .send(app.http.get(app.at("/feed?access_token=nope")))

@@ -1,6 +1,6 @@
 //! Bad input to every route is a 4xx in the error format, naming the field; never a 5xx
 //! (order-view is away in these tests, so anything that got past validation to a proxied
-//! call would show as a 502).
+//! call would show as a 503).
 
 use reqwest::Method;
 use serde_json::json;

@@ -238,7 +238,7 @@ async fn cancelling_without_order_view_is_a_bad_gateway() {
             &json!({}),
         )
         .await;
-    answer.assert_error(502, "upstream_unavailable", None);
+    answer.assert_error(503, "upstream_unavailable", None);
 }
 
 #[tokio::test]

@@ -169,7 +169,10 @@ async fn order_view_down_is_a_bad_gateway() {
         let answer = app
             .send(app.http.get(app.at(&path)).bearer_auth(&token))
             .await;
-        answer.assert_error(502, "upstream_unavailable", None);
+        answer.assert_error(503, "upstream_unavailable", None);
+        assert_eq!(answer.header("retry-after"), "2", "{answer:#?}");
+        // The error names no internal address.
+        assert!(!answer.text.contains("127.0.0.1"), "{answer:#?}");
     }
     assert!(app.metrics().await.contains(
         r#"feedline_gateway_upstream_errors_total{kind="unreachable",service="gateway"} 4"#
