@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::StreamExt;
 
@@ -148,7 +148,24 @@ async fn forward(
         }
     })?;
 
-    let mut response = Response::builder().status(upstream.status());
+    // Clients are promised no 5xx but a 503 with Retry-After: whatever else order-view
+    // answers with (a 500, a 503 without the header) is that, its body not passed on.
+    let status = upstream.status();
+    if status.is_server_error()
+        && !(status == StatusCode::SERVICE_UNAVAILABLE
+            && upstream.headers().contains_key(header::RETRY_AFTER))
+    {
+        app.metrics
+            .upstream_errors
+            .with_label_values(&["server_error"])
+            .inc();
+        tracing::warn!(%status, path = path_and_query, "order-view answered with a server error");
+        return Err(ApiError::upstream_unavailable(
+            "order-view cannot answer right now; retry later",
+        ));
+    }
+
+    let mut response = Response::builder().status(status);
     for (name, value) in upstream.headers() {
         if !DROPPED_RESPONSE.contains(&name.as_str()) {
             response = response.header(name, value);
