@@ -2,6 +2,7 @@
 //! `infra/up.sh`), its own schema registry (the workspace's `registry/` crate, in-process on
 //! port 0) and a gateway spawned on port 0 by [`TestApp::spawn`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,11 +74,20 @@ pub struct TestApp {
     /// Stops the gateway only.
     token: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The real order-view's SQLite file, removed with the app.
+    order_view_db: Option<PathBuf>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.registry.cancel();
+        if let Some(db) = self.order_view_db.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = db.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
@@ -142,12 +152,15 @@ impl TestApp {
         let prefix = random_prefix();
         let registry = CancellationToken::new();
         let registry_url = start_registry(&prefix, registry.clone()).await;
-        let order_view_url = match options.order_view_url {
-            _ if options.real_order_view => {
-                start_order_view(&prefix, &registry_url, registry.child_token()).await
+        let order_view_db = options
+            .real_order_view
+            .then(|| std::env::temp_dir().join(format!("{prefix}order-view.db")));
+        let order_view_url = match (&order_view_db, options.order_view_url) {
+            (Some(db), _) => {
+                start_order_view(&prefix, &registry_url, db, registry.child_token()).await
             }
-            Some(url) => url,
-            None => closed_port().await,
+            (None, Some(url)) => url,
+            (None, None) => closed_port().await,
         };
         let settings = Settings::from_toml(&format!(
             r#"
@@ -182,7 +195,9 @@ impl TestApp {
             extra = options.extra_toml,
         ))
         .expect("test settings");
-        Self::start(settings, registry).await
+        let mut app = Self::start(settings, registry).await;
+        app.order_view_db = order_view_db;
+        app
     }
 
     /// A gateway on `settings`, stopped with `registry`.
@@ -205,6 +220,7 @@ impl TestApp {
             registry,
             token,
             handle: Some(handle),
+            order_view_db: None,
         }
     }
 
@@ -236,7 +252,9 @@ impl TestApp {
         self.stop_gateway().await;
         // The registry lives on in the new gateway's hands.
         let registry = std::mem::replace(&mut self.registry, CancellationToken::new());
-        Self::start(self.settings.clone(), registry).await
+        let mut app = Self::start(self.settings.clone(), registry).await;
+        app.order_view_db = self.order_view_db.take();
+        app
     }
 
     pub fn at(&self, path: &str) -> String {
@@ -327,10 +345,14 @@ impl TestApp {
     }
 }
 
-/// The real order-view on `prefix`'s topics and `registry_url`, its read model a fresh
-/// SQLite file in the temp dir, running until `token` is cancelled; returns its URL.
-async fn start_order_view(prefix: &str, registry_url: &str, token: CancellationToken) -> String {
-    let db = std::env::temp_dir().join(format!("{prefix}order-view.db"));
+/// The real order-view on `prefix`'s topics and `registry_url`, its read model the fresh
+/// SQLite file `db`, running until `token` is cancelled; returns its URL.
+async fn start_order_view(
+    prefix: &str,
+    registry_url: &str,
+    db: &Path,
+    token: CancellationToken,
+) -> String {
     let settings = Settings::from_toml(&format!(
         r#"
         service_name = "order-view"
