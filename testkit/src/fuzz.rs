@@ -21,8 +21,10 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 /// How many requests a run sends, and from which seed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FuzzConfig {
+    /// What is fuzzed, for the output.
+    pub service: String,
     pub seed: u64,
     pub cases: usize,
     pub concurrency: usize,
@@ -30,7 +32,7 @@ pub struct FuzzConfig {
 
 impl FuzzConfig {
     /// `FEEDLINE_FUZZ_SEED` (random when unset) and `FEEDLINE_FUZZ_CASES` (10,000 when
-    /// unset). The seed is printed, so any run can be repeated.
+    /// unset). [`run`] prints the seed, so any run can be repeated.
     pub fn from_env(service: &str) -> Self {
         let seed = std::env::var("FEEDLINE_FUZZ_SEED")
             .ok()
@@ -40,8 +42,8 @@ impl FuzzConfig {
             .ok()
             .map(|s| s.trim().parse().expect("FEEDLINE_FUZZ_CASES is a count"))
             .unwrap_or(10_000);
-        println!("fuzzing {service}: {cases} cases, FEEDLINE_FUZZ_SEED={seed}");
         FuzzConfig {
+            service: service.to_owned(),
             seed,
             cases,
             concurrency: 32,
@@ -207,7 +209,8 @@ impl Report {
         }
         let shown: Vec<&String> = self.failures.iter().take(10).collect();
         panic!(
-            "{} of {} requests failed (repeat with FEEDLINE_FUZZ_SEED={}); the first:\n{}",
+            "{}: {} of {} requests failed (repeat with FEEDLINE_FUZZ_SEED={}); the first:\n{}",
+            config.service,
             self.failures.len(),
             self.sent,
             config.seed,
@@ -244,6 +247,10 @@ where
     F: Fn(&Case, &Reply) -> Result<(), String> + Send + Sync,
 {
     assert!(!routes.is_empty(), "no routes to fuzz");
+    println!(
+        "fuzzing {}: {} cases, FEEDLINE_FUZZ_SEED={}",
+        config.service, config.cases, config.seed
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(config.concurrency)
@@ -435,6 +442,13 @@ fn random_string(rng: &mut StdRng, max: usize) -> String {
         .collect()
 }
 
+/// A UUID from the case's generator (not the system's), so the case repeats with its seed.
+fn random_uuid(rng: &mut StdRng) -> String {
+    uuid::Builder::from_random_bytes(rng.random())
+        .into_uuid()
+        .to_string()
+}
+
 fn random_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
     let len = rng.random_range(0..=max);
     (0..len).map(|_| rng.random()).collect()
@@ -468,7 +482,7 @@ fn path_segment(rng: &mut StdRng, valid: &[String]) -> String {
                 out
             })
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => random_uuid(rng),
     }
 }
 
@@ -546,7 +560,7 @@ fn query(rng: &mut StdRng, credentials: &Credentials) -> String {
             2 => pick(rng, NASTY).to_owned(),
             3 => random_string(rng, 30),
             4 => "9".repeat(rng.random_range(20..400)),
-            _ => uuid::Uuid::new_v4().to_string(),
+            _ => random_uuid(rng),
         };
         let raw = rng.random_bool(0.2);
         if raw {
@@ -637,9 +651,7 @@ fn headers(rng: &mut StdRng, route: &Route, credentials: &Credentials) -> Header
         );
         let value = match (name, rng.random_range(0..4)) {
             ("prefer", 0) => HeaderValue::from_static("wait=1"),
-            ("idempotency-key", 0) => {
-                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid")
-            }
+            ("idempotency-key", 0) => HeaderValue::from_str(&random_uuid(rng)).expect("uuid"),
             (_, 1) => {
                 HeaderValue::from_str(&"k".repeat(rng.random_range(200..4_000))).expect("ascii")
             }
@@ -868,5 +880,84 @@ impl PanicCounter {
 
     pub fn count(&self) -> usize {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(method: Method) -> Case {
+        Case {
+            index: 0,
+            route: "GET /x".into(),
+            method,
+            target: "/x".into(),
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn reply(status: u16, headers: &[(&'static str, &'static str)], body: &str) -> Reply {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        Reply {
+            status,
+            headers: map,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_common_checks_refuse_what_the_services_must_not_answer() {
+        let get = case(Method::GET);
+        let json = [("content-type", "application/json")];
+        assert!(reply(200, &[], "hi").check_common(&get).is_ok());
+        assert!(reply(400, &json, "{}").check_common(&get).is_ok());
+        assert!(
+            reply(503, &[("retry-after", "2")], "")
+                .check_common(&get)
+                .is_ok()
+        );
+        assert!(reply(500, &json, "{}").check_common(&get).is_err());
+        assert!(reply(502, &json, "{}").check_common(&get).is_err());
+        assert!(reply(503, &json, "{}").check_common(&get).is_err());
+        assert!(
+            reply(400, &[("content-type", "text/plain")], "bad")
+                .check_common(&get)
+                .is_err()
+        );
+        assert!(reply(422, &json, "not json").check_common(&get).is_err());
+        let vnd = [("content-type", "application/vnd.schemaregistry.v1+json")];
+        assert!(reply(404, &vnd, "{}").check_common(&get).is_ok());
+        // A HEAD answer has no body to check.
+        assert!(
+            reply(405, &[], "")
+                .check_common(&case(Method::HEAD))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_case_is_the_same_for_the_same_seed_and_index() {
+        let routes = [Route::new(Method::POST, "/orders/{id}")
+            .sample(Sample::Json(json!({"a": 1})))
+            .param("id", &["x"])];
+        let credentials = Credentials::default();
+        let make = |seed, index| {
+            let mut rng = StdRng::seed_from_u64(case_seed(seed, index));
+            generate(&mut rng, index, &routes[0], &routes, &credentials)
+        };
+        for index in 0..200 {
+            let (a, b) = (make(7, index), make(7, index));
+            assert_eq!(
+                (&a.method, &a.target, &a.headers, &a.body),
+                (&b.method, &b.target, &b.headers, &b.body)
+            );
+        }
+        assert_ne!(case_seed(7, 1), case_seed(7, 2));
+        assert_ne!(case_seed(7, 1), case_seed(8, 1));
     }
 }
