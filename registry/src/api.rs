@@ -208,13 +208,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "the request body is empty; expected a JSON object",
             ));
         }
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
-            if e.is_data() {
-                ApiError::bad_request(format!("unexpected JSON in the request body: {e}"))
-            } else {
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            if !e.is_data() {
                 ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+            } else if path == "." || path.is_empty() {
+                ApiError::bad_request(format!("the request body must be a JSON object: {e}"))
+            } else {
+                // The field is named, as every client-facing validation error does.
+                ApiError::bad_request(format!(
+                    "unexpected JSON in the request body, field `{path}`: {e}"
+                ))
             }
-        })
+        })?;
+        de.end().map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        Ok(ApiJson(value))
     }
 }
 

@@ -180,9 +180,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message)
     }
 
+    /// The store could not take or confirm the write: Confluent's code, with a 503 (and
+    /// `Retry-After`) rather than its 500, since waiting and retrying is what helps.
     pub fn store(message: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             code::STORE_ERROR,
             format!("Error in the backend data store: {message}"),
         )
@@ -190,7 +192,7 @@ impl ApiError {
 
     pub fn timeout(message: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             code::OPERATION_TIMEOUT,
             format!("Operation timed out: {message}"),
         )
@@ -241,6 +243,12 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error_code": self.code, "message": self.message });
         let mut response = json_response(self.status, &body);
         response.extensions_mut().insert(ErrorCode(self.code));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("2"),
+            );
+        }
         response
     }
 }

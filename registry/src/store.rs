@@ -595,11 +595,11 @@ mod tests {
     #[test]
     fn failed_writes_answer_50001_or_50002() {
         let timeout = StoreError::ReaderTimeout(KAFKA_TIMEOUT).to_api_error();
-        assert_eq!((timeout.status.as_u16(), timeout.code), (500, 50002));
+        assert_eq!((timeout.status.as_u16(), timeout.code), (503, 50002));
         let timed_out = StoreError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         assert_eq!(timed_out.to_api_error().code, 50002);
         let store = StoreError::ReaderGone.to_api_error();
-        assert_eq!((store.status.as_u16(), store.code), (500, 50001));
+        assert_eq!((store.status.as_u16(), store.code), (503, 50001));
         assert!(store.message.starts_with("Error in the backend data store"));
     }
 

@@ -5,6 +5,8 @@
 //! The consumer services' tests use [`TestEnv`] whole; other crates' tests take the pieces
 //! ([`random_prefix`], [`start_registry`], [`metric`], [`header`], ...) under their own setup.
 
+pub mod fuzz;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

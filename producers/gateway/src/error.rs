@@ -1,8 +1,9 @@
 //! The one error shape every route answers with:
 //! `{"error": {"code": "...", "message": "...", "field": "..."}}` (`field` only when one
-//! input is to blame), plus the extractors that turn axum's own rejections into it.
+//! input is to blame: every `invalid_field` and `missing_field` names it), plus the extractors that turn axum's own rejections into it.
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -93,6 +94,16 @@ impl ApiError {
         .header(header::RETRY_AFTER, "5")
     }
 
+    /// order-view did not answer in time.
+    pub fn upstream_timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_timeout",
+            "a service behind the gateway did not answer in time; retry later",
+        )
+        .header(header::RETRY_AFTER, "5")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
@@ -149,11 +160,25 @@ impl From<BytesRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::new(
+        let error = ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
             rejection.body_text(),
-        )
+        );
+        // The parameter to blame, where axum knows it (a segment that is not UTF-8, say).
+        let key = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key }
+                | ErrorKind::ParseErrorAtKey { key, .. }
+                | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match key {
+            Some(key) => error.field(key),
+            None => error,
+        }
     }
 }
 
@@ -264,10 +289,15 @@ fn json_error(path: &str, error: serde_json::Error) -> ApiError {
             if message.starts_with("missing field") {
                 error.code = "missing_field";
             }
-            error.message = match &field {
-                Some(field) => format!("{field}: {message}"),
-                None => message,
-            };
+            match &field {
+                Some(field) => error.message = format!("{field}: {message}"),
+                // No field to blame: the body as a whole is of the wrong shape (an array,
+                // a number, ... where an object belongs).
+                None => {
+                    error.code = "invalid_body";
+                    error.message = format!("the request body must be a JSON object: {message}");
+                }
+            }
             error.field = field;
             error
         }
@@ -328,8 +358,10 @@ mod tests {
         let trailing = parse_json::<Body>(br#"{"name": "x"} {}"#).unwrap_err();
         assert_eq!(trailing.code, "malformed_json");
 
-        let not_object = parse_json::<Body>(b"[1]").unwrap_err();
+        let not_object = parse_json::<Body>(b"1").unwrap_err();
         assert_eq!(not_object.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(not_object.code, "invalid_body");
+        assert_eq!(not_object.field, None);
     }
 
     #[test]

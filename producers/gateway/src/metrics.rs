@@ -30,7 +30,8 @@ pub struct GatewayMetrics {
     pub auth_failures: IntCounterVec,
     /// `?wait=` outcomes: `completed`, `timeout`, `shutdown`.
     pub wait_outcomes: IntCounterVec,
-    /// Calls to order-view that failed: `unreachable`, `timeout`.
+    /// Calls to order-view that failed: `unreachable`, `timeout`, `server_error` (it answered
+    /// with a 5xx that is not a 503 with `Retry-After`).
     pub upstream_errors: IntCounterVec,
     /// Keyed requests that were not answered afresh: `replayed`, `reused` (a different
     /// request under a used key), `in_flight`, `malformed`.

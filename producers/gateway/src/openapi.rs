@@ -500,7 +500,8 @@ fn build() -> Value {
                 "Unprocessable": {
                     "description": "a field is missing, of the wrong type or out of range, or \
                         text holds control characters (`invalid_field`, `missing_field`; \
-                        `field` names it); or the Idempotency-Key was already used for a \
+                        `field` names it); the body is JSON but not an object (`invalid_body`); \
+                        or the Idempotency-Key was already used for a \
                         different request (`idempotency_key_reused`, `field` is \
                         `Idempotency-Key`)",
                     "content": { "application/json": { "schema": schema("Error") } }
@@ -549,7 +550,7 @@ fn build() -> Value {
                                 "code": {
                                     "type": "string",
                                     "examples": ["invalid_token", "insufficient_scope", "invalid_field",
-                                        "missing_field", "malformed_json", "unsupported_media_type",
+                                        "missing_field", "invalid_body", "malformed_json", "unsupported_media_type",
                                         "invalid_parameter", "not_found", "method_not_allowed",
                                         "invalid_client", "invalid_request", "invalid_scope",
                                         "unsupported_grant_type", "payload_too_large",

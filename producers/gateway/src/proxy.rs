@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use futures::StreamExt;
 
@@ -48,7 +48,7 @@ const DROPPED_RESPONSE: &[&str] = &[
 
 /// A path whose every parameter is a UUID (`/orders/{id}`, `/customers/{id}/orders`).
 /// Checked here so a malformed id is a 400 naming the parameter whether or not order-view
-/// is up, instead of a round trip (or a 502).
+/// is up, instead of a round trip (or a 503).
 #[derive(Debug)]
 pub struct UuidPath(pub Vec<(String, uuid::Uuid)>);
 
@@ -156,18 +156,29 @@ async fn forward(
             .with_label_values(&[error.kind()])
             .inc();
         tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
+        // The details (which name the internal address) go to the log, not the client.
         match error {
-            UpstreamError::Timeout => ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_timeout",
-                "the query took too long; retry later",
-            )
-            .header(axum::http::header::RETRY_AFTER, "1"),
+            UpstreamError::Timeout => ApiError::upstream_timeout(),
             _ => ApiError::upstream_unavailable(),
         }
     })?;
 
-    let mut response = Response::builder().status(upstream.status());
+    // Clients are promised no 5xx but a 503 with Retry-After: whatever else order-view
+    // answers with (a 500, a 503 without the header) is that, its body not passed on.
+    let status = upstream.status();
+    if status.is_server_error()
+        && !(status == StatusCode::SERVICE_UNAVAILABLE
+            && upstream.headers().contains_key(header::RETRY_AFTER))
+    {
+        app.metrics
+            .upstream_errors
+            .with_label_values(&["server_error"])
+            .inc();
+        tracing::warn!(%status, path = path_and_query, "order-view answered with a server error");
+        return Err(ApiError::upstream_unavailable());
+    }
+
+    let mut response = Response::builder().status(status);
     for (name, value) in upstream.headers() {
         if !DROPPED_RESPONSE.contains(&name.as_str()) {
             response = response.header(name, value);

@@ -75,7 +75,8 @@ async fn bad_input_to_every_route_is_a_4xx_naming_the_field() {
         case(post.clone(), "/orders", r#"{"customer_id": 42, "total": "1.00"}"#, 422, "invalid_field", Some("customer_id")),
         case(post.clone(), "/orders", r#"{"customer_id": "#, 400, "malformed_json", None),
         case(post.clone(), "/orders", "", 400, "malformed_json", None),
-        case(post.clone(), "/orders", r#"[1, 2]"#, 422, "invalid_field", None),
+        case(post.clone(), "/orders", r#"[1, 2]"#, 422, "invalid_field", Some("[0]")),
+        case(post.clone(), "/orders", r#""an order""#, 422, "invalid_body", None),
         case(post.clone(), "/orders", order_body("1") + " trailing", 400, "malformed_json", None),
         typed(case(post.clone(), "/orders", order_body("1"), 415, "unsupported_media_type", None), Some("text/plain")),
         typed(case(post.clone(), "/orders", order_body("1"), 415, "unsupported_media_type", None), None),
@@ -117,6 +118,7 @@ async fn bad_input_to_every_route_is_a_4xx_naming_the_field() {
         case(get.clone(), "/orders/not-a-uuid", "", 400, "invalid_parameter", Some("id")),
         case(get.clone(), "/customers/12345", "", 400, "invalid_parameter", Some("id")),
         case(get.clone(), "/customers/zzz/orders", "", 400, "invalid_parameter", Some("id")),
+        case(get.clone(), "/orders/%FF%FE", "", 400, "invalid_parameter", Some("id")),
         // Unknown routes and methods.
         case(get.clone(), "/nope", "", 404, "not_found", None),
         case(post.clone(), "/orders/extra/path/here", "{}", 404, "not_found", None),

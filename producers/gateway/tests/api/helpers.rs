@@ -2,6 +2,7 @@
 //! `infra/up.sh`), its own schema registry (the workspace's `registry/` crate, in-process on
 //! port 0) and a gateway spawned on port 0 by [`TestApp::spawn`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,11 @@ pub struct Options {
     /// The topic prefix and registry URL of services already running, to join them;
     /// by default a fresh prefix and a registry of the gateway's own.
     pub join: Option<(String, String)>,
+    /// Starts the real order-view in-process (on the test's topics and registry, an
+    /// in-memory read model) and points the gateway at it; `order_view_url` is then unused.
+    pub real_order_view: bool,
+    /// `gateway.max_wait_secs`: the longest `?wait` a command may ask for.
+    pub max_wait_secs: u64,
 }
 
 impl Default for Options {
@@ -66,6 +72,8 @@ impl Default for Options {
             jwt_secret: Some(JWT_SECRET.to_owned()),
             dev_mode: true,
             join: None,
+            real_order_view: false,
+            max_wait_secs: 30,
         }
     }
 }
@@ -80,11 +88,20 @@ pub struct TestApp {
     /// Stops the gateway only.
     token: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The real order-view's SQLite file, removed with the app.
+    order_view_db: Option<PathBuf>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.registry.cancel();
+        if let Some(db) = self.order_view_db.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = db.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
@@ -155,8 +172,18 @@ impl TestApp {
                 (prefix, url)
             }
         };
+        let order_view_db = options
+            .real_order_view
+            .then(|| std::env::temp_dir().join(format!("{prefix}order-view.db")));
+        let mut options = options;
+        if let Some(db) = &order_view_db {
+            let url = start_order_view(&prefix, &registry_url, db, registry.child_token()).await;
+            options.order_view_url = Some(url);
+        }
         let settings = Self::settings(options, &prefix, &registry_url).await;
-        Self::start(settings, registry).await
+        let mut app = Self::start(settings, registry).await;
+        app.order_view_db = order_view_db;
+        app
     }
 
     /// The settings of a test gateway on `prefix` and the registry at `registry_url`.
@@ -190,6 +217,7 @@ impl TestApp {
             dev_mode = {dev_mode}
             replica = "test"
             ensure_topics = {ensure}
+            max_wait_secs = {max_wait}
             [gateway.clients.{LIMITED_ID}]
             secret_sha256 = "{limited}"
             scopes = ["orders:write"]
@@ -199,6 +227,7 @@ impl TestApp {
             bootstrap = options.kafka_bootstrap.unwrap_or_else(kafka_bootstrap),
             timeout = options.message_timeout_ms,
             ensure = options.ensure_topics,
+            max_wait = options.max_wait_secs,
             limited = feedline_gateway::auth::hash_secret(LIMITED_SECRET),
             extra = options.extra_toml,
             gateway = options.gateway_toml,
@@ -227,7 +256,15 @@ impl TestApp {
             registry,
             token,
             handle: Some(handle),
+            order_view_db: None,
         }
+    }
+
+    /// `true` while the gateway's task has not ended (it ends on shutdown, an error or a
+    /// panic). Used by the fuzz test, which includes this file.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Stops the gateway and checks it stopped cleanly and in time.
@@ -251,7 +288,9 @@ impl TestApp {
         self.stop_gateway().await;
         // The registry lives on in the new gateway's hands.
         let registry = std::mem::replace(&mut self.registry, CancellationToken::new());
-        Self::start(self.settings.clone(), registry).await
+        let mut app = Self::start(self.settings.clone(), registry).await;
+        app.order_view_db = self.order_view_db.take();
+        app
     }
 
     /// Stops this gateway and starts one configured by `options` on the same topics and
@@ -394,6 +433,48 @@ impl TestApp {
         }
         out
     }
+}
+
+/// The real order-view on `prefix`'s topics and `registry_url`, its read model the fresh
+/// SQLite file `db`, running until `token` is cancelled; returns its URL.
+async fn start_order_view(
+    prefix: &str,
+    registry_url: &str,
+    db: &Path,
+    token: CancellationToken,
+) -> String {
+    let settings = Settings::from_toml(&format!(
+        r#"
+        service_name = "order-view"
+        [kafka]
+        bootstrap_servers = "{bootstrap}"
+        topic_prefix = "{prefix}"
+        default_partitions = 3
+        linger_ms = 1
+        [consumer]
+        session_timeout_ms = 6000
+        drain_timeout_ms = 3000
+        [registry]
+        url = "{registry_url}"
+        [database]
+        url = "sqlite:{db}"
+        max_connections = 4
+        [http]
+        host = "127.0.0.1"
+        port = 0
+        "#,
+        bootstrap = kafka_bootstrap(),
+        db = db.display(),
+    ))
+    .expect("order-view settings");
+    let (addr, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        feedline_order_view::spawn(settings, token),
+    )
+    .await
+    .expect("order-view started in time")
+    .expect("order-view started");
+    format!("http://{addr}")
 }
 
 /// Signs `claims` with `secret`: how tests forge, tamper with and expire tokens.

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{Options, TestApp};
-use crate::stub_order_view::{self, STUB_CUSTOMER, STUB_LIMIT_CENTS, UNKNOWN_ORDER};
+use crate::stub_order_view::{
+    self, BROKEN_CUSTOMER, STUB_CUSTOMER, STUB_LIMIT_CENTS, UNKNOWN_ORDER,
+};
 
 async fn app_with_stub(completes: bool) -> TestApp {
     let order_view = stub_order_view::start(completes).await;
@@ -178,6 +180,25 @@ async fn order_view_down_is_a_503_naming_no_host() {
     }
     assert!(app.metrics().await.contains(
         r#"feedline_gateway_upstream_errors_total{kind="unreachable",service="gateway"} 4"#
+    ));
+}
+
+#[tokio::test]
+async fn an_order_view_server_error_is_a_503_with_retry_after_and_no_detail() {
+    let app = app_with_stub(false).await;
+    let token = app.token(Some("feed:read")).await;
+    let answer = app
+        .send(
+            app.http
+                .get(app.at(&format!("/customers/{BROKEN_CUSTOMER}")))
+                .bearer_auth(&token),
+        )
+        .await;
+    answer.assert_error(503, "upstream_unavailable", None);
+    assert_eq!(answer.header("retry-after"), "2", "{answer:#?}");
+    assert!(!answer.text.contains("10.0.0.7"), "{answer:#?}");
+    assert!(app.metrics().await.contains(
+        r#"feedline_gateway_upstream_errors_total{kind="server_error",service="gateway"} 1"#
     ));
 }
 

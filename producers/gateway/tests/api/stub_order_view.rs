@@ -24,6 +24,8 @@ pub const STUB_CUSTOMER: &str = "5b0c6f6e-58a6-4a31-9d5e-2f1f1b2c0d11";
 pub const UNKNOWN_ORDER: &str = "00000000-0000-0000-0000-000000000000";
 /// An order the stub takes a minute to answer for.
 pub const SLOW_ORDER: &str = "00000000-0000-0000-0000-00000000005a";
+/// The one customer the stub fails on, with a plain-text 500.
+pub const BROKEN_CUSTOMER: &str = "5b0c6f6e-58a6-4a31-9d5e-2f1f1b2c0d66";
 /// The credit limit the stub reports for every customer, in cents.
 pub const STUB_LIMIT_CENTS: i64 = 10_000;
 /// How long after its first look-up an order turns APPROVED (when `completes`).
@@ -123,6 +125,9 @@ async fn order(State(stub): State<Arc<Stub>>, Path(id): Path<String>) -> Respons
 }
 
 async fn customer(Path(id): Path<String>) -> Response {
+    if id == BROKEN_CUSTOMER {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "boom at 10.0.0.7").into_response();
+    }
     axum::Json(json!({
         "customer_id": id,
         "name": "stub",
