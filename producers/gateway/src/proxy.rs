@@ -16,8 +16,8 @@ use crate::auth::{Authorized, FeedRead};
 use crate::error::ApiError;
 use crate::orderview::UpstreamError;
 use crate::streams::StreamGuard;
-use crate::ticket::FeedAccess;
 use crate::tenancy::{TENANT_HEADER, Tenancy};
+use crate::ticket::FeedAccess;
 
 /// Request headers worth passing on. Not `Authorization`: the token is the gateway's
 /// business, and order-view sits behind it. Not [`TENANT_HEADER`] either: only the gateway
