@@ -47,6 +47,8 @@ pub struct AppState {
     pub waiters: Arc<crate::waiters::Waiters>,
     /// One-use tickets for the browser's live feed.
     pub tickets: crate::ticket::Tickets,
+    /// Customers' tenants, as tenants' commands looked them up.
+    pub owners: crate::tenancy::Owners,
     /// Time limit of a request other than the live feed.
     pub request_timeout: Duration,
     /// Comment lines on a quiet live feed this often.

@@ -577,7 +577,7 @@ pub async fn place_order(
     }
     let customer_id = body.customer_id.to_string();
     Tenancy::of(&auth.claims)?
-        .check_customer(&app.order_view, &customer_id, "customer_id")
+        .check_customer(&app.order_view, &app.owners, &customer_id, "customer_id")
         .await?;
     let request = meta.request(&auth.claims.sub, json!([customer_id, total_cents]));
     let order_id = request.id("order_id");
@@ -748,7 +748,7 @@ pub async fn change_credit_limit(
 ) -> Result<Response, ApiError> {
     let customer_id = path_id(&ids)?;
     Tenancy::of(&auth.claims)?
-        .check_customer(&app.order_view, &customer_id, "id")
+        .check_customer(&app.order_view, &app.owners, &customer_id, "id")
         .await?;
     let limit = body.credit_limit;
     let request = meta.request(&auth.claims.sub, json!([limit.cents()]));

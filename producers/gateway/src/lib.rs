@@ -263,6 +263,7 @@ pub async fn spawn(
         ),
         request_timeout: limits.request_timeout(),
         keep_alive: limits.keep_alive(),
+        owners: tenancy::Owners::new(tenancy::OWNERS_REMEMBERED),
         admission,
         auth: Auth {
             keys,

@@ -12,6 +12,9 @@
 //! 403 naming it. Reads of another tenant's rows are order-view's 404s instead, as for rows
 //! that do not exist.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use axum::http::{StatusCode, header};
 use serde_json::Value;
 
@@ -139,11 +142,18 @@ impl Tenancy {
     pub async fn check_customer(
         &self,
         view: &OrderView,
+        owners: &Owners,
         customer_id: &str,
         field: &str,
     ) -> Result<(), ApiError> {
-        if *self == Tenancy::All {
+        let Tenancy::Tenant(own) = self else {
             return Ok(());
+        };
+        if let Some(owner) = owners.get(customer_id) {
+            return match owner {
+                Some(owner) if owner == *own => Ok(()),
+                _ => Err(Self::forbidden(Resource::Customer, customer_id, field)),
+            };
         }
         let path = Resource::Customer.path(customer_id);
         let found = view.get_json(&path).await.map_err(|e| {
@@ -155,6 +165,10 @@ impl Tenancy {
             )
             .header(header::RETRY_AFTER, "2")
         })?;
+        if let Some(customer) = &found {
+            let owner = orderview::field(customer, "customer", "tenant").and_then(Value::as_str);
+            owners.insert(customer_id, owner);
+        }
         match found {
             Some(customer) if self.owns(&customer, "customer") => Ok(()),
             Some(_) => Err(Self::forbidden(Resource::Customer, customer_id, field)),
@@ -169,6 +183,45 @@ impl Tenancy {
             .field(field)
             .header(header::RETRY_AFTER, "1")),
         }
+    }
+}
+
+/// How many customers' tenants the gateway remembers (a few MiB at most).
+pub const OWNERS_REMEMBERED: usize = 100_000;
+
+/// The tenant of each customer a tenant's command looked up. A customer's tenant is set
+/// when it is registered and never changes, so an answer stays true and the next command
+/// on the same customer needs no round trip to order-view. Bounded: when full it starts over.
+#[derive(Debug)]
+pub struct Owners {
+    known: Mutex<HashMap<String, Option<String>>>,
+    max: usize,
+}
+
+impl Owners {
+    pub fn new(max: usize) -> Self {
+        Self {
+            known: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    /// `Some(owner)` when the customer was seen (`owner` is `None` for a customer of no
+    /// tenant), `None` when it has to be looked up.
+    fn get(&self, customer_id: &str) -> Option<Option<String>> {
+        self.known
+            .lock()
+            .expect("owners lock")
+            .get(customer_id)
+            .cloned()
+    }
+
+    fn insert(&self, customer_id: &str, owner: Option<&str>) {
+        let mut known = self.known.lock().expect("owners lock");
+        if known.len() >= self.max {
+            known.clear();
+        }
+        known.insert(customer_id.to_owned(), owner.map(str::to_owned));
     }
 }
 
@@ -255,5 +308,18 @@ mod tests {
         for bad in ["", "a b", "ä", "a/b", "a\n", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn owners_remember_what_was_looked_up_and_start_over_when_full() {
+        let owners = Owners::new(2);
+        assert_eq!(owners.get("c1"), None);
+        owners.insert("c1", Some("acme"));
+        owners.insert("c2", None);
+        assert_eq!(owners.get("c1"), Some(Some("acme".to_owned())));
+        assert_eq!(owners.get("c2"), Some(None));
+        owners.insert("c3", Some("globex"));
+        assert_eq!(owners.get("c1"), None, "full: started over");
+        assert_eq!(owners.get("c3"), Some(Some("globex".to_owned())));
     }
 }
