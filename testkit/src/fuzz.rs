@@ -257,6 +257,12 @@ where
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client");
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
     let check = Arc::new(check);
     let sent = Arc::new(AtomicUsize::new(0));
     let results: Vec<(Case, Result<Reply, String>)> = futures::stream::iter(0..config.cases)
@@ -265,12 +271,19 @@ where
             let route = &routes[index % routes.len()];
             let case = generate(&mut rng, index, route, routes, credentials);
             let http = http.clone();
+            let fresh = fresh.clone();
             let sent = sent.clone();
             async move {
                 sent.fetch_add(1, Ordering::Relaxed);
                 let mut reply = send(&http, base_url, &case).await;
                 if reply.is_err() {
-                    reply = send(&http, base_url, &case).await;
+                    // A server may close a kept-alive connection after any answer (one
+                    // whose request body it did not read, say) while the pool hands the
+                    // connection to the next request, or answer a huge request and close
+                    // before it was all sent: HTTP clients retry on a new connection
+                    // (RFC 9112 §9.3.1), and so does this one. A request no fresh
+                    // connection gets an answer to is a failure.
+                    reply = send(&fresh, base_url, &case).await;
                 }
                 (case, reply)
             }
