@@ -13,9 +13,8 @@ use std::time::Duration;
 use feedline::config::SecurityProtocol;
 use feedline::{CancellationToken, Settings};
 use feedline_cli::system::System;
-use feedline_testkit::kafka_tls;
+use feedline_testkit::{database_url, eventually, fresh_database, kafka_tls};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 const TEST: &str = "the_saga_runs_over_sasl_ssl_with_the_production_example";
 /// Set in the child process, which runs the saga.
@@ -53,25 +52,14 @@ fn the_saga_runs_over_sasl_ssl_with_the_production_example() {
     );
 }
 
-async fn fresh_database(admin: &PgPool, base_url: &str) -> String {
-    let name = format!("tls_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await
-        .unwrap();
-    format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()])
-}
-
 /// The child's part: the whole system in-process, its settings from FEEDLINE_CONFIG and the
 /// environment, plus only what keeps this run apart from others (topic prefix, databases,
 /// ports), then one customer's approved and rejected orders through the gateway.
 async fn saga() {
     feedline::telemetry::init();
-    let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into());
-    let admin = PgPool::connect(&pg).await.unwrap();
-    let orders_url = fresh_database(&admin, &pg).await;
-    let customers_url = fresh_database(&admin, &pg).await;
+    let pg = database_url();
+    let orders_url = fresh_database().await;
+    let customers_url = fresh_database().await;
     let view_url = format!(
         "sqlite:{}",
         std::env::temp_dir()
@@ -155,8 +143,7 @@ async fn saga() {
         "60 + 50 exceeds the limit of 100: {second}"
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the view to show the reservation", async || {
         let view: Value = http
             .get(format!("{base}/customers/{customer}"))
             .bearer_auth(&bearer)
@@ -166,15 +153,9 @@ async fn saga() {
             .json()
             .await
             .unwrap_or(Value::Null);
-        if view["credit_reserved_cents"] == 6000 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the view never showed the reservation: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (view["credit_reserved_cents"] == 6000).then_some(())
+    })
+    .await;
 }
 
 /// `feedline ARGS` with the Kafka settings in `env` (FEEDLINE_KAFKA__*), as a user sets them.

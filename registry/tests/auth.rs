@@ -11,6 +11,7 @@ use common::*;
 use feedline::codec::{AvroDecoder, CodecError, RegistryClient, SchemaResolver, write_header};
 use feedline::{CancellationToken, Classify, ErrorClass, HandlerError, Outcome, Settings};
 use feedline_registry::auth::hash_password;
+use feedline_testkit::eventually;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -609,14 +610,6 @@ impl feedline::Handler for Decoding {
     }
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The consumer runtime, end to end: a registry refusing the service's credentials holds
 /// the message back (retried, the consumer reported waiting) instead of dead-lettering it,
 /// and it is processed once the credentials are right.
@@ -690,18 +683,19 @@ async fn a_consumer_refused_by_the_registry_waits_and_then_processes_the_message
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
 
-    eventually("the refused batch is retried and reported", || {
-        handler.attempts.load(Ordering::SeqCst) >= 3
+    eventually("the refused batch is retried and reported", async || {
+        (handler.attempts.load(Ordering::SeqCst) >= 3
             && progress
                 .ready()
-                .is_err_and(|e| e.contains("waiting for a dependency"))
+                .is_err_and(|e| e.contains("waiting for a dependency")))
+        .then_some(())
     })
     .await;
     assert!(handler.decoded.lock().unwrap().is_empty());
 
     handler.fixed.store(true, Ordering::SeqCst);
-    eventually("the message once the credentials are right", || {
-        !handler.decoded.lock().unwrap().is_empty()
+    eventually("the message once the credentials are right", async || {
+        (!handler.decoded.lock().unwrap().is_empty()).then_some(())
     })
     .await;
     assert_eq!(*handler.decoded.lock().unwrap(), vec![42]);

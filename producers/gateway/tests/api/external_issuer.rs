@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
@@ -23,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use feedline::CancellationToken;
 use feedline_gateway::jwt::Claims;
+use feedline_testkit::eventually;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -279,22 +279,6 @@ fn assert_refused(answer: &Answer, message: &str) {
     assert!(text.contains(message), "{message:?} in {answer:#?}");
 }
 
-/// Polls `condition` (every 100 ms) until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn external_rs256_and_es256_tokens_are_accepted_with_their_scopes() {
     let provider = Provider::generate();
@@ -401,14 +385,9 @@ async fn a_key_the_provider_adds_is_fetched_when_a_token_names_it() {
     jwks.state.keys.lock().unwrap().extend(rotated.jwks("k2-"));
     let token = rotated.es256("k2-ec", &provider_claims("feed:read"));
     // Refused until the rate limit allows a refetch, then accepted without a restart.
-    eventually(
-        Duration::from_secs(30),
-        "the new key to be fetched",
-        || async {
-            let answer = read_orders(&app, &token).await;
-            answer.status == 503
-        },
-    )
+    eventually("the new key to be fetched", async || {
+        (read_orders(&app, &token).await.status == 503).then_some(())
+    })
     .await;
     assert_eq!(
         jwks.fetches(),
@@ -431,9 +410,9 @@ async fn the_cached_key_set_serves_while_the_provider_fails() {
 
     jwks.state.failing.store(true, Ordering::SeqCst);
     let before = jwks.fetches();
-    eventually(Duration::from_secs(30), "a failed refetch", || async {
+    eventually("a failed refetch", async || {
         assert_accepted(&read_orders(&app, &token).await);
-        jwks.fetches() > before
+        (jwks.fetches() > before).then_some(())
     })
     .await;
     // The failure was answered with the cached set.
