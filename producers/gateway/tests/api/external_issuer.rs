@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::helpers::{Answer, Options, TestApp};
+use crate::helpers::{Options, TestApp, assert_accepted, assert_refused, read_orders};
 
 const ISSUER: &str = "https://idp.example/realms/feedline";
 const AUDIENCE: &str = "feedline";
@@ -259,24 +259,6 @@ impl JwksServer {
             ..Options::default()
         }
     }
-}
-
-async fn read_orders(app: &TestApp, token: &str) -> Answer {
-    app.send(app.http.get(app.at("/orders")).bearer_auth(token))
-        .await
-}
-
-/// Past auth, to the absent order-view.
-#[track_caller]
-fn assert_accepted(answer: &Answer) {
-    answer.assert_error(503, "upstream_unavailable", None);
-}
-
-#[track_caller]
-fn assert_refused(answer: &Answer, message: &str) {
-    answer.assert_error(401, "invalid_token", None);
-    let text = answer.body["error"]["message"].as_str().unwrap();
-    assert!(text.contains(message), "{message:?} in {answer:#?}");
 }
 
 #[tokio::test]

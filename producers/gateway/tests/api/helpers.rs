@@ -492,3 +492,24 @@ pub fn claims(scope: &str, exp_in: i64) -> Claims {
     claims.tenant = Some("demo".into());
     claims
 }
+
+/// A read route: with a token it accepts, the request gets past auth to the absent
+/// order-view (503); with one it refuses, 401.
+pub async fn read_orders(app: &TestApp, token: &str) -> Answer {
+    app.send(app.http.get(app.at("/orders")).bearer_auth(token))
+        .await
+}
+
+/// Past auth, to the absent order-view.
+#[track_caller]
+pub fn assert_accepted(answer: &Answer) {
+    answer.assert_error(503, "upstream_unavailable", None);
+}
+
+/// Refused as an invalid token, for a reason naming `message`.
+#[track_caller]
+pub fn assert_refused(answer: &Answer, message: &str) {
+    answer.assert_error(401, "invalid_token", None);
+    let text = answer.body["error"]["message"].as_str().unwrap();
+    assert!(text.contains(message), "{message:?} in {answer:#?}");
+}

@@ -10,7 +10,9 @@ use feedline_gateway::jwt::{Claims, Expected, TokenKeys};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{Answer, JWT_SECRET, Options, TestApp, claims, sign};
+use crate::helpers::{
+    JWT_SECRET, Options, TestApp, assert_accepted, assert_refused, claims, read_orders, sign,
+};
 
 const OLD_KEY: &str = "the old signing key, 32 bytes or more";
 const NEW_KEY: &str = "the new signing key, 32 bytes or more";
@@ -29,25 +31,6 @@ fn decode(token: &str) -> (Value, Value) {
 fn sign_as(kid: &str, secret: &str, claims: &Claims) -> String {
     let key = (kid.to_owned(), SecretString::from(secret));
     TokenKeys::new([(&key.0, &key.1)], kid, Expected::default()).sign(claims)
-}
-
-/// A read route: with a token it accepts, the request gets past auth to the absent
-/// order-view (503); with one it refuses, 401.
-async fn read_orders(app: &TestApp, token: &str) -> Answer {
-    app.send(app.http.get(app.at("/orders")).bearer_auth(token))
-        .await
-}
-
-#[track_caller]
-fn assert_accepted(answer: &Answer) {
-    answer.assert_error(503, "upstream_unavailable", None);
-}
-
-#[track_caller]
-fn assert_refused(answer: &Answer, message: &str) {
-    answer.assert_error(401, "invalid_token", None);
-    let text = answer.body["error"]["message"].as_str().unwrap();
-    assert!(text.contains(message), "{message:?} in {answer:#?}");
 }
 
 fn keys_toml(keys: &[(&str, &str)]) -> String {
