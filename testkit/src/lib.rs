@@ -525,3 +525,20 @@ pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
         .and_then(|h| h.value)
         .map(|v| std::str::from_utf8(v).expect("utf-8 header"))
 }
+
+/// The workspace binary `name` (`feedline-order-view`, ...), for tests that run services as
+/// real processes (to kill -9 them). A test executable lives in `target/<profile>/deps`, the
+/// binaries one level up; `cargo test --workspace` builds them all before any test runs.
+pub fn service_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("the test executable's directory");
+    let profile = deps.parent().expect("the target profile directory");
+    let path = profile.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the services first (`cargo build --workspace --bins`, which \
+         `cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
