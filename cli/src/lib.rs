@@ -6,6 +6,7 @@
 //! - [`topics`], [`groups`], [`dlq`]: the cluster's topics, consumer groups and dead letters
 //! - [`schema`]: the registry and the compatibility gate
 //! - [`cluster`]: settings, timeouts and the Kafka clients every command shares
+//! - [`status`]: the fleet, from the service directory
 //! - [`up`] and [`system`]: the whole system in one process, with a demo load
 
 pub mod avro_json;
@@ -16,6 +17,7 @@ pub mod groups;
 pub mod message;
 pub mod produce;
 pub mod schema;
+pub mod status;
 pub mod system;
 pub mod topics;
 pub mod up;

@@ -25,6 +25,7 @@ Examples:
   echo '{...}' | feedline produce customer-commands --key-field payload.customer_id
   feedline groups describe orders
   feedline dlq inspect order-events
+  feedline status
 
 Configuration: flags, then FEEDLINE_* environment variables (FEEDLINE_KAFKA__BOOTSTRAP_SERVERS,
 FEEDLINE_REGISTRY__URL, ...), then the --config file, then built-in defaults.
@@ -88,6 +89,12 @@ enum Command {
     /// Avro schemas in the registry, and the compatibility gate.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// The fleet: every service instance from the service directory (`_services`), with
+    /// its URL, readiness, lag and when it was last heard from. Exit 1 when a service has
+    /// no ready instance.
+    ///
+    /// Example: feedline status --output json
+    Status(feedline_cli::status::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +244,7 @@ async fn dispatch(cluster: &Cluster, command: Command) -> anyhow::Result<bool> {
         Command::Groups(command) => groups::run(cluster, command).await,
         Command::Dlq(command) => dlq::run(cluster, command).await,
         Command::Up(_) => unreachable!("handled before the cluster is set up"),
+        Command::Status(args) => feedline_cli::status::run(settings, cluster.timeout, args).await,
         Command::Schema(SchemaCommand::Check { dir, output }) => {
             schema::check(settings, &dir, output).await
         }

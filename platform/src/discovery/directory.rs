@@ -89,6 +89,7 @@ impl Directory {
     ) -> Result<Directory, DiscoveryError> {
         let directory = Directory::empty(settings.discovery.clone());
         let mut config = settings.kafka.client_config();
+        config.remove("statistics.interval.ms");
         config
             .set(
                 "group.id",
