@@ -357,3 +357,49 @@ async fn up_runs_each_service_as_a_process_restarts_a_killed_one_and_stops_all_o
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_bad_replicas_argument_names_what_to_fix() {
+    for (arg, expected) in [
+        ("ordrs=2", "unknown service 'ordrs'"),
+        (
+            "orders=2,order-view=0",
+            "the replicas of order-view must be a number from 1 to",
+        ),
+        ("order-view", "expected SERVICE=N"),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_feedline"))
+            .args(["up", "--no-infra", "--replicas", arg])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
+        assert!(stderr.contains(expected), "{arg}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_service_binaries_up_says_how_to_build_them() {
+    // A `feedline` alone in a directory, as if only the CLI was built (a hard link: the
+    // binary is large, and the directory is on the target directory's file system).
+    let feedline = Path::new(env!("CARGO_BIN_EXE_feedline"));
+    let target = feedline.parent().and_then(Path::parent).unwrap();
+    let dir = target.join(format!("up-test-{}", feedline_testkit::random_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join("feedline");
+    std::fs::hard_link(feedline, &alone).unwrap();
+    let out = tokio::process::Command::new(&alone)
+        .args(["up", "--no-infra", "--rate", "0"])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("feedline-registry not found beside feedline")
+            && stderr.contains("cargo build --bins"),
+        "{stderr}"
+    );
+}
