@@ -73,6 +73,17 @@ pub struct UpArgs {
 pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
     // Warnings and the shutdown sequence only: the banner and the demo lines are the output.
     feedline::telemetry::init_with_default("warn,feedline::shutdown=info");
+    // Before the infrastructure: a missing binary or a bad port fails at once.
+    let children = if args.in_process {
+        Vec::new()
+    } else {
+        plan::plan(&plan::Options {
+            config,
+            replicas: &args.replicas,
+            port_offset: args.port_offset,
+            bin_dir: &plan::bin_dir()?,
+        })?
+    };
     let infra = if args.no_infra {
         None
     } else {
@@ -87,7 +98,7 @@ pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
     let result = if args.in_process {
         run_system(config, &args).await
     } else {
-        run_processes(config, &args).await
+        run_processes(config, &args, children).await
     };
     if let Some(infra) = infra {
         eprintln!("stopping the infrastructure this run started...");
@@ -97,16 +108,13 @@ pub async fn up(config: Option<&Path>, args: UpArgs) -> anyhow::Result<bool> {
 }
 
 /// Every service as a child process, supervised, until Ctrl-C or SIGTERM.
-async fn run_processes(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<()> {
+async fn run_processes(
+    config: Option<&Path>,
+    args: &UpArgs,
+    children: Vec<plan::Child>,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     feedline::shutdown::cancel_on_signal(token.clone());
-    let bin_dir = plan::bin_dir()?;
-    let children = plan::plan(&plan::Options {
-        config,
-        replicas: &args.replicas,
-        port_offset: args.port_offset,
-        bin_dir: &bin_dir,
-    })?;
     let output = match &args.logs {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -127,7 +135,7 @@ async fn run_processes(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<(
         .start(children, config, &output, GRACE, &token)
         .await;
     if let Ok(Started::Ready) = started {
-        let rows: Vec<String> = processes
+        let mut rows: Vec<String> = processes
             .running
             .iter()
             .map(|c| {
@@ -139,6 +147,9 @@ async fn run_processes(config: Option<&Path>, args: &UpArgs) -> anyhow::Result<(
                 )
             })
             .collect();
+        if let Some(dir) = &args.logs {
+            rows.push(format!("  logs        {}/<service>-<n>.log", dir.display()));
+        }
         print_banner(&gateway, &rows);
         let demo = (args.rate > 0).then(|| {
             let (rate, customers) = (args.rate, args.customers);

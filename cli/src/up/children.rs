@@ -91,7 +91,7 @@ async fn supervise(
     grace: Duration,
 ) {
     let label = &child.label;
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::default();
     let mut restarts = 0u32;
     loop {
         let started = Instant::now();
@@ -112,16 +112,40 @@ async fn supervise(
             }
             Err(e) => format!("failed to start ({e:#})"),
         };
-        if started.elapsed() >= STABLE_AFTER {
-            backoff = BACKOFF_START;
-        }
-        println!("{label} {why}; restarting in {} s", backoff.as_secs());
+        let wait = backoff.after_exit(started.elapsed());
+        println!("{label} {why}; restarting in {} s", wait.as_secs());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
         restarts += 1;
+    }
+}
+
+/// The waits before restarts: a process that keeps exiting is restarted less and less
+/// often, so a crash loop costs little, while one that ran well is back at once.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: BACKOFF_START,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before restarting a process that exited after running for `ran`.
+    fn after_exit(&mut self, ran: Duration) -> Duration {
+        if ran >= STABLE_AFTER {
+            self.next = BACKOFF_START;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
     }
 }
 
@@ -288,5 +312,28 @@ fn describe(status: ExitStatus) -> String {
         (Some(code), _) => format!("status {code}"),
         (None, Some(signal)) => format!("signal {signal}"),
         (None, None) => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_to_a_limit_and_reset_after_a_good_run() {
+        let mut backoff = Backoff::default();
+        let quick = Duration::from_secs(2);
+        let waits: Vec<u64> = (0..7)
+            .map(|_| backoff.after_exit(quick).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(backoff.after_exit(STABLE_AFTER), BACKOFF_START);
+        assert_eq!(backoff.after_exit(quick), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn exits_are_described_by_signal_or_status() {
+        assert_eq!(describe(ExitStatus::from_raw(9)), "signal 9");
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "status 1");
     }
 }
