@@ -151,7 +151,8 @@ impl Directory {
             .filter(|i| i.service == service && i.serves())
             .collect();
         let limit = self.inner.settings.caught_up_lag;
-        let caught_up = |i: &Instance| i.lag.is_none_or(|lag| lag <= limit);
+        // An unknown lag is caught up only for an instance without a consumer.
+        let caught_up = |i: &Instance| i.lag.map_or(i.partitions.is_empty(), |lag| lag <= limit);
         if ready.iter().any(caught_up) {
             ready.into_iter().filter(caught_up).collect()
         } else {
@@ -381,6 +382,12 @@ mod tests {
         put(&directory, record("rebuilding", 0, true, Some(50_000)));
         put(&directory, record("starting", 0, false, Some(0)));
         assert_eq!(names(directory.serving("order-view")), ["old"]);
+        // A consumer whose lag is not known yet is not caught up.
+        let mut unknown = record("fresh", 0, true, None);
+        unknown.partitions = vec!["order-events-0".to_owned()];
+        put(&directory, unknown);
+        assert_eq!(names(directory.serving("order-view")), ["old"]);
+        directory.apply(&key("order-view", "fresh"), None);
         // Nobody caught up (a burst of load): every ready instance serves.
         put(&directory, record("old", 0, true, Some(5_000)));
         assert_eq!(
