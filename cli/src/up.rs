@@ -304,3 +304,9 @@ async fn post(
     }
     Ok(answer)
 }
+
+/// The workspace binary of `service` (`feedline-<service>`) beside this `feedline`, or an
+/// error saying how to build it.
+pub fn service_binary(service: &str) -> anyhow::Result<std::path::PathBuf> {
+    plan::binary(&plan::bin_dir()?, service)
+}

@@ -227,7 +227,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .context("the feedline binary has no directory")
 }
 
-fn binary(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn binary(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("feedline-{service}"));
     anyhow::ensure!(
         path.is_file(),
