@@ -126,17 +126,23 @@ impl FeedlineContext {
     }
 }
 
-/// A partition's lag for the service directory. librdkafka says -1 until the consumer has
-/// a position or a committed offset; the platform's consumers then start from the
-/// beginning (`auto.offset.reset=earliest`), so the whole partition is still ahead of them.
+/// A partition's lag for the service directory. librdkafka says -1 until the group has
+/// committed an offset for it; until then the consumer's position (or, before the first
+/// message, the partition's start: the platform's consumers begin at the earliest offset)
+/// says how far behind it is.
 fn announced_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
     if p.consumer_lag >= 0 {
-        Some(p.consumer_lag)
-    } else if p.lo_offset >= 0 && p.hi_offset >= p.lo_offset {
-        Some(p.hi_offset - p.lo_offset)
-    } else {
-        None
+        return Some(p.consumer_lag);
     }
+    if p.hi_offset < 0 {
+        return None;
+    }
+    let position = [p.app_offset, p.committed_offset, p.lo_offset]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    Some((p.hi_offset - position).max(0))
 }
 
 impl ClientContext for FeedlineContext {
