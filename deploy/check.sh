@@ -31,7 +31,16 @@ install_python_tools() {
   fi
   say "installing $want into $venv"
   command -v python3 >/dev/null || die "python3 is not installed"
-  python3 -m venv "$venv" || die "python3 -m venv failed: install python3-venv"
+  if ! python3 -m venv "$venv"; then
+    # Debian's python3 leaves venv (and ensurepip) to a package of its own.
+    rm -rf "$venv"
+    command -v apt-get >/dev/null || die "python3 -m venv failed: install Python's venv module"
+    say "installing python3-venv"
+    local sudo=; (( EUID == 0 )) || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv "$venv"
+  fi
   # shellcheck disable=SC2086 # two requirement words
   "$venv/bin/pip" install --quiet --disable-pip-version-check $want
   echo "$want" > "$venv/.installed"
