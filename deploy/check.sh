@@ -4,7 +4,8 @@
 #     deploy/compose/, so the check needs no network and does not drift);
 #   - the Helm chart: `helm lint` and `helm template` with its default values and with a
 #     production-like values file, every rendered manifest validated offline against the
-#     Kubernetes API schemas, strictly (an unknown field is an error).
+#     Kubernetes API schemas, strictly (an unknown field is an error), then held to the
+#     chart's own rules (deploy/helm/chart_rules.py: probes, non-root, network policies).
 # Needs Python 3 (with venv) and Go; installs check-jsonschema, kubernetes-validate and Helm
 # under FEEDLINE_TOOLS (default ~/.cache/feedline-tools) on the first run and reuses them.
 set -euo pipefail
@@ -81,6 +82,7 @@ for setup in default production; do
   "$venv/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION" "$out/$setup.yaml"
   kinds=$(grep -c '^kind:' "$out/$setup.yaml")
   (( kinds > 0 )) || die "helm template rendered nothing for the $setup values"
+  "$venv/python" deploy/helm/chart_rules.py "$out/$setup.yaml" yes
   say "$setup: $kinds manifests valid"
 done
 
