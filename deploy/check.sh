@@ -55,7 +55,7 @@ install_helm() {
   command -v go >/dev/null || die "go is not installed (Helm is built from its Go module)"
   say "building helm $HELM_VERSION into $bin (a few minutes, once)"
   mkdir -p "$bin"
-  GOBIN=$bin GOFLAGS=-mod=mod go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  GOBIN=$bin go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 }
 
 install_python_tools
