@@ -13,7 +13,7 @@ RUN cargo build --release --locked --workspace \
 FROM debian:bookworm-slim
 # curl: compose and Kubernetes probe /health/live and /health/ready with it.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 zlib1g \
-    && rm -rf /var/lib/apt/lists/* && useradd --system --home /var/lib/feedline feedline \
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 --home /var/lib/feedline feedline \
     && mkdir -p /var/lib/feedline && chown feedline /var/lib/feedline
 COPY --from=build /out/ /usr/local/bin/
 USER feedline
