@@ -6,6 +6,7 @@
 //! - [`jwks`]: an external issuer's RS256/ES256 tokens, verified with its published keys
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
+//! - [`upstream`]: order-view's replicas: discovery, balancing, retries, ejection
 //! - [`limits`], [`streams`], [`waiters`]: rate limits, caps on feeds and waits, timeouts
 //! - [`ticket`]: one-use tickets for the browser's live feed
 //! - [`admission`]: refusing commands while the services behind are too far behind
@@ -13,6 +14,7 @@
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
+//! - [`fleet`]: the platform's instances and the balancing, for admins
 //! - [`client`]: how the CLI and the benches send commands (with a key, retried)
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
@@ -24,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod fleet;
 pub mod idempotency;
 pub mod jwks;
 pub mod jwt;
@@ -37,6 +40,7 @@ pub mod streams;
 pub mod tenancy;
 pub mod ticket;
 pub mod token;
+pub mod upstream;
 pub mod waiters;
 
 use std::net::SocketAddr;
@@ -64,6 +68,7 @@ use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
 use crate::streams::{PeerAddr, Streams, TimedListener};
 use crate::ticket::Tickets;
+use crate::upstream::{EjectionPolicy, Source, Upstream};
 use crate::waiters::Waiters;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -77,7 +82,10 @@ service_name = "gateway"
 port = 8080
 
 [gateway]
+# One URL or several, separated by commas; with discovery on, the fallback while the
+# Directory knows no serving order-view instance.
 order_view_url = "http://127.0.0.1:8093"
+discover_order_view = true
 # Development machines only: see GatewayConfig::check_safe.
 dev_mode = false
 token_ttl_secs = 3600
@@ -242,7 +250,11 @@ pub async fn spawn(
         ));
     }
 
-    let order_view = OrderView::new(&config.order_view_url, config.proxy_timeout());
+    let static_urls = config.order_view_urls();
+    let upstream = Upstream::new(&static_urls, EjectionPolicy::default(), metrics.clone());
+    let source = Source::Static(static_urls);
+    source.clone().follow(upstream.clone(), token.clone());
+    let order_view = OrderView::new(upstream, config.proxy_timeout());
     let limits = &config.limits;
     let state = Arc::new(AppState {
         limits: Limits::new(limits),
@@ -277,6 +289,7 @@ pub async fn spawn(
         orders,
         customers,
         order_view,
+        source,
         answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),
