@@ -41,6 +41,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub http: HttpSettings,
     pub dedup: DedupSettings,
+    pub discovery: crate::discovery::DiscoverySettings,
     /// Every layer merged, kept for the service sections.
     #[serde(skip)]
     figment: Option<Figment>,
@@ -57,6 +58,7 @@ impl std::fmt::Debug for Settings {
             .field("database", &self.database)
             .field("http", &self.http)
             .field("dedup", &self.dedup)
+            .field("discovery", &self.discovery)
             .finish_non_exhaustive()
     }
 }
@@ -434,6 +436,9 @@ impl Settings {
         }
         if self.dedup.prune_chunk == 0 {
             return invalid("dedup.prune_chunk", "must be at least 1");
+        }
+        if let Err((field, reason)) = self.discovery.validate() {
+            return invalid(field, &reason);
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! These callbacks run on librdkafka's threads (or inside a poll): they must return quickly
 //! and never block on the async runtime.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
 use crate::metrics::Metrics;
+
+/// Each assigned partition's lag, `None` until statistics reported it.
+type Assigned = BTreeMap<(String, i32), Option<i64>>;
 
 #[derive(Debug, Clone)]
 pub struct FeedlineContext {
@@ -35,6 +38,9 @@ pub struct FeedlineContext {
     /// Whether librdkafka's statistics arrived since this client started: until then the
     /// lag gauges say nothing.
     stats_seen: Arc<AtomicBool>,
+    /// The partitions assigned to this consumer, with their lag when statistics gave one:
+    /// what the service directory announces.
+    assigned: Arc<Mutex<Assigned>>,
 }
 
 impl FeedlineContext {
@@ -47,6 +53,7 @@ impl FeedlineContext {
             joined: Arc::default(),
             brokers_up: Arc::new(AtomicI64::new(-1)),
             stats_seen: Arc::default(),
+            assigned: Arc::default(),
         }
     }
 
@@ -90,6 +97,22 @@ impl FeedlineContext {
             return Err("no statistics yet, lag unknown".to_owned());
         }
         Ok(())
+    }
+
+    /// The assigned partitions (`topic-partition`) and their total lag, `None` until
+    /// statistics gave every partition's.
+    pub fn assignment(&self) -> (Vec<String>, Option<i64>) {
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        let partitions = assigned
+            .keys()
+            .map(|(topic, partition)| format!("{topic}-{partition}"))
+            .collect();
+        let lag = assigned.values().copied().sum::<Option<i64>>();
+        (partitions, lag)
+    }
+
+    fn assigned(&self) -> std::sync::MutexGuard<'_, Assigned> {
+        self.assigned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes partitions this member lost and starts a new generation.
@@ -138,10 +161,14 @@ impl ClientContext for FeedlineContext {
             .rdkafka_queue_messages
             .with_label_values(&[&stats.client_id])
             .set(stats.msg_cnt as i64);
+        let mut assigned = self.assigned();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's "internal UA partition"; lag -1 means unknown.
                 if *partition >= 0 && p.consumer_lag >= 0 {
+                    if let Some(lag) = assigned.get_mut(&(topic.clone(), *partition)) {
+                        *lag = Some(p.consumer_lag);
+                    }
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[topic, &partition.to_string()])
@@ -157,12 +184,14 @@ impl ConsumerContext for FeedlineContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let mut revoked = Vec::new();
+                let mut assigned = self.assigned();
                 for elem in tpl.elements() {
                     tracing::info!(
                         topic = elem.topic(),
                         partition = elem.partition(),
                         "partition revoked"
                     );
+                    assigned.remove(&(elem.topic().to_owned(), elem.partition()));
                     revoked.push((elem.topic().to_owned(), elem.partition()));
                     let _ = self
                         .metrics
@@ -172,7 +201,9 @@ impl ConsumerContext for FeedlineContext {
                 self.record_revoked(revoked);
             }
             Rebalance::Assign(tpl) => {
+                let mut assigned = self.assigned();
                 for elem in tpl.elements() {
+                    assigned.insert((elem.topic().to_owned(), elem.partition()), None);
                     tracing::info!(
                         topic = elem.topic(),
                         partition = elem.partition(),

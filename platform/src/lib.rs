@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod context;
 pub mod db;
 pub mod dedup;
+pub mod discovery;
 pub mod dlq;
 pub mod errors;
 pub mod health;

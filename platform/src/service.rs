@@ -175,6 +175,15 @@ impl<H: Handler> ConsumerService<H> {
         let addr = listener.local_addr()?;
 
         let mut tasks = TaskGroup::new(token.clone());
+        if settings.discovery.enabled {
+            let beacon = crate::discovery::Beacon {
+                health: self.health.clone(),
+                consumer: Some(consumer.progress()),
+            };
+            let announcer =
+                crate::discovery::Announcer::new(settings, addr, producer.clone(), beacon);
+            tasks.spawn("announcer", announcer.run(token.clone()));
+        }
         let consumer_token = token.clone();
         tasks.spawn("consumer", async move {
             consumer

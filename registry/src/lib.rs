@@ -161,9 +161,23 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
     });
     // Serving at all means `_schemas` was read to its end at start-up; later reads and
     // writes report the store's own errors.
-    let router = api::router(app, platform_metrics, feedline::Health::new(), auth);
-    let http_token = token.clone();
+    let health = feedline::Health::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if settings.discovery.enabled {
+        let producer = feedline::Producer::new(&settings.kafka, platform_metrics.clone())
+            .context("failed to create the announcements' producer")?;
+        let beacon = feedline::discovery::Beacon {
+            health: health.clone(),
+            consumer: None,
+        };
+        let mut announcer = feedline::discovery::Announcer::new(&settings, addr, producer, beacon);
+        if tls.is_some() {
+            announcer = announcer.https();
+        }
+        tasks.spawn("announcer", announcer.run(token.clone()));
+    }
+    let router = api::router(app, platform_metrics, health, auth);
+    let http_token = token.clone();
     match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls)?;

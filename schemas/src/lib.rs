@@ -65,6 +65,7 @@ pub fn topic_specs(kafka: &KafkaSettings) -> Vec<TopicSpec> {
         .iter()
         .map(|t| spec(t, kafka.default_partitions))
         .chain(std::iter::once(spec(SCHEMAS_TOPIC, 1)))
+        .chain(std::iter::once(feedline::discovery::topic_spec(kafka)))
         .collect()
 }
 
@@ -170,7 +171,8 @@ mod tests {
                 .config
                 .contains(&("cleanup.policy".into(), "compact".into()))
         );
-        assert_eq!(specs.len(), TOPICS.len() + 1);
+        // Plus `_schemas` and the service directory's `_services`.
+        assert_eq!(specs.len(), TOPICS.len() + 2);
     }
 
     #[test]

@@ -269,6 +269,9 @@ pub async fn start_registry(prefix: &str, token: CancellationToken) -> String {
         port = 0
         [registry_server]
         dev_mode = true
+        # One librdkafka client less per test; the discovery tests announce on their own.
+        [discovery]
+        enabled = false
         "#,
         kafka_bootstrap()
     ))

@@ -106,6 +106,11 @@ impl Progress {
         Ok(())
     }
 
+    /// The assigned partitions and their total lag (see [`FeedlineContext::assignment`]).
+    pub fn assignment(&self) -> (Vec<String>, Option<i64>) {
+        self.inner.context.assignment()
+    }
+
     /// Adds this consumer's checks to `health`, under `name`.
     pub fn register(&self, health: &Health, name: &str) {
         let live = self.clone();

@@ -297,7 +297,7 @@ pub async fn spawn(
     let health = feedline::Health::new();
     health.kafka(producer.context());
     health.registry(&settings.registry);
-    let router = app::router(state.clone(), platform_metrics, health);
+    let router = app::router(state.clone(), platform_metrics, health.clone());
 
     let addr = settings.http_addr()?;
     let listener = TcpListener::bind(addr)
@@ -310,6 +310,15 @@ pub async fn spawn(
         order_view = %config.order_view_url,
         "gateway serving"
     );
+    let announcer = settings.discovery.enabled.then(|| {
+        let beacon = feedline::discovery::Beacon {
+            health,
+            consumer: None,
+        };
+        let announcer =
+            feedline::discovery::Announcer::new(&settings, addr, producer.clone(), beacon);
+        tokio::spawn(announcer.run(token.clone()))
+    });
     let write_timeout = config.limits.write_timeout();
     let write_timeouts = state.metrics.write_timeouts.clone();
     let handle = tokio::spawn(async move {
@@ -322,6 +331,10 @@ pub async fn spawn(
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
         .context("http server failed")?;
+        if let Some(announcer) = announcer {
+            // Its tombstone goes out before the producer is flushed.
+            announcer.await.context("announcer panicked")??;
+        }
         if let Err(e) = producer.flush(FLUSH).await {
             tracing::warn!(error = %e, "producer flush at shutdown failed");
         }
