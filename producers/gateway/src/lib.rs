@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::discovery::Directory;
 use feedline::service::until_up;
 use feedline::{CancellationToken, Metrics, Producer, Settings};
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
@@ -155,6 +156,41 @@ secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25b
 scopes = ["orders:write", "customers:write", "feed:read", "admin"]
 "#;
 
+/// How long start-up waits for the Directory to read what `_services` holds, so the first
+/// requests go to the instances it lists rather than to the static list.
+const DIRECTORY_SYNC: Duration = Duration::from_secs(3);
+
+/// Where order-view's replicas come from: the Directory when `gateway.discover_order_view`
+/// is on (the static list is its fallback), else the static list.
+async fn order_view_source(
+    settings: &Settings,
+    config: &GatewayConfig,
+    static_urls: Vec<String>,
+    token: &CancellationToken,
+) -> Source {
+    if !config.discover_order_view {
+        return Source::Static(static_urls);
+    }
+    match Directory::start(settings, token.clone()).await {
+        Ok(directory) => {
+            if !directory.synced(DIRECTORY_SYNC).await {
+                tracing::info!(
+                    "the service directory is still reading; order-view's static list serves meanwhile"
+                );
+            }
+            Source::Directory {
+                directory,
+                fallback: static_urls,
+            }
+        }
+        // Not fatal: the static list still reaches order-view.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the service directory; order-view's static list only");
+            Source::Static(static_urls)
+        }
+    }
+}
+
 /// How long a producer flush may hold shutdown: every command was already acknowledged
 /// before its answer, so there is normally nothing left.
 const FLUSH: Duration = Duration::from_secs(5);
@@ -252,7 +288,7 @@ pub async fn spawn(
 
     let static_urls = config.order_view_urls();
     let upstream = Upstream::new(&static_urls, EjectionPolicy::default(), metrics.clone());
-    let source = Source::Static(static_urls);
+    let source = order_view_source(&settings, &config, static_urls, &token).await;
     source.clone().follow(upstream.clone(), token.clone());
     let order_view = OrderView::new(upstream, config.proxy_timeout());
     let limits = &config.limits;
@@ -308,6 +344,7 @@ pub async fn spawn(
         %addr,
         producer = %state.producer_name,
         order_view = %config.order_view_url,
+        discovery = state.source.is_discovery(),
         "gateway serving"
     );
     let announcer = settings.discovery.enabled.then(|| {

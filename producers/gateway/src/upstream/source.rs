@@ -2,6 +2,8 @@
 //! platform's Directory (the instances of order-view that serve now), with the static list
 //! as the fallback while the Directory knows none.
 
+use feedline::discovery::Directory;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Upstream;
@@ -13,24 +15,75 @@ pub const ORDER_VIEW: &str = "order-view";
 pub enum Source {
     /// `gateway.order_view_url` only.
     Static(Vec<String>),
+    /// The Directory's serving instances of order-view; the static list while it has none.
+    Directory {
+        directory: Directory,
+        fallback: Vec<String>,
+    },
 }
 
 impl Source {
     pub fn is_discovery(&self) -> bool {
-        false
+        matches!(self, Source::Directory { .. })
     }
 
-    /// Every instance the Directory knows (none without one).
-    pub fn instances(&self) -> Vec<serde_json::Value> {
-        Vec::new()
+    /// Every instance the Directory knows, with its uptime (none without a Directory).
+    pub fn instances(&self) -> Vec<Value> {
+        let Source::Directory { directory, .. } = self else {
+            return Vec::new();
+        };
+        directory
+            .instances()
+            .into_iter()
+            .map(|instance| {
+                let uptime_ms = instance.uptime_ms();
+                let mut value = serde_json::to_value(instance).unwrap_or(Value::Null);
+                if let Some(fields) = value.as_object_mut() {
+                    fields.insert("uptime_ms".into(), uptime_ms.into());
+                }
+                value
+            })
+            .collect()
     }
 
-    /// Keeps `upstream`'s replica set up to date until `token` is cancelled.
-    pub fn follow(self, upstream: Upstream, token: CancellationToken) {
+    /// The replica set now.
+    pub fn replicas(&self) -> Vec<String> {
         match self {
-            Source::Static(urls) => upstream.set_replicas(&urls),
+            Source::Static(urls) => urls.clone(),
+            Source::Directory {
+                directory,
+                fallback,
+            } => replica_set(
+                directory
+                    .serving(ORDER_VIEW)
+                    .into_iter()
+                    .map(|instance| instance.url),
+                fallback,
+            ),
         }
-        drop(token);
+    }
+
+    /// Keeps `upstream`'s replica set up to date until `token` is cancelled: at once, then
+    /// on every change the Directory sees (an announcement, an instance counted down).
+    pub fn follow(self, upstream: Upstream, token: CancellationToken) {
+        upstream.set_replicas(&self.replicas());
+        let Source::Directory { directory, .. } = &self else {
+            return;
+        };
+        let mut changes = directory.changes();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+                upstream.set_replicas(&self.replicas());
+            }
+        });
     }
 }
 
