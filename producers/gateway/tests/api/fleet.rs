@@ -5,7 +5,7 @@
 use feedline_testkit::eventually;
 use reqwest::StatusCode;
 
-use crate::helpers::{Options, TestApp, closed_port};
+use crate::helpers::{JWT_SECRET, Options, TestApp, claims, closed_port, sign};
 use crate::stub_order_view::{self, STUB_CUSTOMER};
 
 #[tokio::test]
@@ -13,7 +13,8 @@ async fn fleet_is_for_admins_only() {
     let app = TestApp::spawn().await;
     let anonymous = app.send(app.http.get(app.at("/fleet"))).await;
     anonymous.assert_error(401, "invalid_token", None);
-    let reader = app.token(Some("feed:read")).await;
+    // A tenant's reader (the demo client's tokens are always admin's).
+    let reader = sign(JWT_SECRET.as_bytes(), &claims("feed:read", 300));
     let refused = app
         .send(app.http.get(app.at("/fleet")).bearer_auth(&reader))
         .await;
