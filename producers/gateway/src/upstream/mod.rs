@@ -57,9 +57,10 @@ impl Upstream {
     }
 
     /// Makes `urls` the replica set (see [`Balancer::set_replicas`]).
+    /// Makes `urls` the replica set (see [`Balancer::set_replicas`]). A replica that left
+    /// keeps its series: its last retries and failures must still reach a scrape.
     pub fn set_replicas(&self, urls: &[String]) {
-        let changed = self.lock().set_replicas(urls);
-        if changed {
+        if self.lock().set_replicas(urls) {
             self.inner.metrics.upstream_replicas.set(urls.len() as i64);
             tracing::info!(replicas = ?urls, "order-view replicas changed");
         }
@@ -130,6 +131,8 @@ impl Upstream {
 
 /// One request to one replica, in flight until [`Attempt::finish`] (or until dropped: a
 /// request abandoned halfway, whose client went away, says nothing about the replica).
+/// Callers finish it when the answer's head arrives: a live feed, which streams for hours,
+/// would otherwise count as outstanding all along and starve its replica of reads.
 #[derive(Debug)]
 pub struct Attempt {
     upstream: Upstream,
