@@ -6,7 +6,9 @@
 //! - [`topics`], [`groups`], [`dlq`]: the cluster's topics, consumer groups and dead letters
 //! - [`schema`]: the registry and the compatibility gate
 //! - [`cluster`]: settings, timeouts and the Kafka clients every command shares
-//! - [`up`] and [`system`]: the whole system in one process, with a demo load
+//! - [`status`]: the fleet, from the service directory; [`view`]: the read model's rebuild
+//! - [`up`]: the whole system, each service its own supervised process (or [`system`], all in
+//!   this one), with a demo load
 
 pub mod avro_json;
 pub mod cluster;
@@ -16,9 +18,11 @@ pub mod groups;
 pub mod message;
 pub mod produce;
 pub mod schema;
+pub mod status;
 pub mod system;
 pub mod topics;
 pub mod up;
+pub mod view;
 
 /// Human or machine output.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -25,6 +25,8 @@ Examples:
   echo '{...}' | feedline produce customer-commands --key-field payload.customer_id
   feedline groups describe orders
   feedline dlq inspect order-events
+  feedline status
+  feedline view rebuild
 
 Configuration: flags, then FEEDLINE_* environment variables (FEEDLINE_KAFKA__BOOTSTRAP_SERVERS,
 FEEDLINE_REGISTRY__URL, ...), then the --config file, then built-in defaults.
@@ -88,6 +90,15 @@ enum Command {
     /// Avro schemas in the registry, and the compatibility gate.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// The fleet: every service instance from the service directory (`_services`), with
+    /// its URL, readiness, lag and when it was last heard from. Exit 1 when a service has
+    /// no ready instance.
+    ///
+    /// Example: feedline status --output json
+    Status(feedline_cli::status::StatusArgs),
+    /// The read model (order-view): rebuild a new generation beside the running one.
+    #[command(subcommand)]
+    View(feedline_cli::view::ViewCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +203,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if let Command::Up(args) = cli.command {
         return feedline_cli::up::up(cli.config.as_deref(), args).await;
     }
+    if let Command::View(command) = cli.command {
+        return feedline_cli::view::run(&settings, cli.config.as_deref(), cli.timeout, command)
+            .await;
+    }
     let registry = settings.registry.clone();
     let cluster = Cluster::new(settings, cli.timeout);
     dispatch(&cluster, cli.command)
@@ -236,7 +251,10 @@ async fn dispatch(cluster: &Cluster, command: Command) -> anyhow::Result<bool> {
         Command::Topics(command) => topics::run(cluster, command).await,
         Command::Groups(command) => groups::run(cluster, command).await,
         Command::Dlq(command) => dlq::run(cluster, command).await,
-        Command::Up(_) => unreachable!("handled before the cluster is set up"),
+        Command::Up(_) | Command::View(_) => {
+            unreachable!("handled before the cluster is set up")
+        }
+        Command::Status(args) => feedline_cli::status::run(settings, cluster.timeout, args).await,
         Command::Schema(SchemaCommand::Check { dir, output }) => {
             schema::check(settings, &dir, output).await
         }

@@ -126,6 +126,19 @@ impl FeedlineContext {
     }
 }
 
+/// A partition's lag for the service directory. librdkafka says -1 until the consumer has
+/// a position or a committed offset; the platform's consumers then start from the
+/// beginning (`auto.offset.reset=earliest`), so the whole partition is still ahead of them.
+fn announced_lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if p.consumer_lag >= 0 {
+        Some(p.consumer_lag)
+    } else if p.lo_offset >= 0 && p.hi_offset >= p.lo_offset {
+        Some(p.hi_offset - p.lo_offset)
+    } else {
+        None
+    }
+}
+
 impl ClientContext for FeedlineContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
@@ -165,10 +178,12 @@ impl ClientContext for FeedlineContext {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's "internal UA partition"; lag -1 means unknown.
+                if *partition >= 0
+                    && let Some(lag) = assigned.get_mut(&(topic.clone(), *partition))
+                {
+                    *lag = announced_lag(p);
+                }
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    if let Some(lag) = assigned.get_mut(&(topic.clone(), *partition)) {
-                        *lag = Some(p.consumer_lag);
-                    }
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[topic, &partition.to_string()])

@@ -58,7 +58,7 @@ pub struct Env {
 pub async fn start() -> Env {
     let prefix = format!("cli{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let settings = Settings::from_toml(&format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\n[http]\nport = 0\n[registry_server]\ndev_mode = true\n",
+        "service_name = \"registry\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\n[http]\nport = 0\n[registry_server]\ndev_mode = true\n",
         bootstrap()
     ))
     .unwrap();

@@ -89,6 +89,7 @@ impl Directory {
     ) -> Result<Directory, DiscoveryError> {
         let directory = Directory::empty(settings.discovery.clone());
         let mut config = settings.kafka.client_config();
+        config.remove("statistics.interval.ms");
         config
             .set(
                 "group.id",
@@ -141,21 +142,32 @@ impl Directory {
             .collect()
     }
 
-    /// The instances of `service` that take traffic now: up and ready; when some of them are
-    /// caught up (lag at most `discovery.caught_up_lag`, or no consumer), only those.
+    /// The instances of `service` that take traffic now: up and ready, and caught up: no
+    /// more than `discovery.caught_up_lag` messages behind the least lagging of them. Under
+    /// load every instance lags alike and all serve; a generation still replaying the topics
+    /// lags far more and serves nothing until it has caught up. A consumer whose lag is not
+    /// known yet serves only when no instance's lag is known.
     pub fn serving(&self, service: &str) -> Vec<Instance> {
         let ready: Vec<Instance> = self
             .instances()
             .into_iter()
             .filter(|i| i.service == service && i.serves())
             .collect();
-        let limit = self.inner.settings.caught_up_lag;
-        let caught_up = |i: &Instance| i.lag.is_none_or(|lag| lag <= limit);
-        if ready.iter().any(caught_up) {
-            ready.into_iter().filter(caught_up).collect()
-        } else {
-            ready
-        }
+        let lag = |i: &Instance| {
+            if i.partitions.is_empty() {
+                Some(0)
+            } else {
+                i.lag
+            }
+        };
+        let Some(least) = ready.iter().filter_map(lag).min() else {
+            return ready;
+        };
+        let limit = least.saturating_add(self.inner.settings.caught_up_lag);
+        ready
+            .into_iter()
+            .filter(|i| lag(i).is_some_and(|l| l <= limit))
+            .collect()
     }
 
     /// Bumps whenever an announcement arrives or an instance's state changes.
@@ -374,14 +386,33 @@ mod tests {
     }
 
     #[test]
-    fn reads_go_to_caught_up_instances_while_there_are_any() {
+    fn reads_go_to_caught_up_instances_only() {
         let directory = Directory::empty(settings());
-        put(&directory, record("old", 0, true, Some(3)));
-        put(&directory, record("rebuilding", 0, true, Some(50_000)));
-        put(&directory, record("starting", 0, false, Some(0)));
+        let partitions = |mut r: Announcement| {
+            r.partitions = vec!["order-events-0".to_owned()];
+            r
+        };
+        // A consumer whose lag is not known yet, alone: it is all there is.
+        put(&directory, partitions(record("fresh", 0, true, None)));
+        assert_eq!(names(directory.serving("order-view")), ["fresh"]);
+        put(&directory, partitions(record("old", 0, true, Some(3))));
+        put(
+            &directory,
+            partitions(record("rebuilding", 0, true, Some(50_000))),
+        );
+        put(
+            &directory,
+            partitions(record("starting", 0, false, Some(0))),
+        );
         assert_eq!(names(directory.serving("order-view")), ["old"]);
-        // Nobody caught up (a burst of load): every ready instance serves.
-        put(&directory, record("old", 0, true, Some(5_000)));
+        // Load: the old generation lags too, the rebuilding one still far more.
+        put(&directory, partitions(record("old", 0, true, Some(5_000))));
+        assert_eq!(names(directory.serving("order-view")), ["old"]);
+        // Caught up: within caught_up_lag of the least lagging, both serve.
+        put(
+            &directory,
+            partitions(record("rebuilding", 0, true, Some(5_090))),
+        );
         assert_eq!(
             names(directory.serving("order-view")),
             ["old", "rebuilding"]

@@ -44,8 +44,9 @@ pub struct DiscoverySettings {
     /// The URL others reach this instance at. Unset: `http://<http.host>:<port>`, or the
     /// machine's host name instead of a wildcard `http.host` (0.0.0.0, ::).
     pub advertised_url: Option<String>,
-    /// An instance with at most this lag (messages) is caught up: while some instances of a
-    /// service are, reads go to those only (a rebuilding read model is not read from).
+    /// An instance at most this many messages behind the least lagging instance of its
+    /// service is caught up; reads go to caught-up instances only (a read model that is
+    /// still being rebuilt is not read from).
     pub caught_up_lag: i64,
     /// Seconds after which an instance that is down and never said goodbye (killed) is
     /// forgotten.
