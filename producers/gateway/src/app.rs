@@ -18,7 +18,7 @@ use crate::commands::{self, CommandAnswer, CommandTopic};
 use crate::idempotency::Answers;
 use crate::metrics::{self as gateway_metrics, GatewayMetrics};
 use crate::orderview::OrderView;
-use crate::{dashboard, error, limits, openapi, proxy, streams, ticket, token};
+use crate::{dashboard, error, fleet, limits, openapi, proxy, streams, ticket, token};
 
 /// Requests carry a few hundred bytes of JSON; anything near this is not a command.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub orders: CommandTopic<OrderCommand>,
     pub customers: CommandTopic<CustomerCommand>,
     pub order_view: OrderView,
+    /// Where order-view's replicas come from; the Directory of every instance, for `/fleet`.
+    pub source: crate::upstream::Source,
     /// Answers to requests with an `Idempotency-Key`, replayed to their retries.
     pub answers: Answers<CommandAnswer>,
     pub max_wait: Duration,
@@ -104,7 +106,8 @@ pub fn api() -> (Router<Arc<AppState>>, Vec<RouteInfo>) {
         commands::change_credit_limit,
     )
     .add(Method::POST, "/feed/ticket", ticket::issue)
-    .add(Method::GET, "/feed", proxy::feed);
+    .add(Method::GET, "/feed", proxy::feed)
+    .add(Method::GET, "/fleet", fleet::fleet);
     (routes.router, routes.table)
 }
 

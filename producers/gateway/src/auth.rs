@@ -165,6 +165,13 @@ pub struct CustomersWrite;
 #[derive(Debug)]
 pub struct FeedRead;
 
+/// Operations' views (`/fleet`), which name internal addresses.
+#[derive(Debug)]
+pub struct Admin;
+
+impl Requirement for Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
 impl Requirement for OrdersWrite {
     const SCOPE: Scope = Scope::OrdersWrite;
 }

@@ -28,8 +28,14 @@ const MIN_SECRET_BYTES: usize = 32;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Base URL of order-view, which answers the queries and serves the live feed.
+    /// Base URL of order-view, which answers the queries and serves the live feed: one, or
+    /// several separated by commas (replicas, or a Kubernetes Service's DNS name). With
+    /// `discover_order_view` the list is only the fallback while the Directory knows no
+    /// serving instance.
     pub order_view_url: String,
+    /// Balance over the order-view instances the platform's Directory (the `_services`
+    /// topic) lists as serving, rather than over `order_view_url` alone.
+    pub discover_order_view: bool,
     /// Local development: allows the built-in development secret (used when no key is
     /// configured) and the demo client, both refused otherwise.
     pub dev_mode: bool,
@@ -192,6 +198,16 @@ impl GatewayConfig {
         Ok(config)
     }
 
+    /// The URLs of `order_view_url`, without trailing slashes, each once.
+    pub fn order_view_urls(&self) -> Vec<String> {
+        crate::upstream::source::replica_set(
+            self.order_view_url
+                .split(',')
+                .map(|url| url.trim().to_owned()),
+            &[],
+        )
+    }
+
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let invalid = |field: &str, reason: &str| {
             Err(InvalidConfig {
@@ -199,10 +215,16 @@ impl GatewayConfig {
                 reason: reason.to_owned(),
             })
         };
-        if !(self.order_view_url.starts_with("http://")
-            || self.order_view_url.starts_with("https://"))
-        {
-            return invalid("order_view_url", "must start with http:// or https://");
+        if self.order_view_urls().is_empty() {
+            return invalid("order_view_url", "must name at least one URL");
+        }
+        for url in self.order_view_urls() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(
+                    "order_view_url",
+                    &format!("{url:?} must start with http:// or https://"),
+                );
+            }
         }
         if let Some(secret) = &self.jwt_secret {
             if secret.expose_secret().len() < MIN_SECRET_BYTES {
@@ -587,6 +609,28 @@ mod tests {
                 .scopes
                 .contains(&Scope::Admin)
         );
+    }
+
+    #[test]
+    fn order_view_url_is_one_url_or_a_comma_separated_list() {
+        let one = load("").unwrap();
+        assert_eq!(one.order_view_urls(), ["http://127.0.0.1:8093"]);
+        assert!(one.discover_order_view, "on by default");
+        let list = load(
+            "[gateway]\norder_view_url = \"http://ov-0.ov:8093/, https://ov-1.ov:8093 ,http://ov-0.ov:8093\"\ndiscover_order_view = false",
+        )
+        .unwrap();
+        assert_eq!(
+            list.order_view_urls(),
+            ["http://ov-0.ov:8093", "https://ov-1.ov:8093"]
+        );
+        assert!(!list.discover_order_view);
+        for bad in ["http://a:1,ftp://b:2", " , ", "a:1"] {
+            let error = load(&format!("[gateway]\norder_view_url = \"{bad}\"")).unwrap_err();
+            assert!(error.contains("gateway.order_view_url"), "{bad}: {error}");
+        }
+        let ftp = load("[gateway]\norder_view_url = \"http://a:1,ftp://b:2\"").unwrap_err();
+        assert!(ftp.contains("ftp://b:2"), "names the bad one: {ftp}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`jwks`]: an external issuer's RS256/ES256 tokens, verified with its published keys
 //! - [`commands`]: the write routes, publishing to `order-commands` and `customer-commands`
 //! - [`proxy`], [`orderview`]: the read routes, and waiting for a command's outcome
+//! - [`upstream`]: order-view's replicas: discovery, balancing, retries, ejection
 //! - [`limits`], [`streams`], [`waiters`]: rate limits, caps on feeds and waits, timeouts
 //! - [`ticket`]: one-use tickets for the browser's live feed
 //! - [`admission`]: refusing commands while the services behind are too far behind
@@ -13,6 +14,7 @@
 //! - [`money`]: amounts converted exactly to cents
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
+//! - [`fleet`]: the platform's instances and the balancing, for admins
 //! - [`client`]: how the CLI and the benches send commands (with a key, retried)
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
@@ -24,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod fleet;
 pub mod idempotency;
 pub mod jwks;
 pub mod jwt;
@@ -37,6 +40,7 @@ pub mod streams;
 pub mod tenancy;
 pub mod ticket;
 pub mod token;
+pub mod upstream;
 pub mod waiters;
 
 use std::net::SocketAddr;
@@ -45,6 +49,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::discovery::Directory;
 use feedline::service::until_up;
 use feedline::{CancellationToken, Metrics, Producer, Settings};
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
@@ -64,6 +69,7 @@ use crate::metrics::GatewayMetrics;
 use crate::orderview::OrderView;
 use crate::streams::{PeerAddr, Streams, TimedListener};
 use crate::ticket::Tickets;
+use crate::upstream::{EjectionPolicy, Source, Upstream};
 use crate::waiters::Waiters;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -77,7 +83,10 @@ service_name = "gateway"
 port = 8080
 
 [gateway]
+# One URL or several, separated by commas; with discovery on, the fallback while the
+# Directory knows no serving order-view instance.
 order_view_url = "http://127.0.0.1:8093"
+discover_order_view = true
 # Development machines only: see GatewayConfig::check_safe.
 dev_mode = false
 token_ttl_secs = 3600
@@ -146,6 +155,41 @@ secret_sha256 = "cd577fe2561ebff23505db0bb006300c7cdecbd46bc0e03c449afafaca2c25b
 # Development only: the demo client is an admin, seeing every tenant's customers.
 scopes = ["orders:write", "customers:write", "feed:read", "admin"]
 "#;
+
+/// How long start-up waits for the Directory to read what `_services` holds, so the first
+/// requests go to the instances it lists rather than to the static list.
+const DIRECTORY_SYNC: Duration = Duration::from_secs(3);
+
+/// Where order-view's replicas come from: the Directory when `gateway.discover_order_view`
+/// is on (the static list is its fallback), else the static list.
+async fn order_view_source(
+    settings: &Settings,
+    config: &GatewayConfig,
+    static_urls: Vec<String>,
+    token: &CancellationToken,
+) -> Source {
+    if !config.discover_order_view {
+        return Source::Static(static_urls);
+    }
+    match Directory::start(settings, token.clone()).await {
+        Ok(directory) => {
+            if !directory.synced(DIRECTORY_SYNC).await {
+                tracing::info!(
+                    "the service directory is still reading; order-view's static list serves meanwhile"
+                );
+            }
+            Source::Directory {
+                directory,
+                fallback: static_urls,
+            }
+        }
+        // Not fatal: the static list still reaches order-view.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the service directory; order-view's static list only");
+            Source::Static(static_urls)
+        }
+    }
+}
 
 /// How long a producer flush may hold shutdown: every command was already acknowledged
 /// before its answer, so there is normally nothing left.
@@ -242,7 +286,11 @@ pub async fn spawn(
         ));
     }
 
-    let order_view = OrderView::new(&config.order_view_url, config.proxy_timeout());
+    let static_urls = config.order_view_urls();
+    let upstream = Upstream::new(&static_urls, EjectionPolicy::default(), metrics.clone());
+    let source = order_view_source(&settings, &config, static_urls, &token).await;
+    source.clone().follow(upstream.clone(), token.clone());
+    let order_view = OrderView::new(upstream, config.proxy_timeout());
     let limits = &config.limits;
     let state = Arc::new(AppState {
         limits: Limits::new(limits),
@@ -277,6 +325,7 @@ pub async fn spawn(
         orders,
         customers,
         order_view,
+        source,
         answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),
@@ -295,6 +344,7 @@ pub async fn spawn(
         %addr,
         producer = %state.producer_name,
         order_view = %config.order_view_url,
+        discovery = state.source.is_discovery(),
         "gateway serving"
     );
     let announcer = settings.discovery.enabled.then(|| {

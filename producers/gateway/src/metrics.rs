@@ -33,6 +33,17 @@ pub struct GatewayMetrics {
     /// Calls to order-view that failed: `unreachable`, `timeout`, `server_error` (it answered
     /// with a 5xx that is not a 503 with `Retry-After`).
     pub upstream_errors: IntCounterVec,
+    /// Requests to order-view sent again to another replica, by the replica that failed.
+    pub upstream_retries: IntCounterVec,
+    /// Attempts on an order-view replica that failed (`unreachable`, `timeout`,
+    /// `server_error`), by replica, whether or not a retry saved the request.
+    pub upstream_attempt_failures: IntCounterVec,
+    /// order-view replicas set aside after failures in a row, by replica.
+    pub upstream_ejections: IntCounterVec,
+    /// order-view replicas the gateway balances over now.
+    pub upstream_replicas: IntGauge,
+    /// Of those, the ones ejected now.
+    pub upstream_ejected: IntGauge,
     /// Keyed requests that were not answered afresh: `replayed`, `reused` (a different
     /// request under a used key), `in_flight`, `malformed`.
     pub idempotency: IntCounterVec,
@@ -126,8 +137,18 @@ impl GatewayMetrics {
             "gateway_write_timeouts_total",
             "connections closed because the client stopped reading",
         );
+        let upstream_replicas = gauge(
+            "gateway_upstream_replicas",
+            "order-view replicas the gateway balances over",
+        );
+        let upstream_ejected = gauge(
+            "gateway_upstream_ejected",
+            "order-view replicas set aside now after failures in a row",
+        );
         for collector in [
             Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_replicas.clone()),
+            Box::new(upstream_ejected.clone()),
             Box::new(commands_refused.clone()),
             Box::new(admission_held_seconds.clone()),
             Box::new(feed_streams.clone()),
@@ -176,6 +197,23 @@ impl GatewayMetrics {
                 "failed calls to order-view, by kind",
                 &["kind"],
             ),
+            upstream_retries: counter(
+                "gateway_upstream_retries_total",
+                "requests to order-view retried on another replica, by the replica that failed",
+                &["replica"],
+            ),
+            upstream_attempt_failures: counter(
+                "gateway_upstream_attempt_failures_total",
+                "failed attempts on an order-view replica, by replica and kind",
+                &["replica", "kind"],
+            ),
+            upstream_ejections: counter(
+                "gateway_upstream_ejections_total",
+                "order-view replicas ejected after failures in a row, by replica",
+                &["replica"],
+            ),
+            upstream_replicas,
+            upstream_ejected,
             idempotency: counter(
                 "gateway_idempotency_total",
                 "requests with an Idempotency-Key answered from an earlier request, or refused",

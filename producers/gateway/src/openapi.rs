@@ -369,6 +369,23 @@ fn build() -> Value {
                     }
                 }
             },
+            "/fleet": {
+                "get": {
+                    "tags": ["operations"],
+                    "summary": "the platform's instances, and the balancing over order-view",
+                    "description": "Every instance of every service as the platform's directory \
+                        knows it (from their announcements on the `_services` topic), and the \
+                        order-view replicas this gateway balances over. Admins only: it names \
+                        internal addresses.",
+                    "security": secured("admin"),
+                    "responses": {
+                        "200": json_response("the fleet", "Fleet"),
+                        "401": response("Unauthorized"),
+                        "403": response("Forbidden"),
+                        "429": response("TooManyRequests")
+                    }
+                }
+            },
             "/metrics": {
                 "get": {
                     "tags": ["operations"],
@@ -571,6 +588,44 @@ fn build() -> Value {
                         { "type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,2})?$", "examples": ["60.00"] },
                         { "type": "number", "minimum": 0, "maximum": 1000000000, "multipleOf": 0.01 }
                     ]
+                },
+                "Fleet": {
+                    "type": "object",
+                    "required": ["discovery", "instances", "order_view"],
+                    "properties": {
+                        "discovery": { "type": "boolean", "description": "whether order-view's replicas come from the directory" },
+                        "instances": { "type": "array", "items": schema("Instance") },
+                        "order_view": { "type": "array", "items": schema("Replica") }
+                    }
+                },
+                "Instance": {
+                    "type": "object",
+                    "required": ["service", "instance_id", "version", "url", "started_at_ms",
+                        "announced_at_ms", "heartbeat_ms", "ready", "partitions", "up", "last_seen_ms"],
+                    "properties": {
+                        "service": { "type": "string" },
+                        "instance_id": { "type": "string" },
+                        "version": { "type": "string" },
+                        "url": { "type": "string", "description": "the advertised base URL" },
+                        "started_at_ms": { "type": "integer" },
+                        "announced_at_ms": { "type": "integer" },
+                        "heartbeat_ms": { "type": "integer" },
+                        "ready": { "type": "boolean" },
+                        "lag": { "type": ["integer", "null"], "description": "messages behind, for consumers" },
+                        "partitions": { "type": "array", "items": { "type": "string" } },
+                        "up": { "type": "boolean", "description": "false once heartbeats stopped" },
+                        "last_seen_ms": { "type": "integer", "description": "how long ago it last announced itself" }
+                    }
+                },
+                "Replica": {
+                    "type": "object",
+                    "required": ["url", "in_flight", "consecutive_failures"],
+                    "properties": {
+                        "url": { "type": "string" },
+                        "in_flight": { "type": "integer" },
+                        "consecutive_failures": { "type": "integer" },
+                        "ejected_for_ms": { "type": ["integer", "null"], "description": "set aside for this long after failures in a row" }
+                    }
                 },
                 "FeedTicket": {
                     "type": "object",

@@ -137,20 +137,23 @@ async fn forward(
     stream: Option<StreamGuard>,
 ) -> Result<Response, ApiError> {
     let view = &app.order_view;
-    let mut request = view.http().get(view.url(path_and_query));
-    for name in FORWARDED_REQUEST {
-        for value in headers.get_all(*name) {
-            request = request.header(*name, value);
+    let request = |mut request: reqwest::RequestBuilder| {
+        for name in FORWARDED_REQUEST {
+            for value in headers.get_all(*name) {
+                request = request.header(*name, value);
+            }
         }
-    }
-    if let Some(tenant) = tenancy.header() {
-        request = request.header(TENANT_HEADER, tenant);
-    }
-    if stream.is_none() {
-        request = request.timeout(view.timeout());
-    }
-    let upstream = request.send().await.map_err(|e| {
-        let error = UpstreamError::from_reqwest(e);
+        if let Some(tenant) = tenancy.header() {
+            request = request.header(TENANT_HEADER, tenant);
+        }
+        if stream.is_none() {
+            request = request.timeout(view.timeout());
+        }
+        request
+    };
+    // A failed attempt is retried on another replica inside; only the feed's stream, once
+    // it flows, is never sent again.
+    let upstream = view.get(path_and_query, request).await.map_err(|error| {
         app.metrics
             .upstream_errors
             .with_label_values(&[error.kind()])

@@ -205,10 +205,9 @@ impl Waiters {
         while self.keep_following() {
             let response = self
                 .view
-                .http()
-                .get(self.view.url("/feed"))
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .send()
+                .get("/feed", |request| {
+                    request.header(reqwest::header::ACCEPT, "text/event-stream")
+                })
                 .await;
             let mut stream = match response {
                 Ok(r) if r.status().is_success() => r.bytes_stream(),

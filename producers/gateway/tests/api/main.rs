@@ -7,6 +7,8 @@ mod auth;
 mod bad_input;
 mod commands;
 mod external_issuer;
+mod failover;
+mod fleet;
 mod helpers;
 mod idempotency;
 mod limits;
