@@ -392,10 +392,16 @@ async fn drive(
     let mut gateway = env(ports[7], None);
     // The load runs as the demo client, which only dev mode allows.
     gateway.push(("FEEDLINE_GATEWAY__DEV_MODE".into(), "true".to_owned()));
-    // The gateway reads through order-view replica 1; replica 2 is checked from its file.
+    // The gateway reads through order-view replica 1 only, not the replicas the Directory
+    // finds: the feed check follows one replica's change log (a feed's event ids are that
+    // replica's), and replica 2 is checked from its file.
     gateway.push((
         "FEEDLINE_GATEWAY__ORDER_VIEW_URL".into(),
         format!("http://127.0.0.1:{}", ports[5]),
+    ));
+    gateway.push((
+        "FEEDLINE_GATEWAY__DISCOVER_ORDER_VIEW".into(),
+        "false".to_owned(),
     ));
     fleet.add(Kind::Gateway, 1, ports[7], gateway).await?;
     fleet.ready(None).await?;

@@ -99,16 +99,18 @@ impl OrderView {
     /// a timeout, a server error, a 503 asking for time) is sent once more, to another
     /// replica when there is one. Returns the answer once its head arrived (the body, a
     /// feed's included, streams from then on and is never retried); a server error that
-    /// the retry did not cure is returned as it came.
+    /// the retry did not cure is returned as it came. `affinity` keeps requests with the
+    /// same key on one replica while it serves (a live feed: see [`crate::upstream::Balancer::pick`]).
     pub async fn get(
         &self,
         path_and_query: &str,
+        affinity: Option<&str>,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut failed: Option<String> = None;
         let mut attempt = 1;
         loop {
-            let Some(pick) = self.upstream.pick(failed.as_deref()) else {
+            let Some(pick) = self.upstream.pick(failed.as_deref(), affinity) else {
                 return Err(UpstreamError::Unreachable("no order-view replica".into()));
             };
             let url = format!("{}{path_and_query}", pick.url());
@@ -134,7 +136,7 @@ impl OrderView {
     /// `GET path` as JSON; `None` on 404.
     pub async fn get_json(&self, path: &str) -> Result<Option<Value>, UpstreamError> {
         let response = self
-            .get(path, |request| {
+            .get(path, None, |request| {
                 request
                     .header(reqwest::header::ACCEPT, "application/json")
                     .timeout(self.timeout)

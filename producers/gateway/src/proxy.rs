@@ -153,18 +153,23 @@ async fn forward(
     };
     // A failed attempt is retried on another replica inside; only the feed's stream, once
     // it flows, is never sent again.
-    let upstream = view.get(path_and_query, request).await.map_err(|error| {
-        app.metrics
-            .upstream_errors
-            .with_label_values(&[error.kind()])
-            .inc();
-        tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
-        // The details (which name the internal address) go to the log, not the client.
-        match error {
-            UpstreamError::Timeout => ApiError::upstream_timeout(),
-            _ => ApiError::upstream_unavailable(),
-        }
-    })?;
+    // A feed keeps to one replica (its event ids are that replica's); a query goes to any.
+    let affinity = stream.as_ref().map(|_| path_and_query);
+    let upstream = view
+        .get(path_and_query, affinity, request)
+        .await
+        .map_err(|error| {
+            app.metrics
+                .upstream_errors
+                .with_label_values(&[error.kind()])
+                .inc();
+            tracing::warn!(error = %error, path = path_and_query, "order-view call failed");
+            // The details (which name the internal address) go to the log, not the client.
+            match error {
+                UpstreamError::Timeout => ApiError::upstream_timeout(),
+                _ => ApiError::upstream_unavailable(),
+            }
+        })?;
 
     // Clients are promised no 5xx but a 503 with Retry-After: whatever else order-view
     // answers with (a 500, a 503 without the header) is that, its body not passed on.

@@ -205,7 +205,7 @@ impl Waiters {
         while self.keep_following() {
             let response = self
                 .view
-                .get("/feed", |request| {
+                .get("/feed", Some("/feed"), |request| {
                     request.header(reqwest::header::ACCEPT, "text/event-stream")
                 })
                 .await;

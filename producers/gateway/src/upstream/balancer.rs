@@ -118,22 +118,37 @@ impl Balancer {
 
     /// Picks the replica for a request and counts it in flight. Replicas not ejected come
     /// first, then the ones ejected (should every one be), and `avoid` (the one a retry
-    /// leaves) only when there is no other; among those, the fewest requests in flight,
-    /// ties in turn. `None` only when the set is empty.
-    pub fn pick(&mut self, now: Instant, avoid: Option<&str>) -> Option<String> {
+    /// leaves) only when there is no other. Among those, a request with an `affinity` (a
+    /// live feed's query) goes to the same replica every time the set allows (rendezvous
+    /// hashing): a feed's event ids are its replica's, so a reconnection that lands there
+    /// resumes with `Last-Event-ID` instead of starting over from a snapshot. Any other
+    /// goes to the fewest requests in flight, ties in turn. `None` only when the set is
+    /// empty.
+    pub fn pick(
+        &mut self,
+        now: Instant,
+        avoid: Option<&str>,
+        affinity: Option<&str>,
+    ) -> Option<String> {
         let n = self.replicas.len();
-        let rank = |r: &Replica| {
-            (
-                avoid == Some(r.url.as_str()),
-                r.is_ejected(now),
-                r.in_flight,
-            )
+        let standing = |r: &Replica| (avoid == Some(r.url.as_str()), r.is_ejected(now));
+        let index = match affinity {
+            Some(key) => {
+                let best = self.replicas.iter().map(standing).min()?;
+                (0..n)
+                    .filter(|&i| standing(&self.replicas[i]) == best)
+                    .max_by_key(|&i| affinity_weight(key, &self.replicas[i].url))?
+            }
+            None => {
+                let rank = |r: &Replica| (standing(r), r.in_flight);
+                let best = self.replicas.iter().map(rank).min()?;
+                let index = (0..n)
+                    .map(|i| (self.cursor + i) % n)
+                    .find(|&i| rank(&self.replicas[i]) == best)?;
+                self.cursor = (index + 1) % n;
+                index
+            }
         };
-        let best = self.replicas.iter().map(rank).min()?;
-        let index = (0..n)
-            .map(|i| (self.cursor + i) % n)
-            .find(|&i| rank(&self.replicas[i]) == best)?;
-        self.cursor = (index + 1) % n;
         let replica = &mut self.replicas[index];
         replica.in_flight += 1;
         Some(replica.url.clone())
@@ -187,6 +202,17 @@ impl Balancer {
     }
 }
 
+/// A replica's weight for `key` in rendezvous hashing (FNV-1a of both): the same in every
+/// gateway process, and a replica that leaves moves only its own keys.
+fn affinity_weight(key: &str, url: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain([0]).chain(url.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +248,7 @@ mod tests {
         let now = Instant::now();
         let mut picked = Vec::new();
         for _ in 0..6 {
-            let url = b.pick(now, None).unwrap();
+            let url = b.pick(now, None, None).unwrap();
             b.finish(&url, Outcome::Success, now);
             picked.push(url);
         }
@@ -244,14 +270,14 @@ mod tests {
         let mut b = Balancer::new(&urls(3), policy());
         let now = Instant::now();
         // Three outstanding: one each.
-        let first: Vec<_> = (0..3).map(|_| b.pick(now, None).unwrap()).collect();
+        let first: Vec<_> = (0..3).map(|_| b.pick(now, None, None).unwrap()).collect();
         assert_eq!(first, urls(3));
         // r1 answers; it alone has nothing in flight, so it takes the next two in a row
         // (the second once it answered again).
         b.finish("http://r1", Outcome::Success, now);
-        assert_eq!(b.pick(now, None).unwrap(), "http://r1");
+        assert_eq!(b.pick(now, None, None).unwrap(), "http://r1");
         b.finish("http://r1", Outcome::Success, now);
-        assert_eq!(b.pick(now, None).unwrap(), "http://r1");
+        assert_eq!(b.pick(now, None, None).unwrap(), "http://r1");
         assert_eq!(
             b.replicas().iter().map(|r| r.in_flight).collect::<Vec<_>>(),
             [1, 1, 1]
@@ -262,15 +288,15 @@ mod tests {
     fn a_retry_goes_elsewhere_when_it_can() {
         let mut b = Balancer::new(&urls(2), policy());
         let now = Instant::now();
-        let first = b.pick(now, None).unwrap();
+        let first = b.pick(now, None, None).unwrap();
         b.finish(&first, Outcome::Failure, now);
-        let retry = b.pick(now, Some(&first)).unwrap();
+        let retry = b.pick(now, Some(&first), None).unwrap();
         assert_ne!(retry, first);
         // With one replica the retry has nowhere else to go.
         let mut single = Balancer::new(&urls(1), policy());
-        let only = single.pick(now, None).unwrap();
+        let only = single.pick(now, None, None).unwrap();
         single.finish(&only, Outcome::Failure, now);
-        assert_eq!(single.pick(now, Some(&only)).unwrap(), only);
+        assert_eq!(single.pick(now, Some(&only), None).unwrap(), only);
     }
 
     #[test]
@@ -285,7 +311,7 @@ mod tests {
         assert_eq!(b.ejected(t0), 1);
         // While ejected it gets nothing.
         for _ in 0..4 {
-            let url = b.pick(t0, None).unwrap();
+            let url = b.pick(t0, None, None).unwrap();
             assert_eq!(url, "http://r1");
             b.finish(&url, Outcome::Success, t0);
         }
@@ -356,10 +382,13 @@ mod tests {
         // Ejected while another was serving, which was ejected too before r0 came back.
         b.replicas[1].ejected_until = Some(now + Duration::from_secs(5));
         assert_eq!(b.ejected(now), 2);
-        assert!(b.pick(now, None).is_some());
+        assert!(b.pick(now, None, None).is_some());
         // A replica that left and came back is new.
         b.set_replicas(&[]);
-        assert!(b.pick(now, None).is_none(), "an empty set has nothing");
+        assert!(
+            b.pick(now, None, None).is_none(),
+            "an empty set has nothing"
+        );
         b.set_replicas(&urls(2));
         assert_eq!(b.ejected(now), 0);
     }
@@ -368,7 +397,7 @@ mod tests {
     fn the_set_follows_the_directory() {
         let mut b = Balancer::new(&urls(3), policy());
         let now = Instant::now();
-        let picked = b.pick(now, Some("http://r0")).unwrap();
+        let picked = b.pick(now, Some("http://r0"), None).unwrap();
         assert_eq!(picked, "http://r1");
         fail(&mut b, "http://r2", 2, now);
         // r0 stops heartbeating; r3 starts.
@@ -389,6 +418,34 @@ mod tests {
         // The request in flight on r0 ends after r0 left: nothing to count.
         assert_eq!(b.finish("http://r0", Outcome::Failure, now), Change::None);
         // r3 has nothing in flight: it goes first.
-        assert_eq!(b.pick(now, None).unwrap(), "http://r3");
+        assert_eq!(b.pick(now, None, None).unwrap(), "http://r3");
+    }
+
+    #[test]
+    fn a_feed_keeps_to_its_replica_while_it_serves() {
+        let mut b = Balancer::new(&urls(3), policy());
+        let now = Instant::now();
+        let keys: Vec<String> = (0..30).map(|i| format!("/feed?customer_id={i}")).collect();
+        let home: Vec<String> = keys
+            .iter()
+            .map(|k| b.pick(now, None, Some(k)).unwrap())
+            .collect();
+        // Spread over the replicas, and the same answer again whatever is in flight.
+        for url in urls(3) {
+            assert!(home.contains(&url), "no feed on {url}");
+        }
+        for (key, url) in keys.iter().zip(&home) {
+            assert_eq!(&b.pick(now, None, Some(key)).unwrap(), url);
+        }
+        // A replica ejected gives its feeds to the others and no one else's moves.
+        fail(&mut b, "http://r1", 3, now);
+        for (key, url) in keys.iter().zip(&home) {
+            let now_on = b.pick(now, None, Some(key)).unwrap();
+            if url == "http://r1" {
+                assert_ne!(now_on, "http://r1");
+            } else {
+                assert_eq!(&now_on, url);
+            }
+        }
     }
 }

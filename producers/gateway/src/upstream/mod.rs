@@ -56,7 +56,6 @@ impl Upstream {
         self.inner.balancer.lock().expect("balancer lock")
     }
 
-    /// Makes `urls` the replica set (see [`Balancer::set_replicas`]).
     /// Makes `urls` the replica set (see [`Balancer::set_replicas`]). A replica that left
     /// keeps its series: its last retries and failures must still reach a scrape.
     pub fn set_replicas(&self, urls: &[String]) {
@@ -67,9 +66,10 @@ impl Upstream {
     }
 
     /// The replica for the next attempt, counted in flight until the [`Attempt`] ends;
-    /// `avoid` is the replica a retry leaves. `None` only when there is no replica at all.
-    pub fn pick(&self, avoid: Option<&str>) -> Option<Attempt> {
-        let url = self.lock().pick(Instant::now(), avoid)?;
+    /// `avoid` is the replica a retry leaves, `affinity` a live feed's key (see
+    /// [`Balancer::pick`]). `None` only when there is no replica at all.
+    pub fn pick(&self, avoid: Option<&str>, affinity: Option<&str>) -> Option<Attempt> {
+        let url = self.lock().pick(Instant::now(), avoid, affinity)?;
         Some(Attempt {
             upstream: self.clone(),
             url,
