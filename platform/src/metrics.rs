@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Platform metrics: produce, consume, handler latency, event age, DLQ, consumer lag, outbox.
@@ -22,6 +22,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub outbox_published: IntCounterVec,
     pub outbox_quarantined: IntCounterVec,
+    pub outbox_backlog: IntGauge,
+    pub outbox_oldest_age_seconds: Gauge,
     pub rdkafka_queue_messages: IntGaugeVec,
     pub processed_pruned: IntCounter,
     pub processed_prune_errors: IntCounter,
@@ -137,6 +139,30 @@ impl Metrics {
                 "outbox rows the broker refused, moved to outbox_quarantine",
                 &[],
             ),
+            outbox_backlog: {
+                let g = IntGauge::new(
+                    "outbox_backlog",
+                    "outbox rows waiting to be published, as the active relay last counted them \
+                     (0 on a standby replica)",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique gauge");
+                g
+            },
+            outbox_oldest_age_seconds: {
+                let g = Gauge::new(
+                    "outbox_oldest_age_seconds",
+                    "age of the oldest outbox row waiting to be published, as the active relay \
+                     last measured it (0 when none waits, or on a standby replica)",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique gauge");
+                g
+            },
             rdkafka_queue_messages: gauge(
                 "rdkafka_queue_messages",
                 "messages waiting in librdkafka's producer queue",

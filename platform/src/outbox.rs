@@ -516,6 +516,10 @@ impl OutboxRelay {
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
+                        // The backlog grows while the broker refuses: keep it measured.
+                        if let Ok(mut conn) = self.outbox.pool.acquire().await {
+                            let _ = self.measure_backlog(&mut conn).await;
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -559,8 +563,9 @@ impl OutboxRelay {
                     }
                 }
                 _ = lock_check.tick() => {
-                    // The lock is only ours while its connection lives.
-                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock_conn).await {
+                    // The lock is only ours while its connection lives; the query that
+                    // proves it also measures the backlog.
+                    if let Err(e) = self.measure_backlog(&mut lock_conn).await {
                         tracing::warn!(error = %e, "outbox relay lock connection failed");
                         break Stopped::LockLost;
                     }
@@ -575,6 +580,24 @@ impl OutboxRelay {
             tracing::warn!(error = %e, "outbox relay stopped with messages unacknowledged");
         }
         Ok(stopped)
+    }
+
+    /// Sets the backlog gauges from the table. The count stops at a million rows, so a huge
+    /// backlog costs no more than that to measure.
+    async fn measure_backlog(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) AS waiting), \
+             (SELECT COALESCE(EXTRACT(EPOCH FROM now() - created_at)::float8, 0) \
+              FROM outbox ORDER BY id LIMIT 1)",
+        )
+        .fetch_one(conn)
+        .await?;
+        let age: Option<f64> = row.try_get(1)?;
+        self.metrics.outbox_backlog.set(row.try_get(0)?);
+        self.metrics
+            .outbox_oldest_age_seconds
+            .set(age.unwrap_or(0.0).max(0.0));
+        Ok(())
     }
 
     /// Publishes every row of the table not published recently, in id order, without

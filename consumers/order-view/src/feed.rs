@@ -26,6 +26,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::response::sse::Event as SseEvent;
 use futures::Stream;
@@ -84,9 +85,13 @@ impl Ids {
     }
 }
 
+/// A committed change on its way to the subscribers, with the moment of its commit (for
+/// `order_view_feed_push_delay_seconds`).
+type Live = (Arc<Change>, Instant);
+
 #[derive(Debug)]
 pub struct FeedHub {
-    sender: broadcast::Sender<Arc<Change>>,
+    sender: broadcast::Sender<Live>,
     ids: Ids,
     store: Store,
     metrics: ViewMetrics,
@@ -129,11 +134,12 @@ impl FeedHub {
         self
     }
 
-    /// Sends committed changes, in order, to every subscriber. Never waits.
-    pub fn publish(&self, changes: &[Arc<Change>]) {
+    /// Sends changes, in order, to every subscriber; `committed` is when their transaction
+    /// committed. Never waits.
+    pub fn publish(&self, changes: &[Arc<Change>], committed: Instant) {
         for change in changes {
             // An error only means nobody is subscribed.
-            let _ = self.sender.send(change.clone());
+            let _ = self.sender.send((change.clone(), committed));
         }
     }
 
@@ -218,12 +224,14 @@ impl FeedHub {
                     }
                 }
             }
-            while let Some(change) = live.recv().await {
+            while let Some((change, committed)) = live.recv().await {
                 if change.seq <= covered {
                     continue;
                 }
                 covered = change.seq;
-                yield Ok(change_event(&ids, &change));
+                let event = change_event(&ids, &change);
+                metrics.feed_push_delay_seconds.observe(committed.elapsed().as_secs_f64());
+                yield Ok(event);
             }
             if lagged.load(Ordering::SeqCst) {
                 // With the id, a browser's EventSource reconnects from the right place too.
@@ -272,8 +280,8 @@ impl Drop for Subscriber {
 /// Moves matching changes from the broadcast into one client's buffer, never waiting for
 /// the client. Ends when the client is gone, at shutdown, or when the client fell behind.
 async fn pump(
-    mut receiver: broadcast::Receiver<Arc<Change>>,
-    buffer: mpsc::Sender<Arc<Change>>,
+    mut receiver: broadcast::Receiver<Live>,
+    buffer: mpsc::Sender<Live>,
     filter: Filter,
     lagged: Arc<AtomicBool>,
     metrics: ViewMetrics,
@@ -286,7 +294,7 @@ async fn pump(
             received = receiver.recv() => received,
         };
         match received {
-            Ok(change) if filter.matches(&change) => match buffer.try_send(change) {
+            Ok(live) if filter.matches(&live.0) => match buffer.try_send(live) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => break,
                 Err(mpsc::error::TrySendError::Closed(_)) => return,

@@ -163,6 +163,14 @@ impl ViewHandler {
                 .inc_by(*n);
         }
         self.metrics.changes.inc_by(applied.ws.changes.len() as u64);
+        // A clock step between services can make an age negative: counted as zero, as
+        // Prometheus histograms take no negative observations well.
+        let freshness = self.metrics.freshness_seconds.local();
+        for occurred_at in &applied.occurred_at {
+            let ms = applied.committed_at.saturating_sub(*occurred_at).max(0);
+            freshness.observe(ms as f64 / 1000.0);
+        }
+        freshness.flush();
     }
 }
 

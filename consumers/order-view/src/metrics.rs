@@ -19,7 +19,23 @@ pub struct ViewMetrics {
     pub feed_snapshots: IntCounter,
     /// Point look-ups, by `kind` (order | customer) and `result` (hit | miss).
     pub cache_lookups: IntCounterVec,
+    /// Per applied event: its `occurred_at` to the commit that made it visible.
+    pub freshness_seconds: Histogram,
+    /// Per change sent live to a feed client: its commit to its write to the client's stream.
+    pub feed_push_delay_seconds: Histogram,
 }
+
+/// Freshness spans milliseconds when all is well and seconds when a hop queues; past 10 s
+/// the exact figure matters less than that it is late.
+const FRESHNESS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0,
+];
+
+/// A push is an in-memory hand-over: microseconds to milliseconds, seconds only when the
+/// runtime is starved.
+const PUSH_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 impl ViewMetrics {
     pub fn new(platform: &Metrics) -> Self {
@@ -83,6 +99,28 @@ impl ViewMetrics {
             &["kind", "result"],
         )
         .expect("valid metric");
+        let freshness_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "order_view_freshness_seconds",
+                "per applied event, from its occurred_at (when the service upstream created \
+                 it; for an order's events, orders stamps it when it handles the gateway's \
+                 command or the credit decision) to the SQLite commit that made it visible \
+                 in the read model",
+            )
+            .buckets(FRESHNESS_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let feed_push_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "order_view_feed_push_delay_seconds",
+                "per change sent live to a feed client, from the read model's commit to its \
+                 write to the client's stream",
+            )
+            .buckets(PUSH_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        register(Box::new(freshness_seconds.clone()));
+        register(Box::new(feed_push_delay_seconds.clone()));
         register(Box::new(events_applied.clone()));
         register(Box::new(events_duplicate.clone()));
         register(Box::new(changes.clone()));
@@ -102,6 +140,8 @@ impl ViewMetrics {
             feed_lagged,
             feed_snapshots,
             cache_lookups,
+            freshness_seconds,
+            feed_push_delay_seconds,
         }
     }
 

@@ -11,7 +11,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::{LazyLock, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Statement, TransactionBehavior, params};
 
@@ -29,6 +29,11 @@ pub struct Applied {
     pub duplicates: usize,
     /// Events applied (not duplicates), by type.
     pub per_type: HashMap<&'static str, u64>,
+    /// The `occurred_at` of every event applied (not duplicates).
+    pub occurred_at: Vec<i64>,
+    /// When the transaction committed, in milliseconds since the epoch: the moment the
+    /// events became visible to readers.
+    pub committed_at: i64,
 }
 
 /// What the writer remembers between batches.
@@ -180,14 +185,16 @@ impl Writer {
             cache.clear();
         }
         let applied = match self.write(pieces, cache) {
-            Ok(applied) => applied,
+            // Taken at once: the feed's push delay counts from the commit.
+            Ok(applied) => (applied, Instant::now()),
             Err(e) => {
                 self.numbering.unsure = true;
                 return Err(e);
             }
         };
+        let (applied, committed) = applied;
         cache.update(applied.ws.orders.values(), applied.ws.customers.values());
-        hub.publish(&applied.ws.changes);
+        hub.publish(&applied.ws.changes, committed);
         Ok(applied)
     }
 
@@ -203,6 +210,7 @@ impl Writer {
         let mut per_type: HashMap<&'static str, u64> = HashMap::new();
         let mut duplicates = 0;
         let mut oldest_event: Option<i64> = None;
+        let mut occurred_at = Vec::new();
         let mut ended = false;
         for piece in pieces {
             let events = match piece {
@@ -214,6 +222,7 @@ impl Writer {
             };
             let fresh = record_processed(&tx, &events)?;
             duplicates += events.len() - fresh.len();
+            occurred_at.extend(fresh.iter().map(|e| e.occurred_at()));
             oldest_event = fresh
                 .iter()
                 .map(|e| e.occurred_at())
@@ -246,12 +255,15 @@ impl Writer {
             oldest = Some(newest - self.retain + 1);
         }
         tx.commit()?;
+        let committed_at = now_ms();
         self.numbering.next_seq = ws.next_seq();
         self.numbering.oldest = oldest;
         Ok(Applied {
             ws,
             duplicates,
             per_type,
+            occurred_at,
+            committed_at,
         })
     }
 }
