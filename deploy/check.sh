@@ -6,8 +6,11 @@
 #     production-like values file, every rendered manifest validated offline against the
 #     Kubernetes API schemas, strictly (an unknown field is an error), then held to the
 #     chart's own rules (deploy/helm/chart_rules.py: probes, non-root, network policies).
-# Needs Python 3 (with venv) and Go; installs check-jsonschema, kubernetes-validate and Helm
-# under FEEDLINE_TOOLS (default ~/.cache/feedline-tools) on the first run and reuses them.
+#   - Prometheus: the configuration and the alert rules with `promtool check`, and the
+#     rules' unit tests (deploy/prometheus/alerts.test.yml) with `promtool test rules`.
+# Needs Python 3 (with venv), Go and promtool (`./dev setup` installs it); installs
+# check-jsonschema, kubernetes-validate and Helm under FEEDLINE_TOOLS (default
+# ~/.cache/feedline-tools) on the first run and reuses them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -65,6 +68,13 @@ venv=$tools/venv/bin
 
 say "docker-compose.yml against the compose specification"
 "$venv/check-jsonschema" --schemafile deploy/compose/compose-spec.json docker-compose.yml
+
+command -v promtool >/dev/null || die "promtool is not installed (Debian package prometheus; ./dev setup installs it)"
+say "prometheus configuration and alert rules"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/alerts.yml
+say "alert rules' unit tests"
+(cd deploy/prometheus && promtool test rules alerts.test.yml)
 
 chart=deploy/helm/feedline
 out=$(mktemp -d)

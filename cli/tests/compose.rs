@@ -621,6 +621,52 @@ fn observability_sits_in_its_profile_and_grafana_reads_prometheus() {
     }
 }
 
+/// The host folder a service's bind mount puts at `target` (or at a folder above it).
+fn mounted_at(service: &Value, target: &str) -> std::path::PathBuf {
+    let mount = mounts(service)
+        .into_iter()
+        .filter(|m| target.starts_with(m.target.trim_end_matches('/')))
+        .max_by_key(|m| m.target.len())
+        .unwrap_or_else(|| panic!("nothing is mounted at {target}"));
+    assert!(mount.read_only, "{} is mounted read-only", mount.target);
+    let source = mount.source.expect("a bind mount of the repository");
+    let below = target[mount.target.trim_end_matches('/').len()..].trim_start_matches('/');
+    repo_path(source.trim_start_matches("./")).join(below)
+}
+
+#[test]
+fn grafana_loads_the_dashboard_and_prometheus_its_alert_rules() {
+    let compose = compose();
+    let services = services(&compose);
+
+    // The dashboard provider's path, inside the container, holds feedline.json.
+    let grafana = &services["grafana"];
+    let providers = mounted_at(grafana, "/etc/grafana/provisioning/dashboards/feedline.yml");
+    let text = std::fs::read_to_string(&providers).expect("the dashboard provider file");
+    let file: Value = serde_yaml::from_str(&text).expect("a YAML provider file");
+    let path = file["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("the provider's path");
+    let dashboard = mounted_at(grafana, path).join("feedline.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dashboard).expect("feedline.json"))
+            .expect("the dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+
+    // Prometheus's configuration, where the image reads it, loads rule files that are
+    // beside it in the same mount.
+    let prometheus = &services["prometheus"];
+    let config = mounted_at(prometheus, "/etc/prometheus/prometheus.yml");
+    let text = std::fs::read_to_string(&config).expect("prometheus.yml");
+    let file: Value = serde_yaml::from_str(&text).expect("a YAML configuration");
+    let rules = strings(&file["rule_files"]);
+    assert!(!rules.is_empty(), "prometheus.yml loads no rule files");
+    for rule in rules {
+        let path = mounted_at(prometheus, &format!("/etc/prometheus/{rule}"));
+        assert!(path.is_file(), "{} is missing", path.display());
+    }
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     let port = |s: &str| fixed_host_port(&Value::String(s.into()));

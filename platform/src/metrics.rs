@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rdkafka_queue_messages: IntGaugeVec,
     pub processed_pruned: IntCounter,
     pub processed_prune_errors: IntCounter,
+    /// Set from `/proc/self/statm` at every scrape.
+    resident_memory_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -176,6 +178,18 @@ impl Metrics {
                 "processed_events_prune_errors_total",
                 "pruning runs of processed_events that failed (retried at the next run)",
             ),
+            resident_memory_bytes: {
+                let g = IntGauge::new(
+                    "process_resident_memory_bytes",
+                    "resident set size of the process (the whole process: services started \
+                     in one process report the same figure)",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique gauge");
+                g
+            },
             registry,
         })
     }
@@ -186,10 +200,46 @@ impl Metrics {
 
     /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory_bytes.set(rss);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding never fails on valid metrics");
         String::from_utf8(out).expect("prometheus text is utf-8")
+    }
+}
+
+/// The resident set size from `/proc/self/status` (`VmRSS`, in kB); `None` where there is no
+/// procfs. The prometheus crate's process collector would do this too, but it brings procfs
+/// and its dependencies for one figure.
+fn resident_memory_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resident_set_size_is_exported() {
+        let rendered = Metrics::new("t").render();
+        let line = rendered
+            .lines()
+            .find(|l| l.starts_with("feedline_process_resident_memory_bytes{"))
+            .expect("the gauge is rendered");
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(value > 0.0, "{line}");
+        }
     }
 }
