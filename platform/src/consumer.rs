@@ -185,6 +185,14 @@ impl<H: Handler> Consumer<H> {
             .consumer_config(group, settings)
             .create_with_context(context.clone())?;
         let progress = Progress::new(context.clone(), settings.stall_timeout());
+        // Exported at zero from the start: `increase()` over a series that first appears at
+        // 1 sees no increase, so the first dead letter or error would raise no alert.
+        for topic in topics {
+            metrics.dead_lettered.with_label_values(&[topic]);
+        }
+        for kind in ["transient", "permanent", "unknown"] {
+            metrics.handler_errors.with_label_values(&[group, kind]);
+        }
         Ok(Consumer {
             progress,
             consumer: Arc::new(consumer),

@@ -329,6 +329,8 @@ impl Outbox {
 
     /// The relay publishing this outbox; run it once per process.
     pub fn relay(&self, producer: Producer, metrics: Arc<Metrics>) -> OutboxRelay {
+        // Exported at zero from the start, so that the first quarantined row is an increase.
+        metrics.outbox_quarantined.with_label_values::<&str>(&[]);
         OutboxRelay {
             outbox: self.clone(),
             producer,
