@@ -394,3 +394,52 @@ async fn only_the_lock_holder_publishes_and_a_standby_takes_over() {
     second_token.cancel();
     second_running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_measures_the_backlog_it_cannot_publish_and_the_drained_table() {
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("backlog", 1).await;
+    let outbox = Outbox::new(pool.clone());
+    // Committed but not handed over: the rows wait in the table.
+    for i in 0..5 {
+        commit(&outbox, vec![message(&topic, "k", i)]).await;
+    }
+
+    // A broker that never answers: nothing is acknowledged, every row stays.
+    let mut unreachable = ctx.settings.kafka.clone();
+    unreachable.bootstrap_servers = "127.0.0.1:1".into();
+    unreachable.message_timeout_ms = 1000;
+    let stuck = feedline::Metrics::new("stuck");
+    let relay = outbox
+        .relay(
+            feedline::Producer::new(&unreachable, stuck.clone()).unwrap(),
+            stuck.clone(),
+        )
+        .idle_poll(Duration::from_millis(50));
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    eventually("the backlog of 5 rows to be measured", || {
+        stuck.outbox_backlog.get() == 5 && stuck.outbox_oldest_age_seconds.get() > 0.0
+    })
+    .await;
+    token.cancel();
+    running.await.unwrap().unwrap();
+
+    // The real broker: the table drains and the gauges say so.
+    let drained = feedline::Metrics::new("drained");
+    drained.outbox_backlog.set(-1);
+    let relay = Outbox::new(pool.clone())
+        .relay(ctx.producer.clone(), drained.clone())
+        .idle_poll(Duration::from_millis(50));
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    assert_eq!(ctx.read_all(&topic, 5).len(), 5);
+    eventually("an empty outbox to be measured", || {
+        drained.outbox_backlog.get() == 0 && drained.outbox_oldest_age_seconds.get() == 0.0
+    })
+    .await;
+    assert_eq!(outbox_rows(&pool).await, 0);
+    token.cancel();
+    running.await.unwrap().unwrap();
+}
