@@ -403,7 +403,7 @@ async fn the_relay_measures_the_backlog_it_cannot_publish_and_the_drained_table(
     let outbox = Outbox::new(pool.clone());
     // Committed but not handed over: the rows wait in the table.
     for i in 0..5 {
-        commit(&outbox, vec![message(&topic, "k", i)]).await;
+        drop(commit(&outbox, vec![message(&topic, "k", i)]).await);
     }
 
     // A broker that never answers: nothing is acknowledged, every row stays.
