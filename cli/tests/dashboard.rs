@@ -215,6 +215,19 @@ fn sample_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The value of the sample of `name` that has every one of `labels` (`key="value"`), in
+/// whatever order the exposition writes them.
+fn labelled_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|l| l.split_once("} "))
+        .find(|(set, _)| {
+            let set: BTreeSet<&str> = set.split(',').collect();
+            labels.iter().all(|l| set.contains(l))
+        })
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -290,6 +303,13 @@ fn sample_names_are_read_out_of_a_scrape() {
         ["a_seconds_bucket", "a_seconds_count", "a_seconds_sum", "b"]
     );
     assert_eq!(sample_value(text, "a_seconds_count"), Some(1.0));
+    let labelled = "c_total{b=\"2\",a=\"1\"} 3\nc_total{b=\"1\",a=\"1\"} 4\n";
+    assert_eq!(
+        labelled_value(labelled, "c_total", &["a=\"1\"", "b=\"1\""]),
+        Some(4.0)
+    );
+    assert_eq!(labelled_value(labelled, "c_total", &["b=\"2\""]), Some(3.0));
+    assert_eq!(labelled_value(labelled, "c_total", &["b=\"3\""]), None);
 }
 
 struct Running {
@@ -468,24 +488,39 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported_and_promtool_
 
     // Every series the queries name exists once the system has caught up with the traffic.
     let deadline = tokio::time::Instant::now() + WITHIN;
-    let (scrapes, names) = loop {
+    let scrapes = loop {
         let scrapes = sys.scrape().await;
         let names: BTreeSet<String> = scrapes.values().flat_map(|s| sample_names(s)).collect();
-        let absent: Vec<String> = missing(&dashboard, &names)
+        let mut absent: Vec<String> = missing(&dashboard, &names)
             .into_iter()
             .chain(missing(&alerts, &names))
             .collect();
+        // Exported at zero from the start; the poison command makes it count.
+        let topic = format!("topic=\"{commands}\"");
+        let dead_letters = labelled_value(
+            &scrapes["orders"],
+            "feedline_dead_lettered_total",
+            &[&topic],
+        );
+        if dead_letters.unwrap_or_default() < 1.0 {
+            absent.push(format!("feedline_dead_lettered_total{{{topic}}} >= 1"));
+        }
         if absent.is_empty() {
-            break (scrapes, names);
+            break scrapes;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "within {WITHIN:?} of traffic, no service exported:\n  {}\n(scraped: {names:?})",
-            absent.join("\n  ")
+            "within {WITHIN:?} of traffic, no service exported:\n  {}\n(scraped: {names:?})\n\
+             (dead letters: {:?})",
+            absent.join("\n  "),
+            scrapes
+                .values()
+                .flat_map(|s| s.lines())
+                .filter(|l| l.starts_with("feedline_dead_lettered_total"))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(names.contains("feedline_dead_lettered_total"));
 
     // The new histograms measured the traffic, with plausible values.
     let view = &scrapes["order-view"];
