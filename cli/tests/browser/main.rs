@@ -6,8 +6,8 @@
 //!
 //! Without Chromium the test is skipped with a message, except under CI (`CI=true`),
 //! where it fails: `./dev setup` installs Debian's `chromium`. With
-//! `FEEDLINE_SCREENSHOT=path.png` it writes the page after the flow there, and the
-//! operations view beside it (`path-ops.png`).
+//! `FEEDLINE_SCREENSHOT=docs/gateway-page.png` (relative to the workspace) it writes the
+//! page after the flow there, and the operations view beside it (`gateway-page-ops.png`).
 
 mod cdp;
 
@@ -90,6 +90,17 @@ fn chromium() -> Option<PathBuf> {
         );
     }
     found
+}
+
+/// A relative path from the workspace's root (cargo runs a test in its package's directory).
+fn workspace_path(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        return path;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the cli crate sits in the workspace")
+        .join(path)
 }
 
 /// `-ops` before the extension: `docs/page.png` → `docs/page-ops.png`.
@@ -210,7 +221,8 @@ async fn the_page_runs_the_demo_flow_and_shows_the_operations_view_without_error
         .await;
     assert_eq!(credit, json!([name, "100.00", "60.00", "40.00"]));
 
-    let screenshot = std::env::var_os("FEEDLINE_SCREENSHOT").map(PathBuf::from);
+    let screenshot =
+        std::env::var_os("FEEDLINE_SCREENSHOT").map(|path| workspace_path(path.into()));
     if let Some(path) = &screenshot {
         std::fs::write(path, browser.screenshot().await).expect("write the screenshot");
     }
