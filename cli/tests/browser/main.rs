@@ -34,7 +34,8 @@ async fn fresh_database(admin: &PgPool, base_url: &str) -> String {
 }
 
 /// The whole system on port 0 with a fresh prefix and databases; stopped when the guard drops.
-async fn start_system() -> (String, tokio_util::sync::DropGuard) {
+/// The gateway's and order-view's base URLs, and the guard that stops them.
+async fn start_system() -> (String, String, tokio_util::sync::DropGuard) {
     feedline::telemetry::init();
     let kafka = std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
@@ -73,8 +74,9 @@ async fn start_system() -> (String, tokio_util::sync::DropGuard) {
         .await
         .expect("system ready");
     let base = format!("http://{}", system.gateway);
+    let view = format!("http://{}", system.order_view);
     tokio::spawn(system.join(Duration::from_secs(10)));
-    (base, token.drop_guard())
+    (base, view, token.drop_guard())
 }
 
 /// Chromium, or `None` when it is missing outside CI (the caller skips).
@@ -118,7 +120,7 @@ async fn the_page_runs_the_demo_flow_and_shows_the_operations_view_without_error
     let Some(chromium) = chromium() else {
         return;
     };
-    let (base, _stop) = start_system().await;
+    let (base, view, _stop) = start_system().await;
     // Declared after the system: dropped (killed) first, before the system stops under it.
     let browser = Browser::launch(&chromium, WIDTH, HEIGHT).await;
     browser.open(&format!("{base}/")).await;
@@ -250,13 +252,30 @@ async fn the_page_runs_the_demo_flow_and_shows_the_operations_view_without_error
             "[...document.querySelectorAll('#dlq td.mono')].some(c => c.textContent.endsWith('.dlq'))",
         )
         .await;
-    let freshness = browser
-        .eval("document.getElementById('fresh-p50').textContent")
-        .await;
-    assert!(
-        !freshness.as_str().unwrap_or_default().is_empty(),
-        "p50 shows a figure or a dash"
-    );
+    // Figures once order-view exports its freshness histogram, a dash while it does not.
+    let metrics = reqwest::get(format!("{view}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    if metrics.contains("feedline_order_view_freshness_seconds_bucket") {
+        browser
+            .wait_for(
+                "freshness figures",
+                "['fresh-p50', 'fresh-p99'].every(id => \
+                   /^[0-9.]+ (ms|s|min)$/.test(document.getElementById(id).textContent))",
+            )
+            .await;
+    } else {
+        assert_eq!(
+            browser
+                .eval("document.getElementById('fresh-p50').textContent")
+                .await,
+            json!("—"),
+            "no histogram, no figure"
+        );
+    }
     assert_eq!(
         browser
             .eval("document.getElementById('demo-view').hidden")
