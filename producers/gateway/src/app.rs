@@ -18,7 +18,7 @@ use crate::commands::{self, CommandAnswer, CommandTopic};
 use crate::idempotency::Answers;
 use crate::metrics::{self as gateway_metrics, GatewayMetrics};
 use crate::orderview::OrderView;
-use crate::{dashboard, error, fleet, limits, openapi, proxy, streams, ticket, token};
+use crate::{dashboard, error, fleet, limits, openapi, ops, proxy, streams, ticket, token};
 
 /// Requests carry a few hundred bytes of JSON; anything near this is not a command.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub order_view: OrderView,
     /// Where order-view's replicas come from; the Directory of every instance, for `/fleet`.
     pub source: crate::upstream::Source,
+    /// Dead letters and freshness for `/ops`, cached briefly.
+    pub ops: crate::ops::Ops,
     /// Answers to requests with an `Idempotency-Key`, replayed to their retries.
     pub answers: Answers<CommandAnswer>,
     pub max_wait: Duration,
@@ -107,7 +109,8 @@ pub fn api() -> (Router<Arc<AppState>>, Vec<RouteInfo>) {
     )
     .add(Method::POST, "/feed/ticket", ticket::issue)
     .add(Method::GET, "/feed", proxy::feed)
-    .add(Method::GET, "/fleet", fleet::fleet);
+    .add(Method::GET, "/fleet", fleet::fleet)
+    .add(Method::GET, "/ops", ops::ops);
     (routes.router, routes.table)
 }
 

@@ -1,5 +1,7 @@
 //! `GET /`: a one-page dashboard, embedded in the binary, with a strong `ETag` (a hash of
-//! its bytes) so browsers and proxies revalidate it cheaply.
+//! its bytes) so browsers and proxies revalidate it cheaply, and a Content-Security-Policy
+//! that lets the page run its own inline script and style (by hash) and talk to this
+//! origin only: an injected script or a third-party resource is refused by the browser.
 
 use std::sync::LazyLock;
 
@@ -17,6 +19,36 @@ pub static ETAG: LazyLock<String> = LazyLock::new(|| {
     let digest = Sha256::digest(HTML.as_bytes());
     format!("\"{}\"", hex::encode(&digest[..16]))
 });
+
+/// The page's policy: only its own inline `<script>` and `<style>`, named by their SHA-256,
+/// requests to this origin (commands, the live feed), the `data:` favicon, nothing else.
+pub static CSP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
+         img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        source_hash(inline(HTML, "script")),
+        source_hash(inline(HTML, "style")),
+    )
+});
+
+/// The text of the page's one `<tag>` element.
+fn inline<'a>(html: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = html.find(&open).map_or(0, |i| i + open.len());
+    let end = html[start..].find(&close).map_or(start, |i| start + i);
+    &html[start..end]
+}
+
+/// A CSP hash source: `sha256-` and the base64 of the SHA-256 of the element's text.
+fn source_hash(text: &str) -> String {
+    use base64::Engine;
+    let digest = Sha256::digest(text.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
 
 pub async fn page(headers: HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&ETAG).expect("hex etag is a valid header");
@@ -39,6 +71,10 @@ pub async fn page(headers: HeaderMap) -> Response {
             (
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_str(&CSP).expect("the policy is a valid header"),
             ),
         ],
         HTML,
@@ -78,6 +114,24 @@ mod tests {
             headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
             assert_eq!(not_modified(&headers, etag), matches, "{value}");
         }
+    }
+
+    #[test]
+    fn the_policy_names_the_page_s_one_script_and_one_style() {
+        assert_eq!(HTML.matches("<script>").count(), 1, "one inline script");
+        assert_eq!(HTML.matches("<style>").count(), 1, "one inline style");
+        assert!(!HTML.contains("<script src"), "no external script");
+        // Inline handlers and style attributes would need 'unsafe-inline'.
+        assert!(!HTML.contains(" onclick=") && !HTML.contains(" style="));
+        let script = inline(HTML, "script");
+        assert!(script.contains("\"use strict\"") && !script.contains("</script>"));
+        assert!(CSP.contains(&format!("script-src '{}'", source_hash(script))));
+        assert!(CSP.contains("connect-src 'self'") && !CSP.contains("unsafe"));
+        // The SHA-256 of nothing, as a browser writes it in a policy.
+        assert_eq!(
+            source_hash(""),
+            "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
     }
 
     #[test]

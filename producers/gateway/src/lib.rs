@@ -15,6 +15,7 @@
 //! - [`error`]: the one JSON error shape, and the extractors that produce it
 //! - [`dashboard`], [`openapi`]: the static page and the API description
 //! - [`fleet`]: the platform's instances and the balancing, for admins
+//! - [`ops`]: dead letters per DLQ topic and order-view's freshness, for admins
 //! - [`client`]: how the CLI and the benches send commands (with a key, retried)
 //! - [`app`], [`config`], [`metrics`]: state and routes, the `[gateway]` section, metrics
 
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod openapi;
+pub mod ops;
 pub mod orderview;
 pub mod proxy;
 pub mod streams;
@@ -326,6 +328,7 @@ pub async fn spawn(
         customers,
         order_view,
         source,
+        ops: ops::Ops::new(settings.kafka.clone()),
         answers: Answers::new(config.idempotency.ttl(), config.idempotency.max_entries),
         max_wait: config.max_wait(),
         shutdown: token.clone(),

@@ -386,6 +386,25 @@ fn build() -> Value {
                     }
                 }
             },
+            "/ops": {
+                "get": {
+                    "tags": ["operations"],
+                    "summary": "dead letters per DLQ topic, and order-view's freshness",
+                    "description": "The messages in every DLQ topic under the topic prefix \
+                        (high minus low watermark over its partitions), and p50 and p99 of \
+                        `feedline_order_view_freshness_seconds` from the order-view replicas' \
+                        `/metrics`, merged over the replicas and estimated from the histogram's \
+                        buckets as Prometheus' `histogram_quantile` does (null while no replica \
+                        exports it). Cached for two seconds. Admins only: it names topics.",
+                    "security": secured("admin"),
+                    "responses": {
+                        "200": json_response("dead letters and freshness", "Ops"),
+                        "401": response("Unauthorized"),
+                        "403": response("Forbidden"),
+                        "429": response("TooManyRequests")
+                    }
+                }
+            },
             "/metrics": {
                 "get": {
                     "tags": ["operations"],
@@ -596,6 +615,38 @@ fn build() -> Value {
                         "discovery": { "type": "boolean", "description": "whether order-view's replicas come from the directory" },
                         "instances": { "type": "array", "items": schema("Instance") },
                         "order_view": { "type": "array", "items": schema("Replica") }
+                    }
+                },
+                "Ops": {
+                    "type": "object",
+                    "required": ["dead_letters", "freshness", "generated_at_ms", "cache_ms"],
+                    "properties": {
+                        "dead_letters": {
+                            "type": ["array", "null"],
+                            "description": "null when Kafka did not answer (see dead_letters_error)",
+                            "items": {
+                                "type": "object",
+                                "required": ["topic", "messages"],
+                                "properties": {
+                                    "topic": { "type": "string" },
+                                    "messages": { "type": "integer", "description": "high minus low watermark, summed over the partitions" }
+                                }
+                            }
+                        },
+                        "dead_letters_error": { "type": ["string", "null"] },
+                        "freshness": {
+                            "type": "object",
+                            "required": ["p50_seconds", "p99_seconds", "replicas", "replicas_scraped"],
+                            "properties": {
+                                "p50_seconds": { "type": ["number", "null"] },
+                                "p99_seconds": { "type": ["number", "null"] },
+                                "observations": { "type": ["number", "null"] },
+                                "replicas": { "type": "integer", "description": "order-view replicas the gateway balances over" },
+                                "replicas_scraped": { "type": "integer", "description": "of them, those whose /metrics answered" }
+                            }
+                        },
+                        "generated_at_ms": { "type": "integer" },
+                        "cache_ms": { "type": "integer", "description": "how long this answer is served again" }
                     }
                 },
                 "Instance": {

@@ -12,6 +12,7 @@ mod fleet;
 mod helpers;
 mod idempotency;
 mod limits;
+mod ops;
 mod proxy;
 mod static_content;
 mod stub_order_view;

@@ -12,6 +12,11 @@ async fn dashboard_is_cached_with_a_strong_etag() {
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").starts_with("text/html"));
     assert_eq!(page.header("cache-control"), "public, max-age=300");
+    let policy = page.header("content-security-policy");
+    assert!(
+        policy.contains("script-src 'sha256-") && !policy.contains("unsafe-inline"),
+        "the page runs its own script only: {policy}"
+    );
     let etag = page.header("etag").to_owned();
     assert!(
         etag.starts_with('"') && etag.ends_with('"'),
