@@ -166,8 +166,8 @@ impl ViewHandler {
         // A clock step between services can make an age negative: counted as zero, as
         // Prometheus histograms take no negative observations well.
         let freshness = self.metrics.freshness_seconds.local();
-        for occurred_at in &applied.occurred_at {
-            let ms = applied.committed_at.saturating_sub(*occurred_at).max(0);
+        for placed_at in &applied.placed_at {
+            let ms = applied.committed_at.saturating_sub(*placed_at).max(0);
             freshness.observe(ms as f64 / 1000.0);
         }
         freshness.flush();

@@ -102,9 +102,8 @@ impl ViewMetrics {
         let freshness_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "order_view_freshness_seconds",
-                "per applied event, from its occurred_at (when the service upstream created \
-                 it; for an order's events, orders stamps it when it handles the gateway's \
-                 command or the credit decision) to the SQLite commit that made it visible \
+                "per order placed, from the gateway's acceptance of the command (the \
+                 OrderCreated's occurred_at) to the SQLite commit that made the order visible \
                  in the read model",
             )
             .buckets(FRESHNESS_BUCKETS.to_vec()),

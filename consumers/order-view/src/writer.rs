@@ -29,8 +29,9 @@ pub struct Applied {
     pub duplicates: usize,
     /// Events applied (not duplicates), by type.
     pub per_type: HashMap<&'static str, u64>,
-    /// The `occurred_at` of every event applied (not duplicates).
-    pub occurred_at: Vec<i64>,
+    /// When each order applied in the batch was placed (its `OrderCreated`'s `occurred_at`,
+    /// the gateway's acceptance): what freshness is measured from.
+    pub placed_at: Vec<i64>,
     /// When the transaction committed, in milliseconds since the epoch: the moment the
     /// events became visible to readers.
     pub committed_at: i64,
@@ -210,7 +211,7 @@ impl Writer {
         let mut per_type: HashMap<&'static str, u64> = HashMap::new();
         let mut duplicates = 0;
         let mut oldest_event: Option<i64> = None;
-        let mut occurred_at = Vec::new();
+        let mut placed_at = Vec::new();
         let mut ended = false;
         for piece in pieces {
             let events = match piece {
@@ -222,7 +223,12 @@ impl Writer {
             };
             let fresh = record_processed(&tx, &events)?;
             duplicates += events.len() - fresh.len();
-            occurred_at.extend(fresh.iter().map(|e| e.occurred_at()));
+            placed_at.extend(
+                fresh
+                    .iter()
+                    .filter(|e| e.type_name() == "OrderCreated")
+                    .map(|e| e.occurred_at()),
+            );
             oldest_event = fresh
                 .iter()
                 .map(|e| e.occurred_at())
@@ -262,7 +268,7 @@ impl Writer {
             ws,
             duplicates,
             per_type,
-            occurred_at,
+            placed_at,
             committed_at,
         })
     }

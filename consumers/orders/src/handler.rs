@@ -79,7 +79,7 @@ impl Incoming {
 
     fn input(&self) -> Result<Option<Input>, String> {
         match self {
-            Incoming::Command(c) => Input::from_command(&c.payload).map(Some),
+            Incoming::Command(c) => Input::from_command(&c.payload, c.occurred_at).map(Some),
             Incoming::Credit(c) => Input::from_credit(&c.payload),
         }
     }
@@ -165,12 +165,17 @@ impl Domain for Orders {
             match book.apply(&w.input) {
                 Ok(emitted) => {
                     tally.emitted(&emitted.payload);
-                    let event = OrderEvent::new(
+                    let mut event = OrderEvent::new(
                         &self.producer,
                         w.correlation_id.clone(),
                         Some(w.event_id.clone()),
                         emitted.payload,
                     );
+                    // An order was placed when the gateway accepted it, not when it was
+                    // stored here.
+                    if let Input::Place { placed_at, .. } = w.input {
+                        event.occurred_at = placed_at;
+                    }
                     messages.push(OutboxMessage {
                         topic: self.topics.events.clone(),
                         key: Some(emitted.customer_id.to_string().into_bytes()),

@@ -63,6 +63,9 @@ pub enum Input {
         order_id: Uuid,
         customer_id: Uuid,
         total_cents: i64,
+        /// When the gateway accepted the order (the command's `occurred_at`): the time of
+        /// the `OrderCreated` it becomes, from which order-view measures freshness.
+        placed_at: i64,
     },
     Cancel {
         order_id: Uuid,
@@ -92,7 +95,8 @@ impl Input {
     }
 
     /// A command from `order-commands`; `Err` names what makes it malformed.
-    pub fn from_command(payload: &OrderCommandPayload) -> Result<Self, String> {
+    /// `occurred_at`: the command's, when the gateway accepted it.
+    pub fn from_command(payload: &OrderCommandPayload, occurred_at: i64) -> Result<Self, String> {
         match payload {
             OrderCommandPayload::PlaceOrder(p) => {
                 if p.total_cents <= 0 {
@@ -105,6 +109,7 @@ impl Input {
                     order_id: uuid("order_id", &p.order_id)?,
                     customer_id: uuid("customer_id", &p.customer_id)?,
                     total_cents: p.total_cents,
+                    placed_at: occurred_at,
                 })
             }
             OrderCommandPayload::CancelOrder(c) => Ok(Input::Cancel {
@@ -213,6 +218,7 @@ impl Book {
             order_id,
             customer_id,
             total_cents,
+            ..
         } = input
         {
             if self.entries.contains_key(order_id) {
@@ -324,6 +330,7 @@ mod tests {
             order_id,
             customer_id,
             total_cents,
+            placed_at: 0,
         }
     }
 
@@ -433,7 +440,7 @@ mod tests {
             total_cents: 0,
         });
         assert!(
-            Input::from_command(&bad_total)
+            Input::from_command(&bad_total, 0)
                 .unwrap_err()
                 .contains("total_cents")
         );
@@ -443,7 +450,7 @@ mod tests {
             total_cents: 10,
         });
         assert!(
-            Input::from_command(&bad_id)
+            Input::from_command(&bad_id, 0)
                 .unwrap_err()
                 .contains("order_id")
         );

@@ -125,8 +125,10 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
     let customer = Uuid::new_v4();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
 
-    // PlaceOrder → PENDING + OrderCreated, caused by the command, in its flow, keyed by customer.
-    let command = place(a, customer, 6000);
+    // PlaceOrder → PENDING + OrderCreated, caused by the command, in its flow, keyed by
+    // customer, and dated when the gateway accepted the command (here: a minute ago).
+    let mut command = place(a, customer, 6000);
+    command.occurred_at -= 60_000;
     env.send(ORDER_COMMANDS, customer, &command).await;
     events
         .until("OrderCreated", |e| find(e, a, is_created).is_some())
@@ -138,6 +140,10 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
         Some(command.event_id.as_str())
     );
     assert_eq!(created.correlation_id, command.correlation_id);
+    assert_eq!(
+        created.occurred_at, command.occurred_at,
+        "placed when accepted"
+    );
     assert!(
         created.producer.starts_with("orders-"),
         "{}",
