@@ -131,6 +131,7 @@ impl FeedHub {
 
     /// Sends committed changes, in order, to every subscriber. Never waits.
     pub fn publish(&self, changes: &[Arc<Change>]) {
+        let _span = tracing::info_span!("feed.publish", changes = changes.len()).entered();
         for change in changes {
             // An error only means nobody is subscribed.
             let _ = self.sender.send(change.clone());
