@@ -129,7 +129,10 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
             &mut outcome,
             |msg| self.domain.decode(msg),
             |index, message| match self.domain.work(message) {
-                Ok(Some(w)) => work.push(w),
+                Ok(Some(w)) => {
+                    tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
+                    work.push(w)
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     let msg = &batch[index];
