@@ -513,8 +513,12 @@ impl<H: Handler> Consumer<H> {
         // context of this span.
         let span = telemetry::message_span(msg);
         loop {
-            let sent = dlq::dead_letter(&self.producer, &self.group, msg, rejection)
-                .instrument(span.clone());
+            let sent = span.within(dlq::dead_letter(
+                &self.producer,
+                &self.group,
+                msg,
+                rejection,
+            ));
             match self.until_drained(sent, token).await {
                 None => return Ok(false),
                 Some(Ok(_)) => {

@@ -121,6 +121,46 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         "the event's parent is the message's span"
     );
 
+    // A message whose trace is not recorded has no span of its own: its lines name its
+    // trace, the span it came from and its correlation id all the same.
+    let unsampled_trace = "1bf7651916cd43dd8448eb211c80319d";
+    let correlation = Uuid::new_v4().to_string();
+    let command = CustomerCommand::new(
+        "test-gateway",
+        correlation.clone(),
+        None,
+        CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
+            customer_id: Uuid::new_v4().to_string(),
+            name: "Ada Lovelace".into(),
+            credit_limit_cents: 10_000,
+            tenant: None,
+        }),
+    );
+    let payload = env
+        .encoder(CUSTOMER_COMMANDS)
+        .await
+        .encode(&command)
+        .unwrap();
+    let traceparent = format!("00-{unsampled_trace}-{PARENT_SPAN}-00");
+    let headers = [(TRACEPARENT, traceparent.as_bytes())];
+    env.producer
+        .send(Outgoing::new(&topic, Some(b"k"), &payload).headers(&headers))
+        .await
+        .unwrap();
+    let line = eventually("the unsampled message's debug line", async || {
+        let lines = lines.lock().unwrap();
+        lines
+            .iter()
+            .find(|l| {
+                message(l).as_deref() == Some("message to apply")
+                    && l["correlation_id"] == correlation.as_str()
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(line["trace_id"], unsampled_trace, "{line}");
+    assert_eq!(line["span_id"], PARENT_SPAN, "{line}");
+
     // Lines outside any span name no trace.
     let lines = lines.lock().unwrap();
     let starting = lines

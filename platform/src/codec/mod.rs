@@ -18,8 +18,6 @@ pub use avro::{AvroDecoder, AvroEncoder};
 pub use direct::{DirectCodec, DirectError};
 pub use registry::{FixedResolver, RegistryClient, SchemaResolver};
 
-use tracing::Instrument;
-
 /// Confluent's framing: magic byte, then the schema id.
 pub const MAGIC_BYTE: u8 = 0;
 pub const HEADER_LEN: usize = 5;
@@ -127,7 +125,7 @@ where
         // The message's own span (its trace continues), around its decoding and what the
         // handler does with the value.
         let span = crate::telemetry::message_span(msg);
-        match decode(msg).instrument(span.clone()).await {
+        match span.within(decode(msg)).await {
             Ok(value) => span.in_scope(|| each(index, value)),
             Err(e) if e.is_poison() => {
                 outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))

@@ -14,7 +14,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 
 /// The span field naming the command or event a request or message is about.
 pub const CORRELATION_ID: &str = "correlation_id";
@@ -125,13 +125,9 @@ where
         line.insert("target".into(), meta.target().into());
 
         let mut spans = Vec::new();
-        let mut correlation = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope {
                 let extensions = span.extensions();
-                if correlation.is_none() {
-                    correlation = extensions.get::<CorrelationId>().map(|c| c.0.clone());
-                }
                 let mut entry = Map::new();
                 entry.insert("name".into(), span.name().into());
                 // With JSON field formatting the span's fields are a JSON object already.
@@ -164,10 +160,28 @@ where
             line.insert("trace_id".into(), trace_id.into());
             line.insert("span_id".into(), span_id.into());
         }
-        if let Some(correlation) = correlation {
+        if let Some(correlation) = current_correlation() {
             line.insert(CORRELATION_ID.into(), correlation.into());
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
+}
+
+/// The correlation id of the innermost entered span that has one. Looked up in the registry
+/// itself: a message span below the log level (see [`super::message_span`]) is not in the
+/// format's own view of the scope, yet its lines must name its correlation id.
+fn current_correlation() -> Option<String> {
+    tracing::dispatcher::get_default(|dispatch| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let current = dispatch.current_span();
+        let mut span = registry.span(current.id()?);
+        while let Some(s) = span {
+            if let Some(c) = s.extensions().get::<CorrelationId>() {
+                return Some(c.0.clone());
+            }
+            span = s.parent();
+        }
+        None
+    })
 }

@@ -30,7 +30,7 @@ use crate::config::Settings;
 pub use http::{TRACE_ID_HEADER, trace_request};
 pub use json::{CORRELATION_ID, CorrelationLayer, JsonFormat};
 pub use propagation::{TRACEPARENT, TRACESTATE, Traceparent};
-pub use spans::{batch_span, in_consumer_group, message_span, record_correlation_id};
+pub use spans::{MessageSpan, batch_span, in_consumer_group, message_span, record_correlation_id};
 
 const DEFAULT_FILTER: &str = "info,librdkafka=warn,sqlx=warn";
 

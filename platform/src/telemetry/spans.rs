@@ -5,9 +5,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
 use rdkafka::Message;
-use tracing::Span;
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::propagation::{extract, remote_parent};
@@ -52,28 +54,75 @@ pub fn batch_span<M: Message>(group: &str, batch: &[M]) -> Span {
     span
 }
 
+/// One message's span and the trace context it continues: see [`message_span`].
+#[derive(Debug)]
+pub struct MessageSpan {
+    span: Span,
+    /// For an unrecorded message, its own context, made current while it is handled (the
+    /// span is not in OpenTelemetry's view).
+    remote: Option<Context>,
+}
+
+impl MessageSpan {
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Runs `f` in the message's span and trace context.
+    pub fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _attached = self.remote.clone().map(Context::attach);
+        self.span.in_scope(f)
+    }
+
+    /// `work` in the message's span and trace context.
+    pub fn within<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        let cx = self.remote.clone().unwrap_or_else(Context::current);
+        work.with_context(cx).instrument(self.span.clone())
+    }
+}
+
 /// The span of one message's work, child of the context it arrived with. Its
 /// `correlation_id` is filled in once the message is decoded ([`record_correlation_id`]).
-pub fn message_span<M: Message>(msg: &M) -> Span {
-    let span = tracing::info_span!(
+///
+/// Only a message whose trace is recorded (sampled) gets an OpenTelemetry span: a span costs
+/// microseconds, too much for every message at full rate when nothing would be exported.
+/// Any other message gets a DEBUG span that OpenTelemetry does not see and the log lines
+/// show only at DEBUG, with the message's own trace context current: its log lines name
+/// its trace, and what it causes continues that trace.
+pub fn message_span<M: Message>(msg: &M) -> MessageSpan {
+    let parent = extract(msg.headers());
+    if parent.as_ref().is_some_and(|cx| cx.is_sampled()) {
+        let span = tracing::info_span!(
+            target: "feedline::consumer",
+            "message",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.destination.name = msg.topic(),
+            messaging.destination.partition.id = msg.partition(),
+            messaging.kafka.offset = msg.offset(),
+            messaging.consumer.group.name = Empty,
+            correlation_id = Empty,
+        );
+        if !span.is_disabled() {
+            let _ = GROUP.try_with(|group| span.record("messaging.consumer.group.name", &**group));
+            if let Some(cx) = parent {
+                let _ = span.set_parent(remote_parent(cx));
+            }
+        }
+        return MessageSpan { span, remote: None };
+    }
+    let span = tracing::debug_span!(
         target: "feedline::consumer",
         "message",
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.destination.name = msg.topic(),
-        messaging.destination.partition.id = msg.partition(),
-        messaging.kafka.offset = msg.offset(),
-        messaging.consumer.group.name = Empty,
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
         correlation_id = Empty,
     );
-    if span.is_disabled() {
-        return span;
+    MessageSpan {
+        span,
+        remote: parent.map(remote_parent),
     }
-    let _ = GROUP.try_with(|group| span.record("messaging.consumer.group.name", &**group));
-    if let Some(cx) = extract(msg.headers()) {
-        let _ = span.set_parent(remote_parent(cx));
-    }
-    span
 }
 
 /// Names the command or event the current span (a request's, a message's) is about, for its
