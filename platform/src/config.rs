@@ -1023,4 +1023,25 @@ mod tests {
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
     }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_checked_when_set() {
+        let settings = Settings::from_toml("service_name = \"orders\"").unwrap();
+        assert!(!settings.telemetry.exports());
+        assert_eq!(settings.telemetry.sampling_ratio, 1.0);
+        assert_eq!(settings.trace_service_name(), "orders");
+        let named = Settings::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://jaeger:4318\"\nservice_name = \"orders-eu\"",
+        )
+        .unwrap();
+        assert!(named.telemetry.exports());
+        assert_eq!(named.trace_service_name(), "orders-eu");
+        for (bad, field) in [
+            ("sampling_ratio = 1.5", "telemetry.sampling_ratio"),
+            ("otlp_endpoint = \"jaeger:4318\"", "telemetry.otlp_endpoint"),
+        ] {
+            let err = Settings::from_toml(&format!("[telemetry]\n{bad}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The customer service as a real process with `FEEDLINE_LOG_FORMAT=json`: every line logged
 //! while a message is handled names the message's trace, its span and its correlation id, and
-//! the event the service emits continues that span.
+//! the event the service emits continues that span; its recorded spans are exported over
+//! OTLP/HTTP to the endpoint the environment names.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use feedline_schemas::types::*;
 use feedline_schemas::{CUSTOMER_COMMANDS, CUSTOMER_EVENTS};
 use feedline_testkit::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -20,6 +21,34 @@ const PARENT_SPAN: &str = "b7ad6b7169203331";
 #[tokio::test]
 async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
     let env = TestEnv::start(3).await;
+    // An OTLP/HTTP collector of sorts: it notes each request's first line and says 200.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = collector.local_addr().unwrap();
+    let exports: Arc<Mutex<Vec<String>>> = Arc::default();
+    let noted = exports.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = collector.accept().await {
+            let noted = noted.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).await.is_ok() {
+                    noted.lock().unwrap().push(first.trim().to_owned());
+                }
+                // Enough of the request read for the client not to see a reset.
+                let mut rest = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    reader.read(&mut rest),
+                )
+                .await;
+                let mut stream = reader.into_inner();
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
     let url = fresh_database().await;
     let mut child = tokio::process::Command::new(service_binary("feedline-customers"))
         .env("FEEDLINE_LOG_FORMAT", "json")
@@ -32,7 +61,10 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         .env("FEEDLINE_HTTP__HOST", "127.0.0.1")
         .env("FEEDLINE_HTTP__PORT", "0")
         .env("FEEDLINE_DISCOVERY__ENABLED", "false")
-        .env_remove("FEEDLINE_TELEMETRY__OTLP_ENDPOINT")
+        .env(
+            "FEEDLINE_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -57,6 +89,13 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
             .then_some(())
     })
     .await;
+
+    let exporting = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| message(l).as_deref() == Some("exporting traces"));
+    assert!(exporting, "the endpoint from the environment is used");
 
     // A command as the gateway would send it, inside a trace.
     let correlation = Uuid::new_v4().to_string();
@@ -120,6 +159,16 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         span_id,
         "the event's parent is the message's span"
     );
+
+    // The recorded span leaves the process (the batch exporter sends every few seconds).
+    eventually("spans exported over OTLP/HTTP", async || {
+        let exports = exports.lock().unwrap();
+        exports
+            .iter()
+            .any(|l| l.starts_with("POST /v1/traces "))
+            .then_some(())
+    })
+    .await;
 
     // A message whose trace is not recorded has no span of its own: its lines name its
     // trace, the span it came from and its correlation id all the same.

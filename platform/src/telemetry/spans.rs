@@ -7,12 +7,16 @@ use std::sync::Arc;
 
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanContext;
 use rdkafka::Message;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::propagation::{extract, remote_parent};
+
+/// The most links a batch span gets (the SDK's default limit of links per span).
+const MAX_LINKS: usize = 128;
 
 tokio::task_local! {
     /// The consumer group whose handler runs: named on the message spans, which are created
@@ -45,10 +49,15 @@ pub fn batch_span<M: Message>(group: &str, batch: &[M]) -> Span {
             let _ = span.set_parent(remote_parent(cx));
         }
     } else {
-        for msg in batch {
-            if let Some(cx) = extract(msg.headers()) {
-                span.add_link(cx);
-            }
+        // Links to recorded traces only (the others lead nowhere), and no more than a trace
+        // view can show: a batch holds thousands of messages at full rate.
+        let recorded = batch
+            .iter()
+            .filter_map(|msg| extract(msg.headers()))
+            .filter(SpanContext::is_sampled)
+            .take(MAX_LINKS);
+        for cx in recorded {
+            span.add_link(cx);
         }
     }
     span
