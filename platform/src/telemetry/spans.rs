@@ -30,7 +30,8 @@ pub fn in_consumer_group<F: Future>(group: Arc<str>, work: F) -> impl Future<Out
 }
 
 /// The span of a batch handed to a handler. One message: its parent is the message's
-/// context; several: a new trace linked to each message's context.
+/// context; several: a new trace, linked to the contexts of the messages whose traces are
+/// recorded.
 pub fn batch_span<M: Message>(group: &str, batch: &[M]) -> Span {
     let span = tracing::info_span!(
         target: "feedline::consumer",
