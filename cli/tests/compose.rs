@@ -1,7 +1,7 @@
 //! docker-compose.yml, read statically (no Docker engine here or in CI): what must hold for
 //! the system it starts to be closed by default.
 //!
-//! - Only the gateway and the monitoring pair publish a port; order-view, the registry and
+//! - Only the gateway and the monitoring services publish a port; order-view, the registry and
 //!   everything else sit on the `internal` network alone, which is `internal: true`.
 //! - Every service a service names (in a URL of its environment, or in `depends_on`) exists
 //!   and shares a network with it.
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_yaml::Value;
 
 /// The services that may be reached from outside, by the port they publish.
-const PUBLISHED: &[&str] = &["gateway", "prometheus", "grafana"];
+const PUBLISHED: &[&str] = &["gateway", "prometheus", "grafana", "jaeger"];
 /// The services that must not be reachable from outside, whatever else changes.
 const INTERNAL_ONLY: &[&str] = &["order-view", "registry", "kafka", "postgres"];
 /// Every feedline service's HTTP port (the defaults the code and the image use).

@@ -42,6 +42,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub dedup: DedupSettings,
     pub discovery: crate::discovery::DiscoverySettings,
+    pub telemetry: TelemetrySettings,
     /// Every layer merged, kept for the service sections.
     #[serde(skip)]
     figment: Option<Figment>,
@@ -59,6 +60,7 @@ impl std::fmt::Debug for Settings {
             .field("http", &self.http)
             .field("dedup", &self.dedup)
             .field("discovery", &self.discovery)
+            .field("telemetry", &self.telemetry)
             .finish_non_exhaustive()
     }
 }
@@ -331,7 +333,35 @@ impl DedupSettings {
     }
 }
 
+/// The `[telemetry]` section: where traces go, and how many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP over HTTP (`http://jaeger:4318`); empty keeps every span in the process (trace
+    /// ids still reach the logs and the messages).
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded (0.0 to 1.0); a message or request that arrives with
+    /// a trace follows its parent's decision.
+    pub sampling_ratio: f64,
+    /// The `service.name` of this process's spans; empty means `service_name`.
+    pub service_name: String,
+}
+
+impl TelemetrySettings {
+    pub fn exports(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+}
+
 impl Settings {
+    /// The name this process's spans carry.
+    pub fn trace_service_name(&self) -> &str {
+        match self.telemetry.service_name.trim() {
+            "" => &self.service_name,
+            name => name,
+        }
+    }
+
     /// Loads defaults, then `service_defaults` (a TOML snippet of the service's own
     /// defaults), then `file` (or the file named by `FEEDLINE_CONFIG`), then the environment.
     pub fn load(service_defaults: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -400,6 +430,18 @@ impl Settings {
         };
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return invalid("kafka.bootstrap_servers", "must name at least one broker");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return invalid("telemetry.sampling_ratio", "must be between 0.0 and 1.0");
+        }
+        if self.telemetry.exports()
+            && !(self.telemetry.otlp_endpoint.starts_with("http://")
+                || self.telemetry.otlp_endpoint.starts_with("https://"))
+        {
+            return invalid(
+                "telemetry.otlp_endpoint",
+                "must start with http:// or https:// (OTLP over HTTP)",
+            );
         }
         if self.consumer.batch_max == 0 {
             return invalid("consumer.batch_max", "must be at least 1");
@@ -980,5 +1022,26 @@ mod tests {
         let config = settings.kafka.producer_config();
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_checked_when_set() {
+        let settings = Settings::from_toml("service_name = \"orders\"").unwrap();
+        assert!(!settings.telemetry.exports());
+        assert_eq!(settings.telemetry.sampling_ratio, 1.0);
+        assert_eq!(settings.trace_service_name(), "orders");
+        let named = Settings::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://jaeger:4318\"\nservice_name = \"orders-eu\"",
+        )
+        .unwrap();
+        assert!(named.telemetry.exports());
+        assert_eq!(named.trace_service_name(), "orders-eu");
+        for (bad, field) in [
+            ("sampling_ratio = 1.5", "telemetry.sampling_ratio"),
+            ("otlp_endpoint = \"jaeger:4318\"", "telemetry.otlp_endpoint"),
+        ] {
+            let err = Settings::from_toml(&format!("[telemetry]\n{bad}")).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admin::{Admin, AdminError, TopicSpec};
 use crate::config::{ConsumerSettings, KafkaSettings};
@@ -24,6 +25,7 @@ use crate::dlq::{self, Rejection};
 use crate::errors::{Classify, ErrorClass};
 use crate::metrics::Metrics;
 use crate::producer::{ProduceError, Producer};
+use crate::telemetry;
 
 mod fetch;
 mod progress;
@@ -140,6 +142,8 @@ pub struct Consumer<H> {
     settings: ConsumerSettings,
     metrics: Arc<Metrics>,
     progress: Progress,
+    /// `group`, shared with the message spans of every batch.
+    group_name: Arc<str>,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -200,6 +204,7 @@ impl<H: Handler> Consumer<H> {
             handler,
             producer,
             group: group.to_owned(),
+            group_name: group.into(),
             topics: topics.to_vec(),
             kafka: kafka.clone(),
             settings: settings.clone(),
@@ -421,9 +426,13 @@ impl<H: Handler> Consumer<H> {
         let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
         let mut tries = 0;
         let mut outage: Option<Instant> = None;
+        let span = telemetry::batch_span(&self.group, part);
         loop {
             self.progress.attempt_started();
-            let result = self.until_drained(self.handler.handle(part), token).await;
+            let handled =
+                telemetry::in_consumer_group(self.group_name.clone(), self.handler.handle(part))
+                    .instrument(span.clone());
+            let result = self.until_drained(handled, token).await;
             self.progress.attempt_ended();
             let Some(result) = result else {
                 return Attempt::Abandoned;
@@ -508,8 +517,16 @@ impl<H: Handler> Consumer<H> {
         token: &CancellationToken,
     ) -> Result<bool, ConsumerError> {
         let mut backoff = Duration::from_millis(self.settings.retry_backoff_ms);
+        // Continues the message's trace: a message that came without one leaves with the
+        // context of this span.
+        let span = telemetry::message_span(msg);
         loop {
-            let sent = dlq::dead_letter(&self.producer, &self.group, msg, rejection);
+            let sent = span.within(dlq::dead_letter(
+                &self.producer,
+                &self.group,
+                msg,
+                rejection,
+            ));
             match self.until_drained(sent, token).await {
                 None => return Ok(false),
                 Some(Ok(_)) => {

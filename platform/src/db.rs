@@ -29,6 +29,10 @@ CREATE TABLE IF NOT EXISTS outbox_quarantine (
     error          TEXT        NOT NULL,
     quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- The W3C traceparent of the span that wrote the row: the relay publishes the row as part of
+-- that trace. Added to tables of earlier releases in place.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS trace_context TEXT;
+ALTER TABLE outbox_quarantine ADD COLUMN IF NOT EXISTS trace_context TEXT;
 CREATE TABLE IF NOT EXISTS processed_events (
     consumer     TEXT        NOT NULL,
     event_id     TEXT        NOT NULL,

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::producer::{Outgoing, PendingDelivery, ProduceError, Producer};
+use crate::telemetry::{TRACEPARENT, Traceparent};
 
 /// Channel the enqueue notifies at commit, so a relay in another process publishes without
 /// polling delay.
@@ -69,6 +70,22 @@ pub struct OutboxMessage {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The trace the message continues, published as its `traceparent`: the span that
+    /// caused it (see [`crate::transactional::Work::trace_context`]). `None`: the span
+    /// current when the row is written.
+    pub trace_context: Option<Traceparent>,
+}
+
+impl OutboxMessage {
+    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
+        OutboxMessage {
+            topic: topic.into(),
+            key,
+            payload,
+            headers: Vec::new(),
+            trace_context: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +148,15 @@ async fn insert(
     if messages.is_empty() {
         return Ok(Vec::new());
     }
+    let current = Traceparent::current();
+    let traces: Vec<Option<Traceparent>> = messages
+        .iter()
+        .map(|m| m.trace_context.or(current))
+        .collect();
+    let traces: Vec<Option<&str>> = traces
+        .iter()
+        .map(|t| t.as_ref().map(Traceparent::as_str))
+        .collect();
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
@@ -141,10 +167,10 @@ async fn insert(
     // WITH ORDINALITY keeps the ids in the order of `messages`; RETURNING promises no
     // order, hence the sort.
     let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO outbox (topic, msg_key, payload, headers)
-         SELECT topic, msg_key, payload, headers
-         FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])
-              WITH ORDINALITY AS m(topic, msg_key, payload, headers, n)
+        "INSERT INTO outbox (topic, msg_key, payload, headers, trace_context)
+         SELECT topic, msg_key, payload, headers, trace_context
+         FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::text[])
+              WITH ORDINALITY AS m(topic, msg_key, payload, headers, trace_context, n)
          ORDER BY n
          RETURNING id",
     )
@@ -152,6 +178,7 @@ async fn insert(
     .bind(&keys)
     .bind(&payloads)
     .bind(&headers)
+    .bind(&traces)
     .fetch_all(&mut *conn)
     .await?;
     ids.sort_unstable();
@@ -280,11 +307,17 @@ impl Outbox {
     pub async fn enqueue(
         &self,
         conn: &mut PgConnection,
-        messages: Vec<OutboxMessage>,
+        mut messages: Vec<OutboxMessage>,
     ) -> Result<Enqueued, sqlx::Error> {
         // Our own relay gets the hand-off; a NOTIFY is only for a relay in another process
         // (a round trip inside the transaction, and a wake-up, saved on the common path).
         let notify = !self.is_active();
+        // The hand-off publishes what the row stores.
+        if let Some(current) = Traceparent::current() {
+            for m in &mut messages {
+                m.trace_context.get_or_insert(current);
+            }
+        }
         let ids = insert(conn, &messages, notify).await?;
         let rows = ids
             .into_iter()
@@ -629,8 +662,8 @@ impl OutboxRelay {
         let reason = error.to_string();
         sqlx::query(
             "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
-             INSERT INTO outbox_quarantine (id, topic, msg_key, payload, headers, created_at, error)
-             SELECT id, topic, msg_key, payload, headers, created_at, $2 FROM moved",
+             INSERT INTO outbox_quarantine (id, topic, msg_key, payload, headers, trace_context, created_at, error)
+             SELECT id, topic, msg_key, payload, headers, trace_context, created_at, $2 FROM moved",
         )
         .bind(id)
         .bind(&reason)
@@ -653,13 +686,16 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Hands one stored message to the producer, headers and all.
+    /// Hands one stored message to the producer, headers and all, as the continuation of
+    /// the trace its row was written in.
     async fn enqueue(&self, m: &OutboxMessage) -> Result<PendingDelivery, ProduceError> {
-        let headers: Vec<(&str, &[u8])> = m
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
+        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(m.headers.len() + 1);
+        headers.extend(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        if let Some(trace) = &m.trace_context
+            && !headers.iter().any(|(k, _)| *k == TRACEPARENT)
+        {
+            headers.push((TRACEPARENT, trace.as_bytes()));
+        }
         let outgoing = Outgoing::new(&m.topic, m.key.as_deref(), &m.payload).headers(&headers);
         self.producer.enqueue(outgoing).await
     }
@@ -711,7 +747,7 @@ impl OutboxRelay {
 /// Rows after `after`, in id order, at most `limit`.
 async fn read_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Staged>, OutboxError> {
     let rows = sqlx::query(
-        "SELECT id, topic, msg_key, payload, headers FROM outbox
+        "SELECT id, topic, msg_key, payload, headers, trace_context FROM outbox
          WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after)
@@ -730,6 +766,10 @@ async fn read_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Staged>,
                     key: row.get("msg_key"),
                     payload: row.get("payload"),
                     headers,
+                    // A malformed value only costs the trace its continuation.
+                    trace_context: row
+                        .get::<Option<String>, _>("trace_context")
+                        .and_then(|t| Traceparent::parse(t.as_bytes())),
                 },
             })
         })

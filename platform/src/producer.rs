@@ -14,6 +14,7 @@ use rdkafka::util::Timeout;
 use crate::config::KafkaSettings;
 use crate::context::FeedlineContext;
 use crate::metrics::Metrics;
+use crate::telemetry::propagation::{self, TRACEPARENT, TRACESTATE};
 
 /// Where the broker stored an acknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,9 +267,16 @@ impl Producer {
         if let Some(partition) = msg.partition {
             record = record.partition(partition);
         }
-        if !msg.headers.is_empty() {
-            let headers = msg.headers.iter().fold(
-                OwnedHeaders::new_with_capacity(msg.headers.len()),
+        // The current span's context goes along, unless the message carries one already (an
+        // outbox row keeps the context it was written in, a dead letter its original's).
+        let trace = if msg.headers.iter().any(|(key, _)| *key == TRACEPARENT) {
+            None
+        } else {
+            propagation::Outgoing::current()
+        };
+        if !msg.headers.is_empty() || trace.is_some() {
+            let mut headers = msg.headers.iter().fold(
+                OwnedHeaders::new_with_capacity(msg.headers.len() + 2),
                 |h, (key, value)| {
                     h.insert(Header {
                         key,
@@ -276,6 +284,18 @@ impl Producer {
                     })
                 },
             );
+            if let Some(trace) = &trace {
+                headers = headers.insert(Header {
+                    key: TRACEPARENT,
+                    value: Some(trace.traceparent.as_bytes()),
+                });
+                if !trace.tracestate.is_empty() {
+                    headers = headers.insert(Header {
+                        key: TRACESTATE,
+                        value: Some(trace.tracestate.as_bytes()),
+                    });
+                }
+            }
             record = record.headers(headers);
         }
         let counters = self.counters(msg.topic);

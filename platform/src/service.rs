@@ -38,15 +38,18 @@ where
 }
 
 /// Loads config (`service_defaults`, then `FEEDLINE_CONFIG`, then `FEEDLINE_*`), starts
-/// logging, wires SIGTERM/Ctrl-C to the shutdown root and runs the service until it ends.
+/// logging and tracing, wires SIGTERM/Ctrl-C to the shutdown root and runs the service until
+/// it ends, then flushes the traces.
 pub async fn launch<F, Fut>(service_defaults: &str, run: F) -> anyhow::Result<()>
 where
     F: FnOnce(Settings, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    crate::telemetry::init();
+    // Settings first: they say where traces go. A configuration error is reported by `main`.
     let settings =
         Settings::load(service_defaults, None).context("failed to load configuration")?;
+    let telemetry =
+        crate::telemetry::init_service(&settings).context("failed to start telemetry")?;
     let token = CancellationToken::new();
     crate::shutdown::cancel_on_signal(token.clone());
     tracing::info!(service = %settings.service_name, "starting");
@@ -56,6 +59,10 @@ where
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "service stopped with an error");
     }
+    // Every task has stopped: the last spans are complete, export them before exiting.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("telemetry shutdown panicked")?;
     result
 }
 

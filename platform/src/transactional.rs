@@ -13,12 +13,13 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgConnection, PgPool};
 
-use crate::codec::{CodecError, decode_batch};
+use crate::codec::{CodecError, decode_each};
 use crate::consumer::{Handler, HandlerError, Outcome};
 use crate::dedup;
 use crate::dlq::Rejection;
 use crate::errors::Classify;
 use crate::outbox::{Outbox, OutboxMessage};
+use crate::telemetry::{self, Traceparent};
 
 /// One message's request, with the metadata its effects carry on.
 #[derive(Debug, Clone)]
@@ -27,6 +28,23 @@ pub struct Work<I> {
     pub event_id: String,
     pub correlation_id: String,
     pub input: I,
+    /// The message's span, which the events it causes continue: give it to their
+    /// [`OutboxMessage::trace_context`].
+    pub trace_context: Option<Traceparent>,
+}
+
+impl<I> Work<I> {
+    /// The work of the message being handled (called from [`Domain::work`], inside the
+    /// message's span): names the correlation id on that span and keeps its trace context.
+    pub fn new(event_id: String, correlation_id: String, input: I) -> Self {
+        telemetry::record_correlation_id(&correlation_id);
+        Work {
+            event_id,
+            correlation_id,
+            input,
+            trace_context: Traceparent::current(),
+        }
+    }
 }
 
 /// What applying a batch produced: the events to emit, and whatever the service records
@@ -56,7 +74,8 @@ pub trait Domain: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Message, CodecError>> + Send + use<'a, Self>;
 
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
-    /// when it is invalid (it goes to the dead-letter topic).
+    /// when it is invalid (it goes to the dead-letter topic). Runs inside the message's span:
+    /// build the result with [`Work::new`].
     fn work(&self, message: Self::Message) -> Result<Option<Work<Self::Input>>, String>;
 
     /// Applies inputs never applied before, in order, inside `tx` (which the platform
@@ -102,18 +121,29 @@ impl<E: Classify> Classify for TxError<E> {
 impl<D: Domain> Handler for TransactionalHandler<D> {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
         let mut outcome = Outcome::ok();
-        let decoded = decode_batch(batch, &mut outcome, |msg| self.domain.decode(msg)).await?;
-        let mut work = Vec::with_capacity(decoded.len());
-        for (index, message) in decoded {
-            match self.domain.work(message) {
-                Ok(Some(w)) => work.push(w),
+        let mut work = Vec::with_capacity(batch.len());
+        let mut invalid = Vec::new();
+        // `work` runs in each message's span (decode_each), so Work::new finds it.
+        decode_each(
+            batch,
+            &mut outcome,
+            |msg| self.domain.decode(msg),
+            |index, message| match self.domain.work(message) {
+                Ok(Some(w)) => {
+                    tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
+                    work.push(w)
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     let msg = &batch[index];
                     tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), %reason, "invalid message");
-                    outcome.reject(index, Rejection::new("validation", reason));
+                    invalid.push((index, reason));
                 }
-            }
+            },
+        )
+        .await?;
+        for (index, reason) in invalid {
+            outcome.reject(index, Rejection::new("validation", reason));
         }
         if !work.is_empty() {
             self.apply(&work).await.map_err(HandlerError::classified)?;

@@ -14,6 +14,7 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// Applies each event to `applied` (no unique constraint, so a double effect shows) behind
 /// the `processed_events` dedup, all in one transaction.
@@ -442,4 +443,61 @@ async fn the_relay_measures_the_backlog_it_cannot_publish_and_the_drained_table(
     assert_eq!(outbox_rows(&pool).await, 0);
     token.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// A row keeps the trace context it was written in (the current span's, or the one its
+/// message names) and the relay publishes it as the message's `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_carry_their_trace_context_to_the_published_message() {
+    use feedline::telemetry::{TRACEPARENT, Traceparent};
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let ctx = TestCtx::new();
+    let pool = fresh_database().await;
+    let topic = ctx.topic("traced", 1).await;
+    let named =
+        Traceparent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let span = tracing::info_span!("writes the rows");
+    let writer = span.context().span().span_context().clone();
+    assert!(writer.is_valid(), "spans have ids with export off too");
+    let mut with_context = message(&topic, "k", 1);
+    with_context.trace_context = Some(named);
+    let msgs = [message(&topic, "k", 0), with_context];
+    async {
+        let mut tx = pool.begin().await.unwrap();
+        outbox::enqueue(&mut tx, &msgs).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    .instrument(span)
+    .await;
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT trace_context FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        [
+            Some(Traceparent::of(&writer).unwrap().to_string()),
+            Some(named.to_string())
+        ]
+    );
+
+    let relay = OutboxRelay::new(pool.clone(), ctx.producer.clone(), ctx.metrics.clone());
+    let token = feedline::CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone()));
+    let published = ctx.read_all(&topic, 2);
+    token.cancel();
+    running.await.unwrap().unwrap();
+    let sent: Vec<Traceparent> = published
+        .iter()
+        .map(|m| Traceparent::parse(header(m, TRACEPARENT).unwrap().as_bytes()).unwrap())
+        .collect();
+    assert_eq!(sent, [Traceparent::of(&writer).unwrap(), named]);
+    assert_eq!(
+        header(&published[0], "event-id"),
+        Some("ev0"),
+        "other headers kept"
+    );
 }

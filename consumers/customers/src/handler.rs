@@ -142,10 +142,12 @@ impl Domain for Customers {
     fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
         let envelope = message.envelope();
         // Approved and rejected orders ask nothing: nothing to do, nothing to remember.
-        Ok(message.input()?.map(|input| Work {
-            event_id: envelope.event_id().to_owned(),
-            correlation_id: envelope.correlation_id().to_owned(),
-            input,
+        Ok(message.input()?.map(|input| {
+            Work::new(
+                envelope.event_id().to_owned(),
+                envelope.correlation_id().to_owned(),
+                input,
+            )
         }))
     }
 
@@ -209,6 +211,7 @@ impl Domain for Customers {
                         key,
                         payload,
                         headers: Vec::new(),
+                        trace_context: w.trace_context,
                     });
                 }
                 Err(why) => tally.ignored(why, w.input.customer_id(), &w.event_id),

@@ -35,6 +35,14 @@ impl Event {
         }
     }
 
+    pub fn correlation_id(&self) -> &str {
+        match self {
+            Event::Order(e) => &e.correlation_id,
+            Event::Customer(e) => &e.correlation_id,
+            Event::Credit(e) => &e.correlation_id,
+        }
+    }
+
     pub fn occurred_at(&self) -> i64 {
         match self {
             Event::Order(e) => e.occurred_at,

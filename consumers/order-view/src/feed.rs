@@ -137,6 +137,7 @@ impl FeedHub {
     /// Sends changes, in order, to every subscriber; `committed` is when their transaction
     /// committed. Never waits.
     pub fn publish(&self, changes: &[Arc<Change>], committed: Instant) {
+        let _span = tracing::info_span!("feed.publish", changes = changes.len()).entered();
         for change in changes {
             // An error only means nobody is subscribed.
             let _ = self.sender.send((change.clone(), committed));

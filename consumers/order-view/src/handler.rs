@@ -196,14 +196,18 @@ impl Handler for ViewHandler {
             batch,
             &mut outcome,
             |msg| self.decoders.decode(msg),
-            |index, mut event: Event| match event.normalize() {
-                Ok(()) => {
-                    piece.push(event);
-                    if piece.len() == PIECE {
-                        hand_over(std::mem::replace(&mut piece, Vec::with_capacity(PIECE)));
+            |index, mut event: Event| {
+                // Runs in the message's span: its log lines and trace name the correlation.
+                feedline::telemetry::record_correlation_id(event.correlation_id());
+                match event.normalize() {
+                    Ok(()) => {
+                        piece.push(event);
+                        if piece.len() == PIECE {
+                            hand_over(std::mem::replace(&mut piece, Vec::with_capacity(PIECE)));
+                        }
                     }
+                    Err(reason) => invalid.push((index, reason)),
                 }
-                Err(reason) => invalid.push((index, reason)),
             },
         )
         .await?;
@@ -237,7 +241,10 @@ impl ViewHandler {
     fn start_writing(&self) -> (mpsc::Sender<Piece>, JoinHandle<Result<Applied, StoreError>>) {
         let (sender, pieces) = mpsc::channel();
         let (writer, cache, hub) = (self.writer.clone(), self.cache.clone(), self.hub.clone());
+        // The batch's span goes along, so the feed's push is part of the batch's trace.
+        let span = tracing::Span::current();
         let written = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
             writer.apply(pieces, &cache, &hub)
         });

@@ -138,10 +138,12 @@ impl Domain for Orders {
 
     fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
         let envelope = message.envelope();
-        Ok(message.input()?.map(|input| Work {
-            event_id: envelope.event_id().to_owned(),
-            correlation_id: envelope.correlation_id().to_owned(),
-            input,
+        Ok(message.input()?.map(|input| {
+            Work::new(
+                envelope.event_id().to_owned(),
+                envelope.correlation_id().to_owned(),
+                input,
+            )
         }))
     }
 
@@ -181,6 +183,7 @@ impl Domain for Orders {
                         key: Some(emitted.customer_id.to_string().into_bytes()),
                         payload: self.encoder.encode(&event)?,
                         headers: Vec::new(),
+                        trace_context: w.trace_context,
                     });
                 }
                 Err(why) => tally.ignored(why, w.input.order_id(), &w.event_id),

@@ -109,7 +109,8 @@ where
 }
 
 /// [`decode_batch`], handing each decoded value with its index in `batch` to `each` as soon
-/// as it is decoded: a handler can start on the first values while the rest decode.
+/// as it is decoded: a handler can start on the first values while the rest decode. Both
+/// the decoding and `each` run in the message's span ([`crate::telemetry::message_span`]).
 pub async fn decode_each<T, F, Fut>(
     batch: &[rdkafka::message::OwnedMessage],
     outcome: &mut crate::Outcome,
@@ -121,8 +122,11 @@ where
     Fut: std::future::Future<Output = Result<T, CodecError>>,
 {
     for (index, msg) in batch.iter().enumerate() {
-        match decode(msg).await {
-            Ok(value) => each(index, value),
+        // The message's own span (its trace continues), around its decoding and what the
+        // handler does with the value.
+        let span = crate::telemetry::message_span(msg);
+        match span.within(decode(msg)).await {
+            Ok(value) => span.in_scope(|| each(index, value)),
             Err(e) if e.is_poison() => {
                 outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))
             }

@@ -233,5 +233,6 @@ pub fn message(topic: &str, key: &str, i: usize) -> OutboxMessage {
         key: Some(key.as_bytes().to_vec()),
         payload: format!("{key}:{i}").into_bytes(),
         headers: vec![("event-id".to_owned(), format!("ev{i}").into_bytes())],
+        trace_context: None,
     }
 }

@@ -153,4 +153,8 @@ pub fn router(
         metrics,
         gateway_metrics::track,
     ))
+    // Outermost: the request's span covers everything the gateway does for it.
+    .layer(axum::middleware::from_fn(
+        feedline::telemetry::trace_request,
+    ))
 }

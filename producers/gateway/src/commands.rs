@@ -138,6 +138,7 @@ impl CommandMeta {
                 .map_or_else(Uuid::new_v4, |k| k.derive(&self.target, "correlation_id"))
                 .to_string()
         });
+        feedline::telemetry::record_correlation_id(&correlation_id);
         CommandRequest {
             fingerprint: Fingerprint::of(&self.target, &canonical.to_string()),
             target: self.target,
