@@ -17,7 +17,7 @@ use feedline::Settings;
 use feedline::codec::RegistryClient;
 use tokio::process::{Child, Command};
 
-/// Where the services run: all in this process (`feedline_cli::system::System`), or each as
+/// Where the services run: all in this process (`feedline_launcher::System`), or each as
 /// its own child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {

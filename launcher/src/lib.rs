@@ -1,6 +1,7 @@
 //! The whole of feedline in one process: the registry and every service under one shutdown
-//! root. `feedline up` runs it on the default ports; the end-to-end tests on port 0 with a
-//! fresh topic prefix and fresh databases.
+//! root. `feedline up --in-process` runs it on the default ports; the end-to-end tests and the
+//! load tests on port 0 with a fresh topic prefix and fresh databases. A crate of its own so
+//! that the load tests need not build the CLI.
 
 use std::net::SocketAddr;
 use std::time::Duration;
