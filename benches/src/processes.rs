@@ -165,7 +165,7 @@ impl Processes {
             "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n[registry]\nurl = \"{registry_url}\"\n",
             config.bootstrap_servers, config.topic_prefix
         ))?;
-        feedline_schemas::register_all(&RegistryClient::new(&schemas.registry), &schemas.kafka)
+        feedline::contracts::register_all(&RegistryClient::new(&schemas.registry), &schemas.kafka)
             .await
             .context("failed to register the schemas")?;
 

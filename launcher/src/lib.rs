@@ -42,9 +42,12 @@ impl System {
         let registry_url = format!("[registry]\nurl = \"http://{registry_addr}\"\n");
 
         let settings = load("")?.with_overrides(&registry_url)?;
-        feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
-            .await
-            .context("failed to register the schemas")?;
+        feedline::contracts::register_all(
+            &RegistryClient::new(&settings.registry),
+            &settings.kafka,
+        )
+        .await
+        .context("failed to register the schemas")?;
 
         let with_registry = |defaults: &str| -> anyhow::Result<Settings> {
             Ok(load(defaults)?.with_overrides(&registry_url)?)
