@@ -48,7 +48,7 @@ pub async fn run(settings: &Settings, load: &Load, count: usize) -> anyhow::Resu
     let settings =
         settings.with_overrides(&format!("[registry]\nurl = \"http://{registry}\"\n"))?;
     feedline::admin::Admin::new(&settings.kafka)?
-        .ensure_topics(&feedline_schemas::topic_specs(&settings.kafka))
+        .ensure_topics(&feedline::contracts::topic_specs(&settings.kafka))
         .await?;
     let client = RegistryClient::new(&settings.registry);
     let orders = count.div_ceil(3);
@@ -199,9 +199,11 @@ async fn prefill(
     orders: usize,
 ) -> anyhow::Result<usize> {
     let order_enc =
-        feedline_schemas::encoder::<OrderEvent, _>(client, &settings.kafka, ORDER_EVENTS).await?;
+        feedline::contracts::encoder::<OrderEvent, _>(client, &settings.kafka, ORDER_EVENTS)
+            .await?;
     let credit_enc =
-        feedline_schemas::encoder::<CreditEvent, _>(client, &settings.kafka, CREDIT_EVENTS).await?;
+        feedline::contracts::encoder::<CreditEvent, _>(client, &settings.kafka, CREDIT_EVENTS)
+            .await?;
     let producer = Producer::new(&settings.kafka, Metrics::new("bench-prefill"))?;
     let (order_topic, credit_topic) = (
         settings.kafka.name(ORDER_EVENTS),

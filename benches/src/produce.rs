@@ -73,7 +73,7 @@ pub async fn run(
         .await?;
     let resolver = FixedResolver::new();
     let encoder =
-        feedline_schemas::encoder::<OrderEvent, _>(&resolver, &settings.kafka, ORDER_EVENTS)
+        feedline::contracts::encoder::<OrderEvent, _>(&resolver, &settings.kafka, ORDER_EVENTS)
             .await
             .context("failed to prepare the encoder")?;
     let pool = events(4096);

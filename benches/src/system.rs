@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
 use feedline_gateway::client::send_command;
+use feedline_launcher::System;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};

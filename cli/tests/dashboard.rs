@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 

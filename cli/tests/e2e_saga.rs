@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;

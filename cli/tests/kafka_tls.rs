@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use feedline::config::SecurityProtocol;
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use feedline_testkit::{database_url, eventually, fresh_database, kafka_tls};
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use feedline_testkit::eventually;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};

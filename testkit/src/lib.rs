@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, RegistryClient};
+use feedline::contracts::Contracts;
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
-use feedline_schemas::Contracts;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};

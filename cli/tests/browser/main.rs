@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use serde_json::json;
 use sqlx::PgPool;
 

@@ -189,7 +189,7 @@ pub async fn spawn(
     let group = format!("{}.{generation}", settings.kafka.name("order-view"));
 
     feedline::service::until_up("create the topics", &token, || {
-        feedline_schemas::ensure_topics(&settings.kafka)
+        feedline::contracts::ensure_topics(&settings.kafka)
     })
     .await
     .context("failed to create the topics")?;

@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::contracts::Contracts;
 use feedline::outbox::Outbox;
 use feedline::service::{ConsumerService, until_up};
 use feedline::{CancellationToken, Health, Metrics, Settings};
-use feedline_schemas::{CREDIT_EVENTS, Contracts, ORDER_COMMANDS, ORDER_EVENTS};
+use feedline_schemas::{CREDIT_EVENTS, ORDER_COMMANDS, ORDER_EVENTS};
 use tokio::task::JoinHandle;
 
 use crate::handler::{Orders, OrdersHandler, Topics};
@@ -75,7 +76,7 @@ pub async fn spawn(
     );
 
     until_up("create the topics", &token, || {
-        feedline_schemas::ensure_topics(kafka)
+        feedline::contracts::ensure_topics(kafka)
     })
     .await
     .context("failed to create the topics")?;
