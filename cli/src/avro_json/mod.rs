@@ -172,8 +172,6 @@ mod tests {
     }
 
     /// Hand-computed: zig-zag varints (1 → 02, -64 → 7f, -65 → 81 01, 300 → d8 04),
-
-    /// Hand-computed: zig-zag varints (1 → 02, -64 → 7f, -65 → 81 01, 300 → d8 04),
     /// length-prefixed strings, a boolean byte, a union branch index, array blocks.
     #[test]
     fn fixed_test_vector() {
