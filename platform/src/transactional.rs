@@ -13,11 +13,12 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgConnection, PgPool};
 
-use crate::codec::{CodecError, decode_each};
+use crate::codec::{CodecError, TopicDecoders, decode_each};
 use crate::consumer::{Handler, HandlerError, Outcome};
+use crate::db::DbError;
 use crate::dedup;
 use crate::dlq::Rejection;
-use crate::errors::Classify;
+use crate::errors::{Classify, ErrorClass};
 use crate::outbox::{Outbox, OutboxMessage};
 use crate::telemetry::{self, Traceparent};
 
@@ -66,12 +67,9 @@ pub trait Domain: Send + Sync + 'static {
     /// violates is permanent, a lost connection transient).
     type Error: std::error::Error + Classify + Send + Sync + 'static;
 
-    /// Decodes one message. The future must not borrow the message: decoding a cached
-    /// schema needs no I/O, and only a miss copies the bytes for the registry call.
-    fn decode<'a>(
-        &'a self,
-        msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Self::Message, CodecError>> + Send + use<'a, Self>;
+    /// The decoders of the topics the service consumes, one per topic: the platform decodes
+    /// each message with its topic's (see [`crate::codec::decode_each`]).
+    fn decoders(&self) -> &TopicDecoders<Self::Message>;
 
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
     /// when it is invalid (it goes to the dead-letter topic). Runs inside the message's span:
@@ -88,6 +86,46 @@ pub trait Domain: Send + Sync + 'static {
 
     /// Called once the transaction holding `summary`'s changes committed.
     fn committed(&self, summary: Self::Summary);
+}
+
+/// What applying a batch fails with, for a domain that writes rows and encodes events.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot encode an event: {0}")]
+    Encode(#[from] CodecError),
+    /// Another transaction inserted a row this batch was inserting: the retry sees it.
+    #[error("{0} row(s) were inserted concurrently")]
+    Conflict(u64),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ApplyError::Db(DbError::Sql(e))
+    }
+}
+
+impl Classify for ApplyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::Db(e) => e.class(),
+            // The other transaction committed: the next try reads its row.
+            ApplyError::Conflict(_) => ErrorClass::Transient,
+            // Our own event failing our own schema: no rule says why; retried, then the
+            // message is set aside.
+            ApplyError::Encode(_) => ErrorClass::Unknown,
+        }
+    }
+}
+
+/// Checks that an `INSERT .. ON CONFLICT DO NOTHING` of `expected` rows inserted them all:
+/// a row missing was inserted by a concurrent transaction, and the batch is retried.
+pub fn all_inserted(expected: usize, inserted: u64) -> Result<(), ApplyError> {
+    match (expected as u64).checked_sub(inserted) {
+        Some(0) | None => Ok(()),
+        Some(missing) => Err(ApplyError::Conflict(missing)),
+    }
 }
 
 /// A [`Handler`] that runs a [`Domain`] in one transaction per batch.
@@ -110,7 +148,7 @@ enum TxError<E> {
 }
 
 impl<E: Classify> Classify for TxError<E> {
-    fn class(&self) -> crate::ErrorClass {
+    fn class(&self) -> ErrorClass {
         match self {
             TxError::Database(e) => e.class(),
             TxError::Domain(e) => e.class(),
@@ -127,7 +165,7 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
         decode_each(
             batch,
             &mut outcome,
-            |msg| self.domain.decode(msg),
+            self.domain.decoders(),
             |index, message| match self.domain.work(message) {
                 Ok(Some(w)) => {
                     tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
@@ -153,6 +191,21 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
 }
 
 impl<D: Domain> TransactionalHandler<D> {
+    /// The handler of `domain` over `pool`, its events written to the outbox in `pool`.
+    pub fn new(pool: PgPool, dedup_consumer: &'static str, domain: D) -> Self {
+        TransactionalHandler {
+            outbox: Outbox::new(pool.clone()),
+            pool,
+            dedup_consumer,
+            domain,
+        }
+    }
+
+    /// The topics the domain consumes (full names).
+    pub fn topics(&self) -> &[String] {
+        self.domain.decoders().topics()
+    }
+
     async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<D::Error>> {
         let mut tx = self.pool.begin().await?;
         let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();
