@@ -35,8 +35,7 @@ pub struct Work<I> {
 }
 
 impl<I> Work<I> {
-    /// The work of the message being handled (called from [`Domain::work`], inside the
-    /// message's span): names the correlation id on that span and keeps its trace context.
+    /// The work of the message being handled (built inside the message's span): names the correlation id on that span and keeps its trace context.
     pub fn new(event_id: String, correlation_id: String, input: I) -> Self {
         telemetry::record_correlation_id(&correlation_id);
         Work {
@@ -71,10 +70,12 @@ pub trait Domain: Send + Sync + 'static {
     /// each message with its topic's (see [`crate::codec::decode_each`]).
     fn decoders(&self) -> &TopicDecoders<Self::Message>;
 
+    /// The message's event id (its key in `processed_events`) and correlation id.
+    fn ids(message: &Self::Message) -> (&str, &str);
+
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
-    /// when it is invalid (it goes to the dead-letter topic). Runs inside the message's span:
-    /// build the result with [`Work::new`].
-    fn work(&self, message: Self::Message) -> Result<Option<Work<Self::Input>>, String>;
+    /// when it is invalid (it goes to the dead-letter topic).
+    fn input(&self, message: &Self::Message) -> Result<Option<Self::Input>, String>;
 
     /// Applies inputs never applied before, in order, inside `tx` (which the platform
     /// commits): lock what they touch, change the state, return the events to emit.
@@ -161,15 +162,16 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
         let mut outcome = Outcome::ok();
         let mut work = Vec::with_capacity(batch.len());
         let mut invalid = Vec::new();
-        // `work` runs in each message's span (decode_each), so Work::new finds it.
+        // This runs in each message's span (decode_each), so Work::new finds it.
         decode_each(
             batch,
             &mut outcome,
             self.domain.decoders(),
-            |index, message| match self.domain.work(message) {
-                Ok(Some(w)) => {
-                    tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
-                    work.push(w)
+            |index, message| match self.domain.input(&message) {
+                Ok(Some(input)) => {
+                    let (event_id, correlation_id) = D::ids(&message);
+                    tracing::debug!(target: "feedline::consumer", event_id, "message to apply");
+                    work.push(Work::new(event_id.to_owned(), correlation_id.to_owned(), input))
                 }
                 Ok(None) => {}
                 Err(reason) => {

@@ -52,22 +52,6 @@ impl From<OrderEvent> for Incoming {
     }
 }
 
-impl Incoming {
-    fn envelope(&self) -> &dyn Envelope {
-        match self {
-            Incoming::Command(c) => c,
-            Incoming::Order(o) => o,
-        }
-    }
-
-    fn input(&self) -> Result<Option<Input>, String> {
-        match self {
-            Incoming::Command(c) => Input::from_command(&c.payload).map(Some),
-            Incoming::Order(o) => Input::from_order_event(&o.payload),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Customers {
     /// `customer-commands` and `order-events`.
@@ -120,16 +104,20 @@ impl Domain for Customers {
         &self.decoders
     }
 
-    fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
-        let envelope = message.envelope();
+    fn ids(message: &Incoming) -> (&str, &str) {
+        let envelope: &dyn Envelope = match message {
+            Incoming::Command(c) => c,
+            Incoming::Order(o) => o,
+        };
+        (envelope.event_id(), envelope.correlation_id())
+    }
+
+    fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
         // Approved and rejected orders ask nothing: nothing to do, nothing to remember.
-        Ok(message.input()?.map(|input| {
-            Work::new(
-                envelope.event_id().to_owned(),
-                envelope.correlation_id().to_owned(),
-                input,
-            )
-        }))
+        match message {
+            Incoming::Command(c) => Input::from_command(&c.payload).map(Some),
+            Incoming::Order(o) => Input::from_order_event(&o.payload),
+        }
     }
 
     /// Locks the reservations and customers the batch touches, runs the credit rules in

@@ -43,22 +43,6 @@ impl From<CreditEvent> for Incoming {
     }
 }
 
-impl Incoming {
-    fn envelope(&self) -> &dyn Envelope {
-        match self {
-            Incoming::Command(c) => c,
-            Incoming::Credit(c) => c,
-        }
-    }
-
-    fn input(&self) -> Result<Option<Input>, String> {
-        match self {
-            Incoming::Command(c) => Input::from_command(&c.payload, c.occurred_at).map(Some),
-            Incoming::Credit(c) => Input::from_credit(&c.payload),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Orders {
     /// `order-commands` and `credit-events`.
@@ -107,15 +91,19 @@ impl Domain for Orders {
         &self.decoders
     }
 
-    fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
-        let envelope = message.envelope();
-        Ok(message.input()?.map(|input| {
-            Work::new(
-                envelope.event_id().to_owned(),
-                envelope.correlation_id().to_owned(),
-                input,
-            )
-        }))
+    fn ids(message: &Incoming) -> (&str, &str) {
+        let envelope: &dyn Envelope = match message {
+            Incoming::Command(c) => c,
+            Incoming::Credit(c) => c,
+        };
+        (envelope.event_id(), envelope.correlation_id())
+    }
+
+    fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
+        match message {
+            Incoming::Command(c) => Input::from_command(&c.payload, c.occurred_at).map(Some),
+            Incoming::Credit(c) => Input::from_credit(&c.payload),
+        }
     }
 
     /// Locks the orders the batch touches, runs the state machine in memory and writes
