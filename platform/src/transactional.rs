@@ -170,8 +170,10 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
             |index, message| match self.domain.input(&message) {
                 Ok(Some(input)) => {
                     let (event_id, correlation_id) = D::ids(&message);
-                    tracing::debug!(target: "feedline::consumer", event_id, "message to apply");
-                    work.push(Work::new(event_id.to_owned(), correlation_id.to_owned(), input))
+                    // Work::new names the correlation on the span first: the line carries it.
+                    let w = Work::new(event_id.to_owned(), correlation_id.to_owned(), input);
+                    tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
+                    work.push(w)
                 }
                 Ok(None) => {}
                 Err(reason) => {
