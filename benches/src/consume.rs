@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use feedline::codec::{AvroDecoder, RegistryClient, decode_batch};
+use feedline::codec::{AvroDecoder, CodecError, Decode, RegistryClient, Route, decode_batch};
 use feedline::{
     CancellationToken, Consumer, Handler, HandlerError, Metrics, Outcome, Outgoing, Producer,
     Settings,
@@ -668,21 +668,33 @@ impl PgHandler {
     }
 }
 
+/// Order events and credit events, told apart by topic.
+impl Route<Decoded> for PgHandler {
+    fn route(&self, msg: &OwnedMessage) -> Result<&dyn Decode<Decoded>, CodecError> {
+        Ok(if msg.topic().ends_with(self.order_topic_suffix) {
+            &self.order
+        } else {
+            &self.credit
+        })
+    }
+}
+
+impl From<OrderEvent> for Decoded {
+    fn from(e: OrderEvent) -> Self {
+        Decoded::Order(e)
+    }
+}
+
+impl From<CreditEvent> for Decoded {
+    fn from(e: CreditEvent) -> Self {
+        Decoded::Credit(e)
+    }
+}
+
 impl Handler for PgHandler {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
         let mut outcome = Outcome::ok();
-        let decoded = decode_batch(batch, &mut outcome, |msg| {
-            let bytes = msg.payload().unwrap_or_default().to_vec();
-            let is_order = msg.topic().ends_with(self.order_topic_suffix);
-            async move {
-                if is_order {
-                    self.order.decode(&bytes).await.map(Decoded::Order)
-                } else {
-                    self.credit.decode(&bytes).await.map(Decoded::Credit)
-                }
-            }
-        })
-        .await?;
+        let decoded = decode_batch(batch, &mut outcome, self).await?;
         self.write(decoded.into_iter().map(|(_, e)| e).collect())
             .await
             .map_err(HandlerError::Unknown)?;
