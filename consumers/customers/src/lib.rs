@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::contracts::Contracts;
 use feedline::service::{Spawned, Startup};
 use feedline::transactional::TransactionalHandler;
 use feedline::{CancellationToken, Settings};
-use feedline::contracts::Contracts;
 
 use crate::handler::Customers;
 use crate::metrics::CustomerMetrics;

@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
+use feedline::contracts::Contracts;
 use feedline::service::{Spawned, Startup};
 use feedline::transactional::TransactionalHandler;
 use feedline::{CancellationToken, Settings};
-use feedline::contracts::Contracts;
 
 use crate::handler::Orders;
 use crate::metrics::OrderMetrics;
