@@ -11,7 +11,10 @@ use feedline_testkit::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_on_port_0_is_in_the_directory_at_its_bound_address() {
-    let reg = TestRegistry::start().await;
+    let announcing = settings(&random_prefix())
+        .with_overrides("[discovery]\nenabled = true\n")
+        .unwrap();
+    let reg = TestRegistry::with(announcing).await;
     let reader = settings(&reg.prefix)
         .with_overrides(&format!("[registry]\nurl = \"{}\"\n", reg.url))
         .unwrap();
