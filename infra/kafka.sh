@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# One file: one broker's life cycle (jars, TLS files, single or cluster, tools) behind one command.
 # Local Apache Kafka (KRaft, no ZooKeeper, no Docker) for feedline development and tests.
 #
 #   infra/kafka.sh start  [--cluster]     start (idempotent); prints bootstrap servers on stdout

@@ -1,3 +1,5 @@
+//! One file: one run's timeline (plan, load, fault schedule, samples) read top to bottom.
+//!
 //! `chaos`: the whole system under a steady load while faults are injected on a schedule,
 //! then checked from its own state. Every service runs as its own process (two replicas of
 //! orders, customers and order-view); the faults are real (SIGKILL of a service or of a

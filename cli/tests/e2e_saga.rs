@@ -1,3 +1,5 @@
+//! One file: one system started once for every end-to-end check that shares it.
+//!
 //! The whole system end to end, every part real: Kafka, PostgreSQL, the registry, the four
 //! services in-process on port 0, driven through the gateway's HTTP API like a client would.
 

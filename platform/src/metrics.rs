@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Platform metrics: produce, consume, handler latency, event age, DLQ, consumer lag, outbox.
@@ -48,70 +49,41 @@ impl Metrics {
         let labels = [("service".to_owned(), service.to_owned())].into();
         let registry =
             Registry::new_custom(Some("feedline".into()), Some(labels)).expect("valid registry");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let plain_counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let histogram_with = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            let h = HistogramVec::new(opts, labels).expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique histogram");
-            h
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            histogram_with(name, help, labels, LATENCY_BUCKETS)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique gauge");
-            g
-        };
+        let r = Register(&registry);
         Arc::new(Metrics {
-            produced: counter(
+            produced: r.counters(
                 "produced_total",
                 "messages acknowledged by the broker",
                 &["topic"],
             ),
-            produce_errors: counter(
+            produce_errors: r.counters(
                 "produce_errors_total",
                 "messages the broker did not acknowledge",
                 &["topic", "kind"],
             ),
-            produce_seconds: histogram(
+            produce_seconds: r.histograms(
                 "produce_seconds",
                 "time from send to broker acknowledgement (every send(); 1 in 16 pipelined enqueue()s)",
                 &["topic"],
+                LATENCY_BUCKETS,
             ),
-            consumed: counter(
+            consumed: r.counters(
                 "consumed_total",
                 "messages handled and their offsets stored",
                 &["topic"],
             ),
-            handler_seconds: histogram(
+            handler_seconds: r.histograms(
                 "handler_seconds",
                 "time a handler took for one batch",
                 &["group"],
+                LATENCY_BUCKETS,
             ),
-            handler_errors: counter(
+            handler_errors: r.counters(
                 "handler_errors_total",
                 "handler failures by class (transient: retried until it passes; permanent and unknown: the batch is split)",
                 &["group", "kind"],
             ),
-            event_age_seconds: histogram_with(
+            event_age_seconds: r.histograms(
                 "event_age_seconds",
                 "age of the oldest message of each batch when the consumer hands the batch to its \
                  handler, per topic and group: now minus the Kafka message timestamp (the \
@@ -121,77 +93,61 @@ impl Metrics {
                 &["topic", "group"],
                 AGE_BUCKETS,
             ),
-            dead_lettered: counter(
+            dead_lettered: r.counters(
                 "dead_lettered_total",
                 "messages sent to a dead-letter topic",
                 &["topic"],
             ),
-            consumer_lag: gauge(
+            consumer_lag: r.gauges(
                 "consumer_lag",
                 "messages between the committed offset and the end of the partition",
                 &["topic", "partition"],
             ),
-            outbox_published: counter(
+            outbox_published: r.counters(
                 "outbox_published_total",
                 "outbox rows published and deleted",
                 &["topic"],
             ),
-            outbox_quarantined: counter(
+            outbox_quarantined: r.counters(
                 "outbox_quarantined_total",
                 "outbox rows the broker refused, moved to outbox_quarantine",
                 &[],
             ),
-            outbox_backlog: {
-                let g = IntGauge::new(
-                    "outbox_backlog",
-                    "outbox rows waiting to be published, as the active relay last counted them \
-                     (0 on a standby replica)",
-                )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique gauge");
-                g
-            },
-            outbox_oldest_age_seconds: {
-                let g = Gauge::new(
-                    "outbox_oldest_age_seconds",
-                    "age of the oldest outbox row waiting to be published, as the active relay \
-                     last measured it (0 when none waits, or on a standby replica)",
-                )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique gauge");
-                g
-            },
-            rdkafka_queue_messages: gauge(
+            outbox_backlog: r.gauge(
+                "outbox_backlog",
+                "outbox rows waiting to be published, as the active relay last counted them \
+                 (0 on a standby replica)",
+            ),
+            outbox_oldest_age_seconds: r.float_gauge(
+                "outbox_oldest_age_seconds",
+                "age of the oldest outbox row waiting to be published, as the active relay \
+                 last measured it (0 when none waits, or on a standby replica)",
+            ),
+            rdkafka_queue_messages: r.gauges(
                 "rdkafka_queue_messages",
                 "messages waiting in librdkafka's producer queue",
                 &["client"],
             ),
-            processed_pruned: plain_counter(
+            processed_pruned: r.counter(
                 "processed_events_pruned_total",
                 "processed_events rows deleted for being older than dedup.retention_hours",
             ),
-            processed_prune_errors: plain_counter(
+            processed_prune_errors: r.counter(
                 "processed_events_prune_errors_total",
                 "pruning runs of processed_events that failed (retried at the next run)",
             ),
-            resident_memory_bytes: {
-                let g = IntGauge::new(
-                    "process_resident_memory_bytes",
-                    "resident set size of the process (the whole process: services started \
-                     in one process report the same figure)",
-                )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique gauge");
-                g
-            },
+            resident_memory_bytes: r.gauge(
+                "process_resident_memory_bytes",
+                "resident set size of the process (the whole process: services started \
+                 in one process report the same figure)",
+            ),
             registry,
         })
+    }
+
+    /// Where a service registers its own metrics, beside these.
+    pub fn register(&self) -> Register<'_> {
+        Register(&self.registry)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -208,6 +164,58 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding never fails on valid metrics");
         String::from_utf8(out).expect("prometheus text is utf-8")
+    }
+}
+
+/// Builds and registers metrics: the one place every service's metrics go through. A metric
+/// that does not build or whose name is taken is a bug in the code naming it, which every
+/// test that starts the service finds, so it panics with the name.
+#[derive(Debug, Clone, Copy)]
+pub struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, name: &str, built: prometheus::Result<C>) -> C {
+        let metric = built.unwrap_or_else(|e| panic!("metric {name} does not build: {e}"));
+        self.0
+            .register(Box::new(metric.clone()))
+            .unwrap_or_else(|e| panic!("metric {name} cannot be registered: {e}"));
+        metric
+    }
+
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(name, IntCounter::new(name, help))
+    }
+
+    pub fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(name, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(name, IntGauge::new(name, help))
+    }
+
+    pub fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(name, IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    pub fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(name, Gauge::new(name, help))
+    }
+
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(name, Histogram::with_opts(opts))
+    }
+
+    pub fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(name, HistogramVec::new(opts, labels))
     }
 }
 
@@ -241,5 +249,11 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(value > 0.0, "{line}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "metric consumed_total cannot be registered")]
+    fn a_name_registered_twice_names_itself() {
+        Metrics::new("t").register().counter("consumed_total", "again");
     }
 }

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::RegistryClient;
 use crate::config::Settings;
+use crate::contracts::Contracts;
 use crate::consumer::{Consumer, Handler};
 use crate::errors::{Classify, ErrorClass};
 use crate::health::Health;
@@ -184,6 +186,25 @@ impl<'a> Startup<'a> {
             self.token.clone(),
         );
         Ok(pool)
+    }
+
+    /// The service's topics, created where missing (waiting for the broker).
+    pub async fn topics(&self) -> anyhow::Result<()> {
+        let kafka = &self.settings.kafka;
+        self.step("create the topics", || crate::contracts::ensure_topics(kafka))
+            .await
+    }
+
+    /// The topics created and every contract's schema registered (waiting for the broker
+    /// and the registry): what the service encodes and decodes with.
+    pub async fn contracts(&self) -> anyhow::Result<Contracts> {
+        self.topics().await?;
+        let kafka = &self.settings.kafka;
+        let registry = Arc::new(RegistryClient::new(&self.settings.registry));
+        self.step("register the schemas", || {
+            Contracts::register(registry.clone(), kafka)
+        })
+        .await
     }
 
     /// The `producer` of this replica's events: `<service>-<replica id>`.

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 
+use feedline_schemas::types::Envelope;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgConnection, PgPool};
@@ -45,6 +46,14 @@ impl<I> Work<I> {
             trace_context: Traceparent::current(),
         }
     }
+
+    /// An event this work causes, for the outbox: it continues the work's trace.
+    pub fn emit(&self, topic: &str, key: Vec<u8>, payload: Vec<u8>) -> OutboxMessage {
+        OutboxMessage {
+            trace_context: self.trace_context,
+            ..OutboxMessage::new(topic, Some(key), payload)
+        }
+    }
 }
 
 /// What applying a batch produced: the events to emit, and whatever the service records
@@ -57,33 +66,28 @@ pub struct Applied<S> {
 
 /// A service's business logic over its database.
 pub trait Domain: Send + Sync + 'static {
-    /// A decoded message.
-    type Message: Send;
+    /// A decoded message: its event id is its key in `processed_events`.
+    type Message: Envelope + Send;
     /// What a message asks of the service.
     type Input: Send + Sync;
     type Summary: Send;
-    /// The domain's failures; their class decides what the runtime does (a rule the data
-    /// violates is permanent, a lost connection transient).
-    type Error: std::error::Error + Classify + Send + Sync + 'static;
 
     /// The decoders of the topics the service consumes, one per topic: the platform decodes
     /// each message with its topic's (see [`crate::codec::decode_each`]).
     fn decoders(&self) -> &TopicDecoders<Self::Message>;
-
-    /// The message's event id (its key in `processed_events`) and correlation id.
-    fn ids(message: &Self::Message) -> (&str, &str);
 
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
     /// when it is invalid (it goes to the dead-letter topic).
     fn input(&self, message: &Self::Message) -> Result<Option<Self::Input>, String>;
 
     /// Applies inputs never applied before, in order, inside `tx` (which the platform
-    /// commits): lock what they touch, change the state, return the events to emit.
+    /// commits): lock what they touch, change the state, return the events to emit. An
+    /// error's class decides what the runtime does (a lost connection is retried).
     fn apply(
         &self,
         tx: &mut PgConnection,
         work: &[&Work<Self::Input>],
-    ) -> impl Future<Output = Result<Applied<Self::Summary>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Applied<Self::Summary>, ApplyError>> + Send;
 
     /// Called once the transaction holding `summary`'s changes committed.
     fn committed(&self, summary: Self::Summary);
@@ -169,9 +173,12 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
             self.domain.decoders(),
             |index, message| match self.domain.input(&message) {
                 Ok(Some(input)) => {
-                    let (event_id, correlation_id) = D::ids(&message);
                     // Work::new names the correlation on the span first: the line carries it.
-                    let w = Work::new(event_id.to_owned(), correlation_id.to_owned(), input);
+                    let w = Work::new(
+                        message.event_id().to_owned(),
+                        message.correlation_id().to_owned(),
+                        input,
+                    );
                     tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
                     work.push(w)
                 }
@@ -210,7 +217,7 @@ impl<D: Domain> TransactionalHandler<D> {
         self.domain.decoders().topics()
     }
 
-    async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<D::Error>> {
+    async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<ApplyError>> {
         let mut tx = self.pool.begin().await?;
         let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();
         let fresh = dedup::first_time(&mut tx, self.dedup_consumer, &event_ids).await?;

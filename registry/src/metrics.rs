@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use feedline::Metrics;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 #[derive(Debug)]
 pub struct RegistryMetrics {
@@ -28,71 +28,43 @@ pub struct RegistryMetrics {
 
 impl RegistryMetrics {
     pub fn new(metrics: &Metrics) -> Arc<Self> {
-        let registry = metrics.registry();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let single = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let write_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "registry_write_seconds",
-                "time from a write request to its answer, log round trip included",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["command"],
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(write_seconds.clone()))
-            .expect("unique histogram");
-        let schemas = IntGauge::new("registry_schemas", "ids currently bound to a schema")
-            .expect("valid gauge");
-        registry
-            .register(Box::new(schemas.clone()))
-            .expect("unique gauge");
+        let r = metrics.register();
         Arc::new(RegistryMetrics {
-            registrations: counter(
+            registrations: r.counters(
                 "registry_registrations_total",
                 "schema registrations by outcome",
                 &["outcome"],
             ),
-            lookups: counter(
+            lookups: r.counters(
                 "registry_lookups_total",
                 "read requests by endpoint",
                 &["endpoint"],
             ),
-            errors: counter(
+            errors: r.counters(
                 "registry_errors_total",
                 "error responses by error code",
                 &["code"],
             ),
-            records_applied: single(
+            records_applied: r.counter(
                 "registry_records_applied_total",
                 "_schemas records applied to the in-memory state",
             ),
-            records_rejected: single(
+            records_rejected: r.counter(
                 "registry_records_rejected_total",
                 "_schemas records ignored because an earlier record won",
             ),
-            transactions: counter(
+            transactions: r.counters(
                 "registry_transactions_total",
                 "write transactions by outcome",
                 &["outcome"],
             ),
-            write_seconds,
-            schemas,
+            write_seconds: r.histograms(
+                "registry_write_seconds",
+                "time from a write request to its answer, log round trip included",
+                &["command"],
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            schemas: r.gauge("registry_schemas", "ids currently bound to a schema"),
         })
     }
 }

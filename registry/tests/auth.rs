@@ -1,3 +1,5 @@
+//! One file: every case shares the same three users (hashed once per binary) and helpers.
+//!
 //! The registry authenticates: basic auth, roles, anonymous reads, HTTPS with a private CA,
 //! and the clients (feedline's own and a Confluent one) sending credentials.
 

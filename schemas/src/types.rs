@@ -64,6 +64,48 @@ pub trait Envelope {
     fn correlation_id(&self) -> &str;
 }
 
+/// A service's incoming message: one of the envelopes it consumes, told apart by variant.
+/// Each envelope converts into it (what a consumer's decoders decode into), and it is an
+/// [`Envelope`] itself.
+///
+/// ```
+/// feedline_schemas::one_of! {
+///     /// What the order service consumes.
+///     pub enum Incoming {
+///         Command(feedline_schemas::types::OrderCommand),
+///         Credit(feedline_schemas::types::CreditEvent),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! one_of {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($variant($ty)),+
+        }
+
+        $(impl From<$ty> for $name {
+            fn from(message: $ty) -> Self {
+                $name::$variant(message)
+            }
+        })+
+
+        impl $crate::types::Envelope for $name {
+            fn event_id(&self) -> &str {
+                match self {
+                    $($name::$variant(m) => $crate::types::Envelope::event_id(m)),+
+                }
+            }
+            fn correlation_id(&self) -> &str {
+                match self {
+                    $($name::$variant(m) => $crate::types::Envelope::correlation_id(m)),+
+                }
+            }
+        }
+    };
+}
+
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,3 +1,5 @@
+//! One file: every end-of-run check reads the same snapshot of the system.
+//!
 //! The end-of-run checks. Each reads the system's own state (the orders and customers
 //! databases, order-view's SQLite files, the dead-letter topics) and compares it with what
 //! the clients were told; none trusts the harness's counters. Where the system may still be

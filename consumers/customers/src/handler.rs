@@ -33,21 +33,13 @@ pub struct Topics {
     pub credit_events: String,
 }
 
-#[derive(Debug)]
-pub enum Incoming {
-    Command(CustomerCommand),
-    Order(OrderEvent),
-}
-
-impl From<CustomerCommand> for Incoming {
-    fn from(c: CustomerCommand) -> Self {
-        Incoming::Command(c)
-    }
-}
-
-impl From<OrderEvent> for Incoming {
-    fn from(o: OrderEvent) -> Self {
-        Incoming::Order(o)
+feedline_schemas::one_of! {
+    /// What the service consumes: commands, and the order service's events (credit to
+    /// reserve or release).
+    #[derive(Debug)]
+    pub enum Incoming {
+        Command(CustomerCommand),
+        Order(OrderEvent),
     }
 }
 
@@ -97,18 +89,9 @@ impl Domain for Customers {
     type Message = Incoming;
     type Input = Input;
     type Summary = Tally;
-    type Error = ApplyError;
 
     fn decoders(&self) -> &TopicDecoders<Incoming> {
         &self.decoders
-    }
-
-    fn ids(message: &Incoming) -> (&str, &str) {
-        let envelope: &dyn Envelope = match message {
-            Incoming::Command(c) => c,
-            Incoming::Order(o) => o,
-        };
-        (envelope.event_id(), envelope.correlation_id())
     }
 
     fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
@@ -151,7 +134,7 @@ impl Domain for Customers {
             match ledger.apply(&w.input) {
                 Ok(emitted) => {
                     tally.emitted(&emitted.event);
-                    let key = Some(emitted.customer_id.to_string().into_bytes());
+                    let key = emitted.customer_id.to_string().into_bytes();
                     let cause = Some(w.event_id.clone());
                     let correlation = w.correlation_id.clone();
                     let (topic, payload) = match emitted.event {
@@ -174,13 +157,7 @@ impl Domain for Customers {
                             ))?,
                         ),
                     };
-                    messages.push(OutboxMessage {
-                        topic: topic.clone(),
-                        key,
-                        payload,
-                        headers: Vec::new(),
-                        trace_context: w.trace_context,
-                    });
+                    messages.push(w.emit(topic, key, payload));
                 }
                 Err(why) => tally.ignored(why, w.input.customer_id(), &w.event_id),
             }

@@ -2,7 +2,8 @@
 //! registry.
 
 use feedline_schemas::types::{CreditEventPayload, CustomerEventPayload};
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use feedline::Metrics;
+use prometheus::{IntCounter, IntCounterVec};
 use uuid::Uuid;
 
 use crate::credit::{Event, Ignored, UNKNOWN_CUSTOMER};
@@ -20,32 +21,27 @@ pub struct CustomerMetrics {
 }
 
 impl CustomerMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let labelled = |name: &str, help: &str, label: &str| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        Ok(CustomerMetrics {
-            registered: counter("customers_registered_total", "customers registered")?,
-            limit_changed: counter("credit_limit_changed_total", "credit limits changed")?,
-            credit_reserved: counter("credit_reserved_total", "orders that got credit")?,
-            credit_exceeded: labelled("credit_exceeded_total", "orders refused credit", "reason")?,
-            credit_released: counter(
+    pub fn new(metrics: &Metrics) -> Self {
+        let r = metrics.register();
+        CustomerMetrics {
+            registered: r.counter("customers_registered_total", "customers registered"),
+            limit_changed: r.counter("credit_limit_changed_total", "credit limits changed"),
+            credit_reserved: r.counter("credit_reserved_total", "orders that got credit"),
+            credit_exceeded: r.counters(
+                "credit_exceeded_total",
+                "orders refused credit",
+                &["reason"],
+            ),
+            credit_released: r.counter(
                 "credit_released_total",
                 "reservations released by cancelled orders",
-            )?,
-            ignored: labelled(
+            ),
+            ignored: r.counters(
                 "customers_ignored_total",
                 "customer messages that changed nothing",
-                "reason",
-            )?,
-        })
+                &["reason"],
+            ),
+        }
     }
 }
 

@@ -60,24 +60,6 @@ impl Decoders {
     }
 }
 
-impl From<OrderEvent> for Event {
-    fn from(e: OrderEvent) -> Self {
-        Event::Order(e)
-    }
-}
-
-impl From<CustomerEvent> for Event {
-    fn from(e: CustomerEvent) -> Self {
-        Event::Customer(e)
-    }
-}
-
-impl From<CreditEvent> for Event {
-    fn from(e: CreditEvent) -> Self {
-        Event::Credit(e)
-    }
-}
-
 /// Applies batches to the read model.
 #[derive(Debug)]
 pub struct ViewHandler {

@@ -183,11 +183,7 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
         .context("failed to read the read model's generation")?;
     let group = format!("{}.{generation}", settings.kafka.name("order-view"));
 
-    start
-        .step("create the topics", || {
-            feedline::contracts::ensure_topics(&settings.kafka)
-        })
-        .await?;
+    start.topics().await?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
     let decoders =
         Decoders::new(registry, &settings.kafka).context("failed to prepare the decoders")?;

@@ -26,21 +26,12 @@ pub const DEDUP_CONSUMER: &str = "orders";
 /// The consumer's handler: the platform's transactional handler over [`Orders`].
 pub type OrdersHandler = TransactionalHandler<Orders>;
 
-#[derive(Debug)]
-pub enum Incoming {
-    Command(OrderCommand),
-    Credit(CreditEvent),
-}
-
-impl From<OrderCommand> for Incoming {
-    fn from(c: OrderCommand) -> Self {
-        Incoming::Command(c)
-    }
-}
-
-impl From<CreditEvent> for Incoming {
-    fn from(c: CreditEvent) -> Self {
-        Incoming::Credit(c)
+feedline_schemas::one_of! {
+    /// What the service consumes: commands, and the customer service's credit decisions.
+    #[derive(Debug)]
+    pub enum Incoming {
+        Command(OrderCommand),
+        Credit(CreditEvent),
     }
 }
 
@@ -86,18 +77,9 @@ impl Domain for Orders {
     type Message = Incoming;
     type Input = Input;
     type Summary = Tally;
-    type Error = ApplyError;
 
     fn decoders(&self) -> &TopicDecoders<Incoming> {
         &self.decoders
-    }
-
-    fn ids(message: &Incoming) -> (&str, &str) {
-        let envelope: &dyn Envelope = match message {
-            Incoming::Command(c) => c,
-            Incoming::Credit(c) => c,
-        };
-        (envelope.event_id(), envelope.correlation_id())
     }
 
     fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
@@ -138,13 +120,11 @@ impl Domain for Orders {
                     if let Input::Place { placed_at, .. } = w.input {
                         event.occurred_at = placed_at;
                     }
-                    messages.push(OutboxMessage {
-                        topic: self.events.clone(),
-                        key: Some(emitted.customer_id.to_string().into_bytes()),
-                        payload: self.encoder.encode(&event)?,
-                        headers: Vec::new(),
-                        trace_context: w.trace_context,
-                    });
+                    messages.push(w.emit(
+                        &self.events,
+                        emitted.customer_id.to_string().into_bytes(),
+                        self.encoder.encode(&event)?,
+                    ));
                 }
                 Err(why) => tally.ignored(why, w.input.order_id(), &w.event_id),
             }

@@ -48,21 +48,10 @@ pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result
 /// outbox relay and the HTTP server until `token` is cancelled or one of them fails.
 pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Spawned> {
     let start = Startup::new(&settings, &token);
-    let metrics = OrderMetrics::new(start.metrics().registry())
-        .context("failed to register the order metrics")?;
+    let metrics = OrderMetrics::new(start.metrics());
     let pool = start.database(db::migrations, db::SETUP_LOCK).await?;
     let kafka = &settings.kafka;
-    start
-        .step("create the topics", || {
-            feedline::contracts::ensure_topics(kafka)
-        })
-        .await?;
-    let registry = Arc::new(RegistryClient::new(&settings.registry));
-    let contracts = start
-        .step("register the schemas", || {
-            Contracts::register(registry.clone(), kafka)
-        })
-        .await?;
+    let contracts = start.contracts().await?;
     let orders = Orders::new(&contracts, kafka, start.producer_name(), metrics)
         .await
         .context("failed to build the order decoders and encoder")?;

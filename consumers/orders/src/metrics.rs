@@ -1,7 +1,8 @@
 //! Business outcomes of the order service, beside the platform's metrics in the same registry.
 
 use feedline_schemas::types::OrderEventPayload;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use feedline::Metrics;
+use prometheus::{IntCounter, IntCounterVec};
 use uuid::Uuid;
 
 use crate::order::Ignored;
@@ -17,33 +18,25 @@ pub struct OrderMetrics {
 }
 
 impl OrderMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let ignored = IntCounterVec::new(
-            Opts::new(
-                "orders_ignored_total",
-                "order messages that changed nothing",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(ignored.clone()))?;
-        Ok(OrderMetrics {
-            created: counter("orders_created_total", "orders placed (PENDING)")?,
-            approved: counter(
+    pub fn new(metrics: &Metrics) -> Self {
+        let r = metrics.register();
+        OrderMetrics {
+            created: r.counter("orders_created_total", "orders placed (PENDING)"),
+            approved: r.counter(
                 "orders_approved_total",
                 "orders approved after credit was reserved",
-            )?,
-            rejected: counter(
+            ),
+            rejected: r.counter(
                 "orders_rejected_total",
                 "orders rejected by the credit check",
-            )?,
-            cancelled: counter("orders_cancelled_total", "orders cancelled")?,
-            ignored,
-        })
+            ),
+            cancelled: r.counter("orders_cancelled_total", "orders cancelled"),
+            ignored: r.counters(
+                "orders_ignored_total",
+                "order messages that changed nothing",
+                &["reason"],
+            ),
+        }
     }
 }
 

@@ -9,9 +9,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use feedline::Metrics;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -76,163 +74,116 @@ const BUCKETS: &[f64] = &[
 
 impl GatewayMetrics {
     pub fn new(metrics: &Metrics) -> Arc<Self> {
-        let registry = metrics.registry();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique counter");
-            c
-        };
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_request_seconds",
-                "time from request to response head",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(request_seconds.clone()))
-            .expect("unique histogram");
-        let backlog = IntGauge::new(
-            "gateway_backlog_messages",
-            "messages the watched consumer groups have yet to consume",
-        )
-        .expect("valid gauge");
-        let commands_refused = IntCounter::new(
-            "gateway_commands_refused_total",
-            "commands refused with 503 because the services were too far behind",
-        )
-        .expect("valid counter");
-        let admission_held_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "gateway_admission_held_seconds",
-                "time commands waited for the backlog to fall before they were admitted",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid gauge");
-        let single = |name: &str, help: &str| IntCounter::new(name, help).expect("valid counter");
-        let feed_streams = gauge("gateway_feed_streams", "live feeds open now");
-        let waiters = gauge(
-            "gateway_waiters",
-            "requests waiting for a command's outcome now",
-        );
-        let waits_refused = single(
-            "gateway_waits_refused_total",
-            "requests refused or not held because too many were waiting",
-        );
-        let wait_feed_connections = single(
-            "gateway_wait_feed_connections_total",
-            "subscriptions to order-view's feed opened for the waiters",
-        );
-        let request_timeouts = single(
-            "gateway_request_timeouts_total",
-            "requests answered 503 because they took too long",
-        );
-        let write_timeouts = single(
-            "gateway_write_timeouts_total",
-            "connections closed because the client stopped reading",
-        );
-        let upstream_replicas = gauge(
-            "gateway_upstream_replicas",
-            "order-view replicas the gateway balances over",
-        );
-        let upstream_ejected = gauge(
-            "gateway_upstream_ejected",
-            "order-view replicas set aside now after failures in a row",
-        );
-        for collector in [
-            Box::new(backlog.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(upstream_replicas.clone()),
-            Box::new(upstream_ejected.clone()),
-            Box::new(commands_refused.clone()),
-            Box::new(admission_held_seconds.clone()),
-            Box::new(feed_streams.clone()),
-            Box::new(waiters.clone()),
-            Box::new(waits_refused.clone()),
-            Box::new(wait_feed_connections.clone()),
-            Box::new(request_timeouts.clone()),
-            Box::new(write_timeouts.clone()),
-        ] {
-            registry.register(collector).expect("unique metric");
-        }
+        let r = metrics.register();
         Arc::new(GatewayMetrics {
-            requests: counter(
+            requests: r.counters(
                 "gateway_requests_total",
                 "HTTP requests by route, method and status",
                 &["route", "method", "status"],
             ),
-            request_seconds,
-            commands_published: counter(
+            request_seconds: r.histograms(
+                "gateway_request_seconds",
+                "time from request to response head",
+                &["route"],
+                BUCKETS,
+            ),
+            commands_published: r.counters(
                 "gateway_commands_published_total",
                 "commands acknowledged by the broker",
                 &["command"],
             ),
-            command_failures: counter(
+            command_failures: r.counters(
                 "gateway_command_failures_total",
                 "commands not accepted because the broker did not acknowledge them",
                 &["command"],
             ),
-            tokens_issued: counter(
+            tokens_issued: r.counters(
                 "gateway_tokens_issued_total",
                 "access tokens issued",
                 &["client"],
             ),
-            auth_failures: counter(
+            auth_failures: r.counters(
                 "gateway_auth_failures_total",
                 "refused token requests and refused API requests, by reason",
                 &["reason"],
             ),
-            wait_outcomes: counter(
+            wait_outcomes: r.counters(
                 "gateway_wait_outcomes_total",
                 "requests that waited for a final state, by outcome",
                 &["outcome"],
             ),
-            upstream_errors: counter(
+            upstream_errors: r.counters(
                 "gateway_upstream_errors_total",
                 "failed calls to order-view, by kind",
                 &["kind"],
             ),
-            upstream_retries: counter(
+            upstream_retries: r.counters(
                 "gateway_upstream_retries_total",
                 "requests to order-view retried on another replica, by the replica that failed",
                 &["replica"],
             ),
-            upstream_attempt_failures: counter(
+            upstream_attempt_failures: r.counters(
                 "gateway_upstream_attempt_failures_total",
                 "failed attempts on an order-view replica, by replica and kind",
                 &["replica", "kind"],
             ),
-            upstream_ejections: counter(
+            upstream_ejections: r.counters(
                 "gateway_upstream_ejections_total",
                 "order-view replicas ejected after failures in a row, by replica",
                 &["replica"],
             ),
-            upstream_replicas,
-            upstream_ejected,
-            idempotency: counter(
+            upstream_replicas: r.gauge(
+                "gateway_upstream_replicas",
+                "order-view replicas the gateway balances over",
+            ),
+            upstream_ejected: r.gauge(
+                "gateway_upstream_ejected",
+                "order-view replicas set aside now after failures in a row",
+            ),
+            idempotency: r.counters(
                 "gateway_idempotency_total",
                 "requests with an Idempotency-Key answered from an earlier request, or refused",
                 &["outcome"],
             ),
-            backlog,
-            commands_refused,
-            admission_held_seconds,
-            rate_limited: counter(
+            backlog: r.gauge(
+                "gateway_backlog_messages",
+                "messages the watched consumer groups have yet to consume",
+            ),
+            commands_refused: r.counter(
+                "gateway_commands_refused_total",
+                "commands refused with 503 because the services were too far behind",
+            ),
+            admission_held_seconds: r.histogram(
+                "gateway_admission_held_seconds",
+                "time commands waited for the backlog to fall before they were admitted",
+                BUCKETS,
+            ),
+            rate_limited: r.counters(
                 "gateway_rate_limited_total",
                 "requests refused with 429 by a rate limit, by limit",
                 &["limit"],
             ),
-            feed_streams,
-            waiters,
-            waits_refused,
-            wait_feed_connections,
-            request_timeouts,
-            write_timeouts,
+            feed_streams: r.gauge("gateway_feed_streams", "live feeds open now"),
+            waiters: r.gauge(
+                "gateway_waiters",
+                "requests waiting for a command's outcome now",
+            ),
+            waits_refused: r.counter(
+                "gateway_waits_refused_total",
+                "requests refused or not held because too many were waiting",
+            ),
+            wait_feed_connections: r.counter(
+                "gateway_wait_feed_connections_total",
+                "subscriptions to order-view's feed opened for the waiters",
+            ),
+            request_timeouts: r.counter(
+                "gateway_request_timeouts_total",
+                "requests answered 503 because they took too long",
+            ),
+            write_timeouts: r.counter(
+                "gateway_write_timeouts_total",
+                "connections closed because the client stopped reading",
+            ),
         })
     }
 }
