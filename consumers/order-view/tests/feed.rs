@@ -67,11 +67,7 @@ async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
                 // One chunk shown before the next is sent: the changes keep coming while
                 // the resumer is away, not all at once before it left.
                 let last = format!("{url}/orders/{}", order_id(&events[9]));
-                eventually("a chunk of orders shown", PATIENCE, async || {
-                    let answer = http.get(&last).send().await;
-                    answer.is_ok_and(|r| r.status() == 200)
-                })
-                .await;
+                until_ok(&http, &last).await;
             }
         });
         (env, task)

@@ -80,11 +80,7 @@ async fn a_client_moving_to_another_replica_gets_a_snapshot_then_every_change_on
                 // One chunk shown on B before the next is sent: the orders keep coming
                 // while the client moves, not all at once before it did.
                 let last = format!("{url}/orders/{}", order_id(&events[9]));
-                eventually("a chunk of orders shown on B", PATIENCE, async || {
-                    let answer = http.get(&last).send().await;
-                    answer.is_ok_and(|r| r.status() == 200)
-                })
-                .await;
+                until_ok(&http, &last).await;
             }
         })
     };

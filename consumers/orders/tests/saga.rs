@@ -1,7 +1,6 @@
 //! The saga end to end: the order and the customer service in-process, each on its own
 //! database, talking only through the real topics.
 
-use feedline_schemas::types::*;
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
 use feedline_testkit::*;
 use sqlx::PgPool;

@@ -7,7 +7,6 @@
 mod sse;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use feedline::codec::{AvroEncoder, RegistryClient};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
@@ -342,5 +341,18 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+/// Polls `url` until it answers 200, failing after [`PATIENCE`]. A plain loop, not
+/// [`eventually`], so a spawned (`Send`) task can wait with it.
+pub async fn until_ok(http: &reqwest::Client, url: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {url}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
