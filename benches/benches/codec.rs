@@ -69,7 +69,11 @@ fn codec(c: &mut Criterion) {
     // `to_value(..).resolve(..)` cannot map a Rust enum onto a union of records).
     let event = order_event();
     let encoder: AvroEncoder<OrderEvent> = rt
-        .block_on(feedline_schemas::encoder(&*resolver, &kafka, ORDER_EVENTS))
+        .block_on(feedline::contracts::encoder(
+            &*resolver,
+            &kafka,
+            ORDER_EVENTS,
+        ))
         .unwrap();
     let decoder: AvroDecoder<OrderEvent, _> = AvroDecoder::new(
         resolver.clone(),

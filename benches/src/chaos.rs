@@ -370,7 +370,7 @@ async fn drive(
         "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\nstatistics_interval_ms = 0\nreplication_factor = {}\n[registry]\nurl = \"{registry_url}\"\n",
         args.kafka, args.replication_factor
     ))?;
-    feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
+    feedline::contracts::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
         .await
         .context("failed to register the schemas")?;
     let members = [

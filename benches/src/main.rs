@@ -21,6 +21,7 @@ mod kafka_latency;
 mod plot;
 mod processes;
 mod produce;
+mod ratios;
 mod report;
 mod system;
 
@@ -181,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let all = matches!(scenario, Scenario::All);
     let scenarios = match scenario {
         Scenario::All => vec![
             Scenario::Produce {
@@ -204,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .map_or(plots_dir.clone(), |dir| dir.join("plots"));
     let mut failed = Vec::new();
+    let mut results = Vec::new();
     for scenario in scenarios {
         let name = format!("{scenario:?}");
         // On Ctrl-C or SIGTERM the scenario is dropped where it stands: that kills any
@@ -223,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                         eprintln!("plot written to {}", run_plots.join(p.file).display());
                     }
                 }
+                results.push(result);
             }
             Ok(result) => {
                 result.emit(&cli.results)?;
@@ -232,6 +236,14 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("scenario {name} failed: {e:#}");
                 failed.push(format!("{name}: {e:#}"));
             }
+        }
+    }
+    if all {
+        // The same-run ratios of every target, from whichever scenarios gave figures.
+        let summary = ratios::summary(&results, cli.smoke);
+        summary.emit(&cli.results)?;
+        if !summary.has_figures() {
+            failed.push("ratios: no figures".into());
         }
     }
     if cli.report {

@@ -17,7 +17,7 @@ use feedline::Settings;
 use feedline::codec::RegistryClient;
 use tokio::process::{Child, Command};
 
-/// Where the services run: all in this process (`feedline_cli::system::System`), or each as
+/// Where the services run: all in this process (`feedline_launcher::System`), or each as
 /// its own child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -165,7 +165,7 @@ impl Processes {
             "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{}\"\n[registry]\nurl = \"{registry_url}\"\n",
             config.bootstrap_servers, config.topic_prefix
         ))?;
-        feedline_schemas::register_all(&RegistryClient::new(&schemas.registry), &schemas.kafka)
+        feedline::contracts::register_all(&RegistryClient::new(&schemas.registry), &schemas.kafka)
             .await
             .context("failed to register the schemas")?;
 

@@ -1,3 +1,5 @@
+//! One file: one command; only its tests take it past 600 lines.
+//!
 //! `feedline dlq`: look at dead letters and send them back where they came from.
 //!
 //! A redrive consumes the DLQ in its own group, `feedline-redrive-<dlq topic>`, and commits

@@ -7,8 +7,8 @@
 //! - [`schema`]: the registry and the compatibility gate
 //! - [`cluster`]: settings, timeouts and the Kafka clients every command shares
 //! - [`status`]: the fleet, from the service directory; [`view`]: the read model's rebuild
-//! - [`up`]: the whole system, each service its own supervised process (or [`system`], all in
-//!   this one), with a demo load
+//! - [`up`]: the whole system, each service its own supervised process (or
+//!   `feedline_launcher::System`, all in this one), with a demo load
 
 pub mod avro_json;
 pub mod cluster;
@@ -19,7 +19,6 @@ pub mod message;
 pub mod produce;
 pub mod schema;
 pub mod status;
-pub mod system;
 pub mod topics;
 pub mod up;
 pub mod view;

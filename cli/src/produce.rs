@@ -1,3 +1,5 @@
+//! One file: one pipeline (read, encode, send); only its tests take it past 600 lines.
+//!
 //! `feedline produce`: JSON in, Confluent-framed Avro out.
 //!
 //! Input is read on its own thread (stdin may be a slow pipe) and handed over in order;

@@ -224,7 +224,7 @@ async fn create(
             let spec = TopicSpec::new(name, partitions).replication(replication);
             vec![configs.iter().fold(spec, |s, (k, v)| s.config(k, v))]
         }
-        None => feedline_schemas::topic_specs(kafka),
+        None => feedline::contracts::topic_specs(kafka),
     };
     let admin = Admin::new(kafka)?;
     tokio::time::timeout(

@@ -21,8 +21,8 @@ use anyhow::{Context, bail};
 use feedline::{CancellationToken, Settings};
 use serde_json::{Value, json};
 
-use crate::system::System;
 use children::Output;
+use feedline_launcher::System;
 use infra::Infra;
 use supervisor::{Processes, Started};
 

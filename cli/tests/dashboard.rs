@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::system::{Launch, demo_bearer};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use feedline_testkit::{eventually, prometheus};
 use serde_json::{Value, json};
 

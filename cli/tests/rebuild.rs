@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use feedline_testkit::{PATIENCE, eventually, fresh_database, kafka_bootstrap, service_binary};
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -178,6 +178,14 @@ async fn one_order_is_one_trace_across_every_service() {
     // The feed's push is part of the trace, under order-view's batch.
     let pushes = spans.iter().filter(|s| s.name == "feed.publish").count();
     assert!(pushes >= 2, "{all}");
+    // The gateway's look-ups in order-view while it waits for the outcome continue the
+    // trace: order-view's request spans are children of the gateway's.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "GET /orders/{id}" && s.parent_span_id == request_span),
+        "an order-view read under the request:\n{all}"
+    );
     // Every message span names the command's correlation id.
     let correlation = attribute(request, "correlation_id");
     for span in [place, reserve, approve] {

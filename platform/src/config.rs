@@ -1,3 +1,5 @@
+//! One file: the settings tree is one typed value loaded in one place; a third of it is tests.
+//!
 //! Typed, layered configuration: built-in defaults, then an optional TOML file, then
 //! `FEEDLINE_*` environment variables. Secrets are `SecretString`s so they never reach a log.
 

@@ -6,6 +6,30 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::config::DatabaseSettings;
+use crate::errors::{Classify, ErrorClass};
+
+/// What a service's own statements fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("schema set-up: {0}")]
+    Migrate(#[from] MigrateError),
+    /// A stored value this release does not know, such as a status a newer release wrote.
+    #[error("{0}")]
+    UnknownValue(String),
+}
+
+impl Classify for DbError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DbError::Sql(e) => e.class(),
+            DbError::Migrate(e) => e.class(),
+            // No rule says what an unknown value means.
+            DbError::UnknownValue(_) => ErrorClass::Unknown,
+        }
+    }
+}
 
 /// The tables every service with a PostgreSQL database gets: the transactional outbox, the
 /// rows it could never publish, and the consumer-side dedup log. `IF NOT EXISTS`, so services may run it at every start

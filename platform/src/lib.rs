@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod context;
+pub mod contracts;
 pub mod db;
 pub mod dedup;
 pub mod discovery;

@@ -2,13 +2,11 @@
 //!
 //! glibc gives each thread that meets contention an arena of its own, up to eight per core,
 //! and an arena keeps what was freed in it for reuse. A service's threads (tokio workers,
-//! librdkafka's, sqlx-sqlite's) each come to hold their own high-water mark of freed memory:
-//! in the saga bench order-view peaked at 54.7 MiB with glibc's defaults and 47.3 MiB with
-//! two arenas, at the same throughput. Trimming returns the free pages of every arena to the
-//! kernel every second, rather than whenever the top of one heap happens to be free: a batch
-//! of thousands of events frees megabytes at once (order-view's mean under the same load,
-//! 42 MiB trimming every 5 s, 37 MiB every second; trimming a 40 MB heap with half of it
-//! free in 400 B holes takes 0.7 ms).
+//! librdkafka's, sqlx-sqlite's) each come to hold their own high-water mark of freed memory,
+//! so fewer arenas lower the peak at the same throughput. Trimming returns the free pages of
+//! every arena to the kernel every second, rather than whenever the top of one heap happens
+//! to be free: a batch of thousands of events frees megabytes at once, and trimming often
+//! lowers the mean for a cost far below a batch's. Measurements: benches/REPORT.md.
 
 use std::time::Duration;
 

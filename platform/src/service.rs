@@ -1,5 +1,5 @@
 //! What every service binary shares: the launch sequence of a thin `main.rs`, the
-//! operational HTTP endpoint, and the running part of a consumer service.
+//! start-up steps of its `spawn` ([`Startup`]), and the running part of a consumer service.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::producer::Producer;
 use crate::shutdown::TaskGroup;
+use crate::transactional::{Domain, TransactionalHandler};
 
 /// The whole `main` of a service binary: bounds the allocator, builds the tokio runtime and
 /// runs [`launch`] on it.
@@ -109,6 +112,126 @@ where
     }
 }
 
+/// What a service's `spawn` returns: the bound HTTP address (`http.port = 0` picks a free
+/// one) and the task running the service until its token is cancelled or a part fails.
+pub type Spawned = (SocketAddr, JoinHandle<anyhow::Result<()>>);
+
+/// A service's `run`: spawns it, then waits until it stopped.
+pub async fn run(spawned: impl Future<Output = anyhow::Result<Spawned>>) -> anyhow::Result<()> {
+    let (_addr, task) = spawned.await?;
+    task.await.context("service task panicked")?
+}
+
+/// A consumer service's start-up, step by step: each step waits for what it needs
+/// ([`until_up`]) and names what failed, and the last spawns the service.
+#[derive(Debug)]
+pub struct Startup<'a> {
+    settings: &'a Settings,
+    token: &'a CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl<'a> Startup<'a> {
+    /// Creates the service's metrics registry.
+    pub fn new(settings: &'a Settings, token: &'a CancellationToken) -> Self {
+        Startup {
+            settings,
+            token,
+            metrics: Metrics::new(&settings.service_name),
+        }
+    }
+
+    /// The registry the service's own metrics go in, beside the platform's.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs `step` until it succeeds or fails for good (see [`until_up`]); its error says
+    /// what failed, "failed to `what`".
+    pub async fn step<T, E, F, Fut>(&self, what: &str, step: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::error::Error + Classify + Send + Sync + 'static,
+    {
+        until_up(what, self.token, step)
+            .await
+            .with_context(|| format!("failed to {what}"))
+    }
+
+    /// The service's PostgreSQL database: connected (waiting for it), its `migrations` and
+    /// the platform's tables installed under the advisory lock `setup_lock` (one per
+    /// service, see [`crate::db::prepare`]), and its applied event ids forgotten after
+    /// `dedup.retention_hours` until the service stops.
+    pub async fn database(
+        &self,
+        migrations: impl Fn() -> Migrator,
+        setup_lock: i64,
+    ) -> anyhow::Result<PgPool> {
+        let pool = self
+            .step("connect to the database", || {
+                crate::db::connect(&self.settings.database)
+            })
+            .await?;
+        self.step("prepare the database", || {
+            crate::db::prepare(&pool, migrations(), setup_lock)
+        })
+        .await?;
+        crate::dedup::spawn_pruner(
+            pool.clone(),
+            &self.settings.dedup,
+            self.metrics.clone(),
+            self.token.clone(),
+        );
+        Ok(pool)
+    }
+
+    /// The `producer` of this replica's events: `<service>-<replica id>`.
+    pub fn producer_name(&self) -> String {
+        format!("{}-{}", self.settings.service_name, replica_id())
+    }
+
+    /// A [`ConsumerService`] of `handler` in the consumer group `group` (full name), with
+    /// this start-up's metrics, no outbox, the ops routes and no checks of its own: set the
+    /// fields for more.
+    pub fn consumer<H: Handler>(
+        &self,
+        group: String,
+        topics: Vec<String>,
+        handler: H,
+    ) -> ConsumerService<H> {
+        ConsumerService {
+            group,
+            topics,
+            handler,
+            metrics: self.metrics.clone(),
+            outbox: None,
+            router: None,
+            health: Health::new(),
+        }
+    }
+
+    /// Spawns `service` (see [`ConsumerService::spawn`]).
+    pub async fn spawn<H: Handler>(self, service: ConsumerService<H>) -> anyhow::Result<Spawned> {
+        service.spawn(self.settings, self.token.clone()).await
+    }
+
+    /// Spawns a service of one transactional handler, consumer group `group` (unprefixed):
+    /// its consumer, its outbox relay and the ops HTTP server.
+    pub async fn spawn_transactional<D: Domain>(
+        self,
+        group: &str,
+        handler: TransactionalHandler<D>,
+    ) -> anyhow::Result<Spawned> {
+        let outbox = handler.outbox.clone();
+        let group = self.settings.kafka.name(group);
+        let topics = handler.topics().to_vec();
+        let mut service = self.consumer(group, topics, handler);
+        service.outbox = Some(outbox);
+        self.spawn(service).await
+    }
+}
+
 /// A service built around one consumer: the consumer, the outbox relay when it writes
 /// events through a PostgreSQL outbox, and an HTTP server. What is left to each service is
 /// its start-up (database, topics, contracts) and its handler.
@@ -139,7 +262,7 @@ impl<H: Handler> ConsumerService<H> {
         self,
         settings: &Settings,
         token: CancellationToken,
-    ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    ) -> anyhow::Result<Spawned> {
         let (addr, run) = self.start(settings, token).await?;
         Ok((addr, tokio::spawn(run)))
     }

@@ -13,11 +13,12 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgConnection, PgPool};
 
-use crate::codec::{CodecError, decode_each};
+use crate::codec::{CodecError, TopicDecoders, decode_each};
 use crate::consumer::{Handler, HandlerError, Outcome};
+use crate::db::DbError;
 use crate::dedup;
 use crate::dlq::Rejection;
-use crate::errors::Classify;
+use crate::errors::{Classify, ErrorClass};
 use crate::outbox::{Outbox, OutboxMessage};
 use crate::telemetry::{self, Traceparent};
 
@@ -34,8 +35,7 @@ pub struct Work<I> {
 }
 
 impl<I> Work<I> {
-    /// The work of the message being handled (called from [`Domain::work`], inside the
-    /// message's span): names the correlation id on that span and keeps its trace context.
+    /// The work of the message being handled (built inside the message's span): names the correlation id on that span and keeps its trace context.
     pub fn new(event_id: String, correlation_id: String, input: I) -> Self {
         telemetry::record_correlation_id(&correlation_id);
         Work {
@@ -66,17 +66,16 @@ pub trait Domain: Send + Sync + 'static {
     /// violates is permanent, a lost connection transient).
     type Error: std::error::Error + Classify + Send + Sync + 'static;
 
-    /// Decodes one message. The future must not borrow the message: decoding a cached
-    /// schema needs no I/O, and only a miss copies the bytes for the registry call.
-    fn decode<'a>(
-        &'a self,
-        msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Self::Message, CodecError>> + Send + use<'a, Self>;
+    /// The decoders of the topics the service consumes, one per topic: the platform decodes
+    /// each message with its topic's (see [`crate::codec::decode_each`]).
+    fn decoders(&self) -> &TopicDecoders<Self::Message>;
+
+    /// The message's event id (its key in `processed_events`) and correlation id.
+    fn ids(message: &Self::Message) -> (&str, &str);
 
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
-    /// when it is invalid (it goes to the dead-letter topic). Runs inside the message's span:
-    /// build the result with [`Work::new`].
-    fn work(&self, message: Self::Message) -> Result<Option<Work<Self::Input>>, String>;
+    /// when it is invalid (it goes to the dead-letter topic).
+    fn input(&self, message: &Self::Message) -> Result<Option<Self::Input>, String>;
 
     /// Applies inputs never applied before, in order, inside `tx` (which the platform
     /// commits): lock what they touch, change the state, return the events to emit.
@@ -88,6 +87,46 @@ pub trait Domain: Send + Sync + 'static {
 
     /// Called once the transaction holding `summary`'s changes committed.
     fn committed(&self, summary: Self::Summary);
+}
+
+/// What applying a batch fails with, for a domain that writes rows and encodes events.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot encode an event: {0}")]
+    Encode(#[from] CodecError),
+    /// Another transaction inserted a row this batch was inserting: the retry sees it.
+    #[error("{0} row(s) were inserted concurrently")]
+    Conflict(u64),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ApplyError::Db(DbError::Sql(e))
+    }
+}
+
+impl Classify for ApplyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::Db(e) => e.class(),
+            // The other transaction committed: the next try reads its row.
+            ApplyError::Conflict(_) => ErrorClass::Transient,
+            // Our own event failing our own schema: no rule says why; retried, then the
+            // message is set aside.
+            ApplyError::Encode(_) => ErrorClass::Unknown,
+        }
+    }
+}
+
+/// Checks that an `INSERT .. ON CONFLICT DO NOTHING` of `expected` rows inserted them all:
+/// a row missing was inserted by a concurrent transaction, and the batch is retried.
+pub fn all_inserted(expected: usize, inserted: u64) -> Result<(), ApplyError> {
+    match (expected as u64).checked_sub(inserted) {
+        Some(0) | None => Ok(()),
+        Some(missing) => Err(ApplyError::Conflict(missing)),
+    }
 }
 
 /// A [`Handler`] that runs a [`Domain`] in one transaction per batch.
@@ -110,7 +149,7 @@ enum TxError<E> {
 }
 
 impl<E: Classify> Classify for TxError<E> {
-    fn class(&self) -> crate::ErrorClass {
+    fn class(&self) -> ErrorClass {
         match self {
             TxError::Database(e) => e.class(),
             TxError::Domain(e) => e.class(),
@@ -123,13 +162,16 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
         let mut outcome = Outcome::ok();
         let mut work = Vec::with_capacity(batch.len());
         let mut invalid = Vec::new();
-        // `work` runs in each message's span (decode_each), so Work::new finds it.
+        // This runs in each message's span (decode_each), so Work::new finds it.
         decode_each(
             batch,
             &mut outcome,
-            |msg| self.domain.decode(msg),
-            |index, message| match self.domain.work(message) {
-                Ok(Some(w)) => {
+            self.domain.decoders(),
+            |index, message| match self.domain.input(&message) {
+                Ok(Some(input)) => {
+                    let (event_id, correlation_id) = D::ids(&message);
+                    // Work::new names the correlation on the span first: the line carries it.
+                    let w = Work::new(event_id.to_owned(), correlation_id.to_owned(), input);
                     tracing::debug!(target: "feedline::consumer", event_id = %w.event_id, "message to apply");
                     work.push(w)
                 }
@@ -153,6 +195,21 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
 }
 
 impl<D: Domain> TransactionalHandler<D> {
+    /// The handler of `domain` over `pool`, its events written to the outbox in `pool`.
+    pub fn new(pool: PgPool, dedup_consumer: &'static str, domain: D) -> Self {
+        TransactionalHandler {
+            outbox: Outbox::new(pool.clone()),
+            pool,
+            dedup_consumer,
+            domain,
+        }
+    }
+
+    /// The topics the domain consumes (full names).
+    pub fn topics(&self) -> &[String] {
+        self.domain.decoders().topics()
+    }
+
     async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<D::Error>> {
         let mut tx = self.pool.begin().await?;
         let event_ids: Vec<String> = work.iter().map(|w| w.event_id.clone()).collect();

@@ -78,6 +78,17 @@ impl Running {
     }
 }
 
+/// `addr` as a client can dial it: a wildcard bind is reached on the loopback address.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
     let running = spawn(settings, token).await?;
@@ -170,7 +181,14 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
             health: health.clone(),
             consumer: None,
         };
-        let mut announcer = feedline::discovery::Announcer::new(&settings, addr, producer, beacon);
+        // On port 0 (the tests, the in-process system) `registry.url` cannot say where this
+        // registry is, so its announcements' schema goes to this very instance. A TLS
+        // listener's certificate names a host, so there the configured URL stays.
+        let mut own = settings.clone();
+        if settings.http.port == 0 && tls.is_none() {
+            own.registry.url = format!("http://{}", reachable(addr));
+        }
+        let mut announcer = feedline::discovery::Announcer::new(&own, addr, producer, beacon);
         if tls.is_some() {
             announcer = announcer.https();
         }

@@ -1,3 +1,5 @@
+//! One file: the `_schemas` reader and writer share one record format; only tests take it past 600 lines.
+//!
 //! The `_schemas` log: a reader that applies every record to the shared state, and a writer
 //! that appends records so that no two instances ever hand out the same id.
 //!

@@ -396,15 +396,6 @@ fn message(payload: Vec<u8>) -> rdkafka::message::OwnedMessage {
     )
 }
 
-/// What a consumer's handler does with each message (see `decode_batch`'s callers).
-fn decode<'a>(
-    decoder: &'a AvroDecoder<Thing, RegistryClient>,
-    message: &rdkafka::message::OwnedMessage,
-) -> impl Future<Output = Result<Thing, CodecError>> + use<'a> {
-    let bytes = rdkafka::Message::payload(message).unwrap().to_vec();
-    async move { decoder.decode(&bytes).await }
-}
-
 /// A consumer whose credentials the registry refuses retries the batch (the registry's
 /// fault, transient); only a schema id the registry does not know dead-letters a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,9 +432,7 @@ async fn a_consumer_refused_by_the_registry_retries_instead_of_dead_lettering() 
 
         let decoder = AvroDecoder::<Thing, _>::new(refused, &schema, None).unwrap();
         let mut outcome = Outcome::ok();
-        let result =
-            feedline::codec::decode_batch(&[framed(id)], &mut outcome, |m| decode(&decoder, m))
-                .await;
+        let result = feedline::codec::decode_batch(&[framed(id)], &mut outcome, &decoder).await;
         assert!(
             matches!(result, Err(HandlerError::Transient(_))),
             "{result:?}"
@@ -455,11 +444,9 @@ async fn a_consumer_refused_by_the_registry_retries_instead_of_dead_lettering() 
     let decoder = AvroDecoder::<Thing, _>::new(reader, &schema, None).unwrap();
     let mut outcome = Outcome::ok();
     let decoded =
-        feedline::codec::decode_batch(&[framed(id), framed(id + 1000)], &mut outcome, |m| {
-            decode(&decoder, m)
-        })
-        .await
-        .expect("the unknown id is the message's fault, not the batch's");
+        feedline::codec::decode_batch(&[framed(id), framed(id + 1000)], &mut outcome, &decoder)
+            .await
+            .expect("the unknown id is the message's fault, not the batch's");
     assert_eq!(decoded.len(), 1);
     assert_eq!(outcome.rejected().len(), 1);
     assert_eq!(outcome.rejected()[0].0, 1);
@@ -603,8 +590,7 @@ impl feedline::Handler for Decoding {
             &self.refused
         };
         let mut outcome = Outcome::ok();
-        let values =
-            feedline::codec::decode_batch(batch, &mut outcome, |m| decode(decoder, m)).await?;
+        let values = feedline::codec::decode_batch(batch, &mut outcome, &**decoder).await?;
         let mut decoded = self.decoded.lock().unwrap();
         decoded.extend(values.into_iter().map(|(_, thing)| thing.id));
         Ok(outcome)

@@ -8,6 +8,7 @@ use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use feedline::codec::{AvroDecoder, AvroEncoder, FixedResolver, SchemaResolver};
+use feedline::contracts::{encoder, register_all};
 use feedline_schemas::contracts::{FILES, TOPIC_ENVELOPES};
 use feedline_schemas::types::*;
 use feedline_schemas::*;

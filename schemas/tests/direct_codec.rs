@@ -9,6 +9,7 @@ use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, DirectCodec, FixedResolver};
+use feedline::contracts::encoder;
 use feedline_schemas::contracts::FILES;
 use feedline_schemas::types::*;
 use feedline_schemas::*;

@@ -3,9 +3,8 @@
 
 use feedline::Settings;
 use feedline::admin::{Admin, Drift, TopicSpec};
-use feedline_schemas::{
-    CREDIT_EVENTS, EVENT_TOPICS, ORDER_COMMANDS, SCHEMAS_TOPIC, TOPICS, ensure_topics, topic_specs,
-};
+use feedline::contracts::{ensure_topics, topic_specs};
+use feedline_schemas::{CREDIT_EVENTS, EVENT_TOPICS, ORDER_COMMANDS, SCHEMAS_TOPIC, TOPICS};
 
 fn settings(prefix: &str) -> Settings {
     let bootstrap =

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, RegistryClient};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
-use feedline_schemas::Contracts;
+use feedline::contracts::Contracts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::DropGuard;

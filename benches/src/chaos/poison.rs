@@ -109,7 +109,7 @@ pub async fn send(settings: &Settings, client: &Client) -> anyhow::Result<Vec<Po
     // Valid Avro, written with the registered schema, whose data the service must refuse.
     let mark = marker();
     let encoder =
-        feedline_schemas::encoder::<OrderCommand, _>(&registry, &settings.kafka, ORDER_COMMANDS)
+        feedline::contracts::encoder::<OrderCommand, _>(&registry, &settings.kafka, ORDER_COMMANDS)
             .await
             .context("failed to get the order-commands encoder")?;
     let customer = uuid::Uuid::now_v7().to_string();
@@ -135,7 +135,7 @@ pub async fn send(settings: &Settings, client: &Client) -> anyhow::Result<Vec<Po
     );
 
     let mark = marker();
-    let encoder = feedline_schemas::encoder::<CustomerCommand, _>(
+    let encoder = feedline::contracts::encoder::<CustomerCommand, _>(
         &registry,
         &settings.kafka,
         CUSTOMER_COMMANDS,

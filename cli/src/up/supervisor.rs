@@ -129,7 +129,7 @@ async fn register_schemas(config: Option<&Path>, registry_url: &str) -> anyhow::
     let settings = Settings::load("", config)
         .context("failed to load configuration")?
         .with_overrides(&format!("[registry]\nurl = \"{registry_url}\"\n"))?;
-    feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
+    feedline::contracts::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
         .await
         .context("failed to register the schemas")?;
     Ok(())

@@ -4,7 +4,7 @@
 
 use feedline::config::KafkaSettings;
 use feedline::{CancellationToken, Settings};
-use feedline_cli::system::System;
+use feedline_launcher::System;
 use feedline_testkit::{database_url, fresh_database, kafka_bootstrap, random_prefix};
 use serde_json::{Value, json};
 

@@ -1,43 +1,19 @@
 //! The customers database: schema set-up and the set-based statements a batch needs (one
 //! round trip per statement, whatever the batch size).
 
-use feedline::errors::{Classify, ErrorClass};
-use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{PgConnection, PgPool};
+pub use feedline::db::DbError;
+use sqlx::PgConnection;
+use sqlx::migrate::Migrator;
 use uuid::Uuid;
 
 use crate::credit::{Customer, Reservation, ReservationStatus};
 
 /// The advisory lock that serializes schema set-up between replicas starting together.
-const SETUP_LOCK: i64 = 0x0fee_d200;
+pub const SETUP_LOCK: i64 = 0x0fee_d200;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("customers database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("customers schema set-up: {0}")]
-    Migrate(#[from] MigrateError),
-    #[error("reservation of order {order_id} has an unknown status {status:?}")]
-    BadStatus { order_id: Uuid, status: String },
-}
-
-impl Classify for DbError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            DbError::Sql(e) => e.class(),
-            DbError::Migrate(e) => e.class(),
-            // A stored status this release does not know: no rule says what it is.
-            DbError::BadStatus { .. } => ErrorClass::Unknown,
-        }
-    }
-}
-
-/// Runs this service's migrations and installs the platform tables (outbox,
-/// processed_events), see [`feedline::db::prepare`].
-pub async fn prepare(pool: &PgPool) -> Result<(), DbError> {
-    let migrator: Migrator = sqlx::migrate!();
-    feedline::db::prepare(pool, migrator, SETUP_LOCK).await?;
-    Ok(())
+/// This service's migrations (the platform adds its tables, see [`feedline::db::prepare`]).
+pub fn migrations() -> Migrator {
+    sqlx::migrate!()
 }
 
 #[derive(sqlx::FromRow)]
@@ -67,9 +43,11 @@ pub async fn lock_reservations(
     .await?;
     rows.into_iter()
         .map(|r| {
-            let status = ReservationStatus::parse(&r.status).ok_or(DbError::BadStatus {
-                order_id: r.order_id,
-                status: r.status.clone(),
+            let status = ReservationStatus::parse(&r.status).ok_or_else(|| {
+                DbError::UnknownValue(format!(
+                    "reservation of order {} has an unknown status {:?}",
+                    r.order_id, r.status
+                ))
             })?;
             Ok(Reservation {
                 order_id: r.order_id,

@@ -3,20 +3,21 @@
 //! event ids, see [`feedline::transactional`]).
 
 use std::collections::BTreeSet;
-use std::future::Future;
 
-use feedline::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient};
-use feedline::errors::{Classify, ErrorClass};
+use feedline::codec::{AvroEncoder, CodecError, TopicDecoders};
+use feedline::config::KafkaSettings;
+use feedline::contracts::Contracts;
 use feedline::outbox::OutboxMessage;
-use feedline::transactional::{Applied, Domain, TransactionalHandler, Work};
+use feedline::transactional::{
+    Applied, ApplyError, Domain, TransactionalHandler, Work, all_inserted,
+};
 use feedline_schemas::types::{CreditEvent, CustomerCommand, CustomerEvent, Envelope, OrderEvent};
-use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
+use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, ORDER_EVENTS};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::credit::{Event, Input, Ledger};
-use crate::db::{self, DbError};
+use crate::db;
 use crate::metrics::{CustomerMetrics, Tally};
 
 /// The key of this service's rows in `processed_events`.
@@ -25,42 +26,9 @@ pub const DEDUP_CONSUMER: &str = "customers";
 /// The consumer's handler: the platform's transactional handler over [`Customers`].
 pub type CustomersHandler = TransactionalHandler<Customers>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("cannot encode a customer or credit event: {0}")]
-    Encode(#[from] CodecError),
-    /// Another transaction inserted a customer or reservation this batch was inserting:
-    /// the retry sees it.
-    #[error("{0} row(s) were inserted concurrently")]
-    Conflict(u64),
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Db(DbError::Sql(e))
-    }
-}
-
-impl Classify for Error {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Error::Db(e) => e.class(),
-            // The other transaction committed: the next try reads its row.
-            Error::Conflict(_) => ErrorClass::Transient,
-            // Our own event failing our own schema: no rule says why; retried, then the
-            // message is set aside.
-            Error::Encode(_) => ErrorClass::Unknown,
-        }
-    }
-}
-
-/// Full (prefixed) topic names.
+/// Full (prefixed) names of the topics the service emits to.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    pub commands: String,
-    pub orders: String,
     pub customer_events: String,
     pub credit_events: String,
 }
@@ -71,27 +39,23 @@ pub enum Incoming {
     Order(OrderEvent),
 }
 
-impl Incoming {
-    fn envelope(&self) -> &dyn Envelope {
-        match self {
-            Incoming::Command(c) => c,
-            Incoming::Order(o) => o,
-        }
+impl From<CustomerCommand> for Incoming {
+    fn from(c: CustomerCommand) -> Self {
+        Incoming::Command(c)
     }
+}
 
-    fn input(&self) -> Result<Option<Input>, String> {
-        match self {
-            Incoming::Command(c) => Input::from_command(&c.payload).map(Some),
-            Incoming::Order(o) => Input::from_order_event(&o.payload),
-        }
+impl From<OrderEvent> for Incoming {
+    fn from(o: OrderEvent) -> Self {
+        Incoming::Order(o)
     }
 }
 
 #[derive(Debug)]
 pub struct Customers {
+    /// `customer-commands` and `order-events`.
+    pub decoders: TopicDecoders<Incoming>,
     pub topics: Topics,
-    pub commands: AvroDecoder<CustomerCommand, RegistryClient>,
-    pub orders: AvroDecoder<OrderEvent, RegistryClient>,
     pub customer_events: AvroEncoder<CustomerEvent>,
     pub credit_events: AvroEncoder<CreditEvent>,
     /// `customers-<replica id>`, stamped on every emitted event.
@@ -99,56 +63,60 @@ pub struct Customers {
     pub metrics: CustomerMetrics,
 }
 
+impl Customers {
+    /// The domain over the registered `contracts`, emitting as `producer`.
+    pub async fn new(
+        contracts: &Contracts,
+        kafka: &KafkaSettings,
+        producer: String,
+        metrics: CustomerMetrics,
+    ) -> Result<Self, CodecError> {
+        Ok(Customers {
+            decoders: TopicDecoders::new()
+                .topic(
+                    kafka.name(CUSTOMER_COMMANDS),
+                    contracts.decoder::<CustomerCommand>(CUSTOMER_COMMANDS)?,
+                )
+                .topic(
+                    kafka.name(ORDER_EVENTS),
+                    contracts.decoder::<OrderEvent>(ORDER_EVENTS)?,
+                ),
+            topics: Topics {
+                customer_events: kafka.name(CUSTOMER_EVENTS),
+                credit_events: kafka.name(CREDIT_EVENTS),
+            },
+            customer_events: contracts.encoder(CUSTOMER_EVENTS).await?,
+            credit_events: contracts.encoder(CREDIT_EVENTS).await?,
+            producer,
+            metrics,
+        })
+    }
+}
+
 impl Domain for Customers {
     type Message = Incoming;
     type Input = Input;
     type Summary = Tally;
-    type Error = Error;
+    type Error = ApplyError;
 
-    /// Decodes without I/O when the writer's schema is cached (always, after the first
-    /// message of a schema).
-    fn decode<'a>(
-        &'a self,
-        msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Incoming, CodecError>> + Send + use<'a> {
-        let bytes = msg.payload().unwrap_or_default();
-        let is_command = msg.topic() == self.topics.commands;
-        let cached = if is_command {
-            self.commands
-                .decode_cached(bytes)
-                .map(|v| v.map(Incoming::Command))
-        } else {
-            self.orders
-                .decode_cached(bytes)
-                .map(|v| v.map(Incoming::Order))
-        }
-        .transpose();
-        let miss = cached.is_none().then(|| bytes.to_vec());
-        async move {
-            match (cached, miss) {
-                (Some(done), _) => done,
-                (None, bytes) => {
-                    let bytes = bytes.unwrap_or_default();
-                    if is_command {
-                        self.commands.decode(&bytes).await.map(Incoming::Command)
-                    } else {
-                        self.orders.decode(&bytes).await.map(Incoming::Order)
-                    }
-                }
-            }
-        }
+    fn decoders(&self) -> &TopicDecoders<Incoming> {
+        &self.decoders
     }
 
-    fn work(&self, message: Incoming) -> Result<Option<Work<Input>>, String> {
-        let envelope = message.envelope();
+    fn ids(message: &Incoming) -> (&str, &str) {
+        let envelope: &dyn Envelope = match message {
+            Incoming::Command(c) => c,
+            Incoming::Order(o) => o,
+        };
+        (envelope.event_id(), envelope.correlation_id())
+    }
+
+    fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
         // Approved and rejected orders ask nothing: nothing to do, nothing to remember.
-        Ok(message.input()?.map(|input| {
-            Work::new(
-                envelope.event_id().to_owned(),
-                envelope.correlation_id().to_owned(),
-                input,
-            )
-        }))
+        match message {
+            Incoming::Command(c) => Input::from_command(&c.payload).map(Some),
+            Incoming::Order(o) => Input::from_order_event(&o.payload),
+        }
     }
 
     /// Locks the reservations and customers the batch touches, runs the credit rules in
@@ -157,7 +125,7 @@ impl Domain for Customers {
         &self,
         tx: &mut PgConnection,
         work: &[&Work<Input>],
-    ) -> Result<Applied<Tally>, Error> {
+    ) -> Result<Applied<Tally>, ApplyError> {
         let mut tally = Tally::default();
 
         let order_ids: Vec<Uuid> = work
@@ -221,15 +189,11 @@ impl Domain for Customers {
         // Customers before reservations: a reservation references its customer.
         let new_customers = ledger.customer_inserts();
         let inserted = db::insert_customers(&mut *tx, &new_customers).await?;
-        if inserted != new_customers.len() as u64 {
-            return Err(Error::Conflict(new_customers.len() as u64 - inserted));
-        }
+        all_inserted(new_customers.len(), inserted)?;
         db::update_customers(&mut *tx, &ledger.customer_updates()).await?;
         let new_reservations = ledger.reservation_inserts();
         let inserted = db::insert_reservations(&mut *tx, &new_reservations).await?;
-        if inserted != new_reservations.len() as u64 {
-            return Err(Error::Conflict(new_reservations.len() as u64 - inserted));
-        }
+        all_inserted(new_reservations.len(), inserted)?;
         db::update_reservations(&mut *tx, &ledger.reservation_updates()).await?;
         Ok(Applied {
             messages,

@@ -15,20 +15,16 @@ pub mod db;
 pub mod handler;
 pub mod metrics;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
-use feedline::outbox::Outbox;
-use feedline::service::{ConsumerService, until_up};
-use feedline::{CancellationToken, Health, Metrics, Settings};
-use feedline_schemas::{
-    CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, Contracts, ORDER_EVENTS,
-};
-use tokio::task::JoinHandle;
+use feedline::contracts::Contracts;
+use feedline::service::{Spawned, Startup};
+use feedline::transactional::TransactionalHandler;
+use feedline::{CancellationToken, Settings};
 
-use crate::handler::{Customers, CustomersHandler, Topics};
+use crate::handler::Customers;
 use crate::metrics::CustomerMetrics;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -46,93 +42,32 @@ pub const GROUP: &str = "customers";
 
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    let (_addr, task) = spawn(settings, token).await?;
-    task.await.context("customers task panicked")?
+    feedline::service::run(spawn(settings, token)).await
 }
 
 /// Does all start-up (database, topics, schemas), binds the ops HTTP port (`http.port`, 0
 /// picks a free one) and returns its address with the task running the consumer, the
 /// outbox relay and the HTTP server until `token` is cancelled or one of them fails.
-pub async fn spawn(
-    settings: Settings,
-    token: CancellationToken,
-) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
-    let metrics = Metrics::new(&settings.service_name);
-    let customer_metrics = CustomerMetrics::new(metrics.registry())
+pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Spawned> {
+    let start = Startup::new(&settings, &token);
+    let metrics = CustomerMetrics::new(start.metrics().registry())
         .context("failed to register the customer metrics")?;
+    let pool = start.database(db::migrations, db::SETUP_LOCK).await?;
     let kafka = &settings.kafka;
-
-    let pool = until_up("connect to the database", &token, || {
-        feedline::db::connect(&settings.database)
-    })
-    .await
-    .context("failed to connect to the customers database")?;
-    until_up("prepare the database", &token, || db::prepare(&pool))
-        .await
-        .context("failed to prepare the customers database")?;
-    // Forgets applied event ids after dedup.retention_hours, until the service stops.
-    feedline::dedup::spawn_pruner(
-        pool.clone(),
-        &settings.dedup,
-        metrics.clone(),
-        token.clone(),
-    );
-
-    until_up("create the topics", &token, || {
-        feedline_schemas::ensure_topics(kafka)
-    })
-    .await
-    .context("failed to create the topics")?;
-
+    start
+        .step("create the topics", || {
+            feedline::contracts::ensure_topics(kafka)
+        })
+        .await?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
-    let contracts = until_up("register the schemas", &token, || {
-        Contracts::register(registry.clone(), kafka)
-    })
-    .await
-    .context("failed to register the schemas")?;
-    let outbox = Outbox::new(pool.clone());
-    let customers = Customers {
-        topics: Topics {
-            commands: kafka.name(CUSTOMER_COMMANDS),
-            orders: kafka.name(ORDER_EVENTS),
-            customer_events: kafka.name(CUSTOMER_EVENTS),
-            credit_events: kafka.name(CREDIT_EVENTS),
-        },
-        commands: contracts.decoder(CUSTOMER_COMMANDS)?,
-        orders: contracts.decoder(ORDER_EVENTS)?,
-        customer_events: contracts
-            .encoder(CUSTOMER_EVENTS)
-            .await
-            .context("failed to build the customer-events encoder")?,
-        credit_events: contracts
-            .encoder(CREDIT_EVENTS)
-            .await
-            .context("failed to build the credit-events encoder")?,
-        producer: format!(
-            "{}-{}",
-            settings.service_name,
-            feedline::service::replica_id()
-        ),
-        metrics: customer_metrics,
-    };
-
-    ConsumerService {
-        group: kafka.name(GROUP),
-        topics: vec![
-            customers.topics.commands.clone(),
-            customers.topics.orders.clone(),
-        ],
-        handler: CustomersHandler {
-            pool,
-            outbox: outbox.clone(),
-            dedup_consumer: handler::DEDUP_CONSUMER,
-            domain: customers,
-        },
-        metrics,
-        outbox: Some(outbox),
-        router: None,
-        health: Health::new(),
-    }
-    .spawn(&settings, token)
-    .await
+    let contracts = start
+        .step("register the schemas", || {
+            Contracts::register(registry.clone(), kafka)
+        })
+        .await?;
+    let customers = Customers::new(&contracts, kafka, start.producer_name(), metrics)
+        .await
+        .context("failed to build the customer decoders and encoders")?;
+    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, customers);
+    start.spawn_transactional(GROUP, handler).await
 }

@@ -67,6 +67,10 @@ pub fn router(app: Arc<App>, platform: Arc<Metrics>, health: Health) -> Router {
                 None,
             )
         })
+        // A read continues the gateway's trace (`traceparent`): one trace shows the proxied call.
+        .layer(axum::middleware::from_fn(
+            feedline::telemetry::trace_request,
+        ))
 }
 
 /// An error answer.

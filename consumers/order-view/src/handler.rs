@@ -2,17 +2,14 @@
 //! cache and publish the changes. The runtime stores the batch's offsets only after
 //! [`ViewHandler::handle`] returned `Ok`, that is after the commit.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Instant;
 
-use feedline::codec::{AvroDecoder, CodecError, RegistryClient, decode_each};
+use feedline::codec::{AvroDecoder, CodecError, RegistryClient, TopicDecoders, decode_each};
 use feedline::config::KafkaSettings;
 use feedline::{Handler, HandlerError, Outcome, Rejection};
 use feedline_schemas::types::{CreditEvent, CustomerEvent, OrderEvent};
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_EVENTS, ORDER_EVENTS, envelope_schema};
-use futures::future::{Either, ready};
-use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use tokio::task::JoinHandle;
 
@@ -28,86 +25,56 @@ use feedline::Classify as _;
 pub const TOPICS: [&str; 3] = [ORDER_EVENTS, CUSTOMER_EVENTS, CREDIT_EVENTS];
 
 /// One decoder per topic, built once at start-up.
-pub struct Decoders {
-    topics: [String; 3],
-    order: AvroDecoder<OrderEvent, RegistryClient>,
-    customer: AvroDecoder<CustomerEvent, RegistryClient>,
-    credit: AvroDecoder<CreditEvent, RegistryClient>,
-}
-
-impl std::fmt::Debug for Decoders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoders")
-            .field("topics", &self.topics)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Topic {
-    Order,
-    Customer,
-    Credit,
-}
+#[derive(Debug)]
+pub struct Decoders(TopicDecoders<Event>);
 
 impl Decoders {
     pub fn new(registry: Arc<RegistryClient>, kafka: &KafkaSettings) -> Result<Self, CodecError> {
-        let schema = |topic| envelope_schema(topic).expect("every event topic has an envelope");
-        Ok(Decoders {
-            topics: TOPICS.map(|t| kafka.name(t)),
-            order: AvroDecoder::new(registry.clone(), schema(ORDER_EVENTS), None)?,
-            customer: AvroDecoder::new(registry.clone(), schema(CUSTOMER_EVENTS), None)?,
-            credit: AvroDecoder::new(registry, schema(CREDIT_EVENTS), None)?,
-        })
+        fn decoder<T: serde::de::DeserializeOwned>(
+            registry: &Arc<RegistryClient>,
+            topic: &str,
+        ) -> Result<AvroDecoder<T, RegistryClient>, CodecError> {
+            let schema = envelope_schema(topic).expect("every event topic has an envelope");
+            AvroDecoder::new(registry.clone(), schema, None)
+        }
+        Ok(Decoders(
+            TopicDecoders::new()
+                .topic(
+                    kafka.name(ORDER_EVENTS),
+                    decoder::<OrderEvent>(&registry, ORDER_EVENTS)?,
+                )
+                .topic(
+                    kafka.name(CUSTOMER_EVENTS),
+                    decoder::<CustomerEvent>(&registry, CUSTOMER_EVENTS)?,
+                )
+                .topic(
+                    kafka.name(CREDIT_EVENTS),
+                    decoder::<CreditEvent>(&registry, CREDIT_EVENTS)?,
+                ),
+        ))
     }
 
     /// The full (prefixed) names of the topics.
     pub fn topics(&self) -> &[String] {
-        &self.topics
+        self.0.topics()
     }
+}
 
-    /// Decodes without I/O when the writer's schema is known (every message but the first of
-    /// each schema id); otherwise copies the bytes and fetches the schema.
-    fn decode<'s>(
-        &'s self,
-        msg: &OwnedMessage,
-    ) -> impl Future<Output = Result<Event, CodecError>> + Send + use<'s> {
-        let bytes = msg.payload().unwrap_or_default();
-        let topic = match self.topics.iter().position(|t| t == msg.topic()) {
-            Some(0) => Topic::Order,
-            Some(1) => Topic::Customer,
-            Some(_) => Topic::Credit,
-            None => {
-                return Either::Left(ready(Err(CodecError::Decode {
-                    id: 0,
-                    reason: format!("unexpected topic {}", msg.topic()),
-                })));
-            }
-        };
-        match self.decode_cached(topic, bytes) {
-            Ok(Some(event)) => Either::Left(ready(Ok(event))),
-            Err(e) => Either::Left(ready(Err(e))),
-            Ok(None) => {
-                let bytes = bytes.to_vec();
-                Either::Right(async move { self.fetch_and_decode(topic, &bytes).await })
-            }
-        }
+impl From<OrderEvent> for Event {
+    fn from(e: OrderEvent) -> Self {
+        Event::Order(e)
     }
+}
 
-    fn decode_cached(&self, topic: Topic, bytes: &[u8]) -> Result<Option<Event>, CodecError> {
-        Ok(match topic {
-            Topic::Order => self.order.decode_cached(bytes)?.map(Event::Order),
-            Topic::Customer => self.customer.decode_cached(bytes)?.map(Event::Customer),
-            Topic::Credit => self.credit.decode_cached(bytes)?.map(Event::Credit),
-        })
+impl From<CustomerEvent> for Event {
+    fn from(e: CustomerEvent) -> Self {
+        Event::Customer(e)
     }
+}
 
-    async fn fetch_and_decode(&self, topic: Topic, bytes: &[u8]) -> Result<Event, CodecError> {
-        Ok(match topic {
-            Topic::Order => Event::Order(self.order.decode(bytes).await?),
-            Topic::Customer => Event::Customer(self.customer.decode(bytes).await?),
-            Topic::Credit => Event::Credit(self.credit.decode(bytes).await?),
-        })
+impl From<CreditEvent> for Event {
+    fn from(e: CreditEvent) -> Self {
+        Event::Credit(e)
     }
 }
 
@@ -195,7 +162,7 @@ impl Handler for ViewHandler {
         decode_each(
             batch,
             &mut outcome,
-            |msg| self.decoders.decode(msg),
+            &self.decoders.0,
             |index, mut event: Event| {
                 // Runs in the message's span: its log lines and trace name the correlation.
                 feedline::telemetry::record_correlation_id(event.correlation_id());

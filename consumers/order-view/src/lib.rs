@@ -22,16 +22,14 @@ pub mod model;
 pub mod store;
 pub mod writer;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
-use feedline::service::ConsumerService;
-use feedline::{CancellationToken, Health, Metrics, Settings};
+use feedline::service::{Spawned, Startup};
+use feedline::{CancellationToken, Health, Settings};
 use serde::Deserialize;
-use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
 use crate::feed::FeedHub;
@@ -47,47 +45,47 @@ port = 8093
 [database]
 url = "sqlite:order-view.db"
 # The readers' pool (the writer has a connection of its own): each connection has its own
-# page cache, and under the saga bench's load two more readers cost ~10 MiB of resident
-# memory for reads that take milliseconds. Raise it for a read-heavy deployment.
+# page cache, which costs resident memory, while the reads take milliseconds, so one reader
+# keeps up. Raise it for a read-heavy deployment.
 max_connections = 1
 # One SQLite transaction per batch: bigger batches under load share the pages each commit
-# writes (about 45k events/s at 500, 75k at 5000 on two cores). 2,500 keeps most of that
-# and halves the batch's transient memory (the messages, the decoded events, the rows and
-# their bound arguments). Batches only fill up under load, so this costs no latency when
-# it is quiet.
+# writes, so throughput grows with the batch. 2,500 keeps most of that gain while bounding
+# the batch's transient memory (the messages, the decoded events, the rows and their bound
+# arguments). Batches only fill up under load, so this costs no latency when it is quiet.
+# Measurements: benches/REPORT.md.
 [consumer]
 batch_max = 2500
 # librdkafka's prefetch is the part of order-view's memory that grows with a backlog: it
 # counts payload bytes only, and what it holds costs two to three times that (each message's
-# op, and the decompressed producer batches it came in). 2 MiB still holds two full batches
-# of ~210 B events.
+# op, and the decompressed producer batches it came in). 2 MiB still holds more than a
+# full batch of events.
 queued_max_kbytes = 2048
 # The prefetch bound is checked before a fetch is sent, and one fetch brings up to this much
-# per partition (librdkafka's default is 1 MiB): across order-view's 18 partitions a single
-# answer could overshoot the bound many times over while order-view lags.
+# per partition (librdkafka's default is 1 MiB): across all the partitions order-view reads,
+# a single answer could overshoot the bound many times over while order-view lags.
 [kafka.properties]
 "max.partition.fetch.bytes" = "131072"
 "#;
 
 /// The `[order_view]` section.
 ///
-/// Memory: the defaults are sized for the 50 MB per-service budget. What grows with load
-/// is the hot cache (~400 B per order: at most `cache_capacity` orders, ~4 MB at the
-/// default), SQLite's page cache (at most `sqlite_cache_kib` per connection: the writer's
-/// and `database.max_connections` readers', 4 MiB at the defaults), the broadcast ring
-/// (`feed_broadcast_capacity` changes of ~400 B once it has filled: ~3 MB), librdkafka's
-/// prefetch (`consumer.queued_max_kbytes`, two to three times that in fact) and the batch
-/// being written (`consumer.batch_max`).
+/// Memory: the defaults are sized for the per-service memory budget. What grows with load
+/// is the hot cache (at most `cache_capacity` orders), SQLite's page cache (at most
+/// `sqlite_cache_kib` per connection: the writer's and `database.max_connections`
+/// readers'), the broadcast ring (`feed_broadcast_capacity` changes once it has filled),
+/// librdkafka's prefetch (`consumer.queued_max_kbytes`, two to three times that in fact)
+/// and the batch being written (`consumer.batch_max`). What each costs under load is in
+/// benches/REPORT.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ViewSettings {
     /// Orders, and separately customers, held in memory at most. The writer needs only the
-    /// orders still changing (a saga settles within a second, so 10k orders is two seconds
-    /// at the saga bench's 4,500 orders/s); a miss is one indexed SQLite read.
+    /// orders still changing, and a saga settles within a second or so, so the cache need
+    /// hold only the last seconds' orders at full load; a miss is one indexed SQLite read.
     pub cache_capacity: usize,
     /// SQLite's page cache per connection, in KiB. The writer's working set is the right
-    /// edges of its indexes and the orders still changing; 2 MiB holds it (4 MiB was no
-    /// faster in the saga bench, and cost 4 MiB of the memory budget).
+    /// edges of its indexes and the orders still changing; the default holds it, and a
+    /// larger cache made the saga bench no faster while it costs memory budget.
     pub sqlite_cache_kib: u32,
     /// How much of the SQLite file is memory-mapped, in MiB. Mapped pages that were read
     /// count as the process's resident memory, up to the whole file: 0 reads through the
@@ -143,23 +141,20 @@ impl ViewSettings {
 
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    let (_, handle) = spawn(settings, token).await?;
-    handle.await.context("order-view task panicked")?
+    feedline::service::run(spawn(settings, token)).await
 }
 
 /// Starts order-view: opens and migrates the SQLite file, creates the topics, binds the
 /// HTTP port (`http.port = 0` picks a free one) and runs the consumer and the HTTP server
 /// until `token` is cancelled. Returns the bound address and the task that ends when both
 /// stopped.
-pub async fn spawn(
-    settings: Settings,
-    token: CancellationToken,
-) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Spawned> {
     let view: ViewSettings = settings
         .section("order_view")
         .context("failed to read the [order_view] settings")?;
     view.validate()?;
-    let platform = Metrics::new(&settings.service_name);
+    let start = Startup::new(&settings, &token);
+    let platform = start.metrics().clone();
     let metrics = ViewMetrics::new(&platform);
 
     let memory = store::Memory {
@@ -188,11 +183,11 @@ pub async fn spawn(
         .context("failed to read the read model's generation")?;
     let group = format!("{}.{generation}", settings.kafka.name("order-view"));
 
-    feedline::service::until_up("create the topics", &token, || {
-        feedline_schemas::ensure_topics(&settings.kafka)
-    })
-    .await
-    .context("failed to create the topics")?;
+    start
+        .step("create the topics", || {
+            feedline::contracts::ensure_topics(&settings.kafka)
+        })
+        .await?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
     let decoders =
         Decoders::new(registry, &settings.kafka).context("failed to prepare the decoders")?;
@@ -241,15 +236,10 @@ pub async fn spawn(
     });
     let health = Health::new();
     health.database("read model", store.pool().clone());
-    let service = ConsumerService {
-        group,
-        topics: handler.topics().to_vec(),
-        handler,
-        metrics: platform.clone(),
-        outbox: None,
-        router: Some(api::router(app, platform, health.clone())),
-        health,
-    };
+    let topics = handler.topics().to_vec();
+    let mut service = start.consumer(group, topics, handler);
+    service.router = Some(api::router(app, platform, health.clone()));
+    service.health = health;
     let (addr, running) = service.start(&settings, token).await?;
     let handle = tokio::spawn(async move {
         let result = running.await;

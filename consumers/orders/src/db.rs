@@ -1,43 +1,19 @@
 //! The orders database: schema set-up and the set-based statements a batch needs (one round
 //! trip per statement, whatever the batch size).
 
-use feedline::errors::{Classify, ErrorClass};
-use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{PgConnection, PgPool};
+pub use feedline::db::DbError;
+use sqlx::PgConnection;
+use sqlx::migrate::Migrator;
 use uuid::Uuid;
 
 use crate::order::{Order, Status};
 
 /// The advisory lock that serializes schema set-up between replicas starting together.
-const SETUP_LOCK: i64 = 0x0fee_d100;
+pub const SETUP_LOCK: i64 = 0x0fee_d100;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("orders database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("orders schema set-up: {0}")]
-    Migrate(#[from] MigrateError),
-    #[error("order {id} has an unknown status {status:?}")]
-    BadStatus { id: Uuid, status: String },
-}
-
-impl Classify for DbError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            DbError::Sql(e) => e.class(),
-            DbError::Migrate(e) => e.class(),
-            // A stored status this release does not know: no rule says what it is.
-            DbError::BadStatus { .. } => ErrorClass::Unknown,
-        }
-    }
-}
-
-/// Runs this service's migrations and installs the platform tables (outbox,
-/// processed_events), see [`feedline::db::prepare`].
-pub async fn prepare(pool: &PgPool) -> Result<(), DbError> {
-    let migrator: Migrator = sqlx::migrate!();
-    feedline::db::prepare(pool, migrator, SETUP_LOCK).await?;
-    Ok(())
+/// This service's migrations (the platform adds its tables, see [`feedline::db::prepare`]).
+pub fn migrations() -> Migrator {
+    sqlx::migrate!()
 }
 
 #[derive(sqlx::FromRow)]
@@ -63,9 +39,11 @@ pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Or
     .await?;
     rows.into_iter()
         .map(|r| {
-            let status = Status::parse(&r.status).ok_or(DbError::BadStatus {
-                id: r.id,
-                status: r.status.clone(),
+            let status = Status::parse(&r.status).ok_or_else(|| {
+                DbError::UnknownValue(format!(
+                    "order {} has an unknown status {:?}",
+                    r.id, r.status
+                ))
             })?;
             Ok(Order {
                 id: r.id,

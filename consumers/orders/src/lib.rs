@@ -13,18 +13,16 @@ pub mod handler;
 pub mod metrics;
 pub mod order;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::RegistryClient;
-use feedline::outbox::Outbox;
-use feedline::service::{ConsumerService, until_up};
-use feedline::{CancellationToken, Health, Metrics, Settings};
-use feedline_schemas::{CREDIT_EVENTS, Contracts, ORDER_COMMANDS, ORDER_EVENTS};
-use tokio::task::JoinHandle;
+use feedline::contracts::Contracts;
+use feedline::service::{Spawned, Startup};
+use feedline::transactional::TransactionalHandler;
+use feedline::{CancellationToken, Settings};
 
-use crate::handler::{Orders, OrdersHandler, Topics};
+use crate::handler::Orders;
 use crate::metrics::OrderMetrics;
 
 /// This service's defaults, layered under the config file and `FEEDLINE_*` variables.
@@ -42,85 +40,32 @@ pub const GROUP: &str = "orders";
 
 /// Runs until `token` is cancelled.
 pub async fn run(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    let (_addr, task) = spawn(settings, token).await?;
-    task.await.context("orders task panicked")?
+    feedline::service::run(spawn(settings, token)).await
 }
 
 /// Does all start-up (database, topics, schemas), binds the ops HTTP port (`http.port`, 0
 /// picks a free one) and returns its address with the task running the consumer, the
 /// outbox relay and the HTTP server until `token` is cancelled or one of them fails.
-pub async fn spawn(
-    settings: Settings,
-    token: CancellationToken,
-) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
-    let metrics = Metrics::new(&settings.service_name);
-    let order_metrics =
-        OrderMetrics::new(metrics.registry()).context("failed to register the order metrics")?;
+pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Result<Spawned> {
+    let start = Startup::new(&settings, &token);
+    let metrics = OrderMetrics::new(start.metrics().registry())
+        .context("failed to register the order metrics")?;
+    let pool = start.database(db::migrations, db::SETUP_LOCK).await?;
     let kafka = &settings.kafka;
-
-    let pool = until_up("connect to the database", &token, || {
-        feedline::db::connect(&settings.database)
-    })
-    .await
-    .context("failed to connect to the orders database")?;
-    until_up("prepare the database", &token, || db::prepare(&pool))
-        .await
-        .context("failed to prepare the orders database")?;
-    // Forgets applied event ids after dedup.retention_hours, until the service stops.
-    feedline::dedup::spawn_pruner(
-        pool.clone(),
-        &settings.dedup,
-        metrics.clone(),
-        token.clone(),
-    );
-
-    until_up("create the topics", &token, || {
-        feedline_schemas::ensure_topics(kafka)
-    })
-    .await
-    .context("failed to create the topics")?;
-
+    start
+        .step("create the topics", || {
+            feedline::contracts::ensure_topics(kafka)
+        })
+        .await?;
     let registry = Arc::new(RegistryClient::new(&settings.registry));
-    let contracts = until_up("register the schemas", &token, || {
-        Contracts::register(registry.clone(), kafka)
-    })
-    .await
-    .context("failed to register the schemas")?;
-    let outbox = Outbox::new(pool.clone());
-    let orders = Orders {
-        topics: Topics {
-            commands: kafka.name(ORDER_COMMANDS),
-            credit: kafka.name(CREDIT_EVENTS),
-            events: kafka.name(ORDER_EVENTS),
-        },
-        commands: contracts.decoder(ORDER_COMMANDS)?,
-        credit: contracts.decoder(CREDIT_EVENTS)?,
-        encoder: contracts
-            .encoder(ORDER_EVENTS)
-            .await
-            .context("failed to build the order-events encoder")?,
-        producer: format!(
-            "{}-{}",
-            settings.service_name,
-            feedline::service::replica_id()
-        ),
-        metrics: order_metrics,
-    };
-
-    ConsumerService {
-        group: kafka.name(GROUP),
-        topics: vec![orders.topics.commands.clone(), orders.topics.credit.clone()],
-        handler: OrdersHandler {
-            pool,
-            outbox: outbox.clone(),
-            dedup_consumer: handler::DEDUP_CONSUMER,
-            domain: orders,
-        },
-        metrics,
-        outbox: Some(outbox),
-        router: None,
-        health: Health::new(),
-    }
-    .spawn(&settings, token)
-    .await
+    let contracts = start
+        .step("register the schemas", || {
+            Contracts::register(registry.clone(), kafka)
+        })
+        .await?;
+    let orders = Orders::new(&contracts, kafka, start.producer_name(), metrics)
+        .await
+        .context("failed to build the order decoders and encoder")?;
+    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, orders);
+    start.spawn_transactional(GROUP, handler).await
 }

@@ -10,11 +10,13 @@
 //! a schema-guided serde codec, rather than apache-avro's serializer (see `direct.rs`).
 
 mod avro;
+mod batch;
 mod direct;
 mod evolve;
 mod registry;
 
 pub use avro::{AvroDecoder, AvroEncoder};
+pub use batch::{Decode, Fetching, Route, TopicDecoders, decode_batch, decode_each};
 pub use direct::{DirectCodec, DirectError};
 pub use registry::{FixedResolver, RegistryClient, SchemaResolver};
 
@@ -85,55 +87,6 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
 pub fn write_header(out: &mut Vec<u8>, id: u32) {
     out.push(MAGIC_BYTE);
     out.extend_from_slice(&id.to_be_bytes());
-}
-
-/// Decodes every message of a batch for a [`crate::Handler`]: poison messages (bad framing,
-/// unknown schema, undecodable bytes) are rejected into `outcome` and so go to the DLQ;
-/// a registry that cannot be reached fails the batch for a retry. Returns the decoded
-/// values with their index in `batch`.
-pub async fn decode_batch<T, F, Fut>(
-    batch: &[rdkafka::message::OwnedMessage],
-    outcome: &mut crate::Outcome,
-    decode: F,
-) -> Result<Vec<(usize, T)>, crate::HandlerError>
-where
-    F: Fn(&rdkafka::message::OwnedMessage) -> Fut,
-    Fut: std::future::Future<Output = Result<T, CodecError>>,
-{
-    let mut decoded = Vec::with_capacity(batch.len());
-    decode_each(batch, outcome, decode, |index, value| {
-        decoded.push((index, value))
-    })
-    .await?;
-    Ok(decoded)
-}
-
-/// [`decode_batch`], handing each decoded value with its index in `batch` to `each` as soon
-/// as it is decoded: a handler can start on the first values while the rest decode. Both
-/// the decoding and `each` run in the message's span ([`crate::telemetry::message_span`]).
-pub async fn decode_each<T, F, Fut>(
-    batch: &[rdkafka::message::OwnedMessage],
-    outcome: &mut crate::Outcome,
-    decode: F,
-    mut each: impl FnMut(usize, T),
-) -> Result<(), crate::HandlerError>
-where
-    F: Fn(&rdkafka::message::OwnedMessage) -> Fut,
-    Fut: std::future::Future<Output = Result<T, CodecError>>,
-{
-    for (index, msg) in batch.iter().enumerate() {
-        // The message's own span (its trace continues), around its decoding and what the
-        // handler does with the value.
-        let span = crate::telemetry::message_span(msg);
-        match span.within(decode(msg)).await {
-            Ok(value) => span.in_scope(|| each(index, value)),
-            Err(e) if e.is_poison() => {
-                outcome.reject(index, crate::Rejection::new(e.kind(), e.to_string()))
-            }
-            Err(e) => return Err(crate::HandlerError::classified(e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

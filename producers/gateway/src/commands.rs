@@ -1,3 +1,5 @@
+//! One file: one request path (extractors, topics, handlers) shared by every command.
+//!
 //! The write side: validate a request, publish its command (Avro, keyed by customer) and
 //! answer `202 Accepted` once the broker acknowledged it, or `200` with the outcome when the
 //! client asked to wait for it. With an `Idempotency-Key` the ids come from the key and a

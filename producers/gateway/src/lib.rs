@@ -243,7 +243,7 @@ pub async fn spawn(
 
     if config.ensure_topics {
         until_up("create the topics", &token, || {
-            feedline_schemas::ensure_topics(&settings.kafka)
+            feedline::contracts::ensure_topics(&settings.kafka)
         })
         .await
         .context("failed to create the topics")?;
@@ -254,7 +254,7 @@ pub async fn spawn(
     let orders = CommandTopic {
         topic: settings.kafka.name(ORDER_COMMANDS),
         encoder: until_up("register the order-commands schema", &token, || {
-            feedline_schemas::encoder(&registry, &settings.kafka, ORDER_COMMANDS)
+            feedline::contracts::encoder(&registry, &settings.kafka, ORDER_COMMANDS)
         })
         .await
         .context("failed to register the order-commands schema")?,
@@ -262,7 +262,7 @@ pub async fn spawn(
     let customers = CommandTopic {
         topic: settings.kafka.name(CUSTOMER_COMMANDS),
         encoder: until_up("register the customer-commands schema", &token, || {
-            feedline_schemas::encoder(&registry, &settings.kafka, CUSTOMER_COMMANDS)
+            feedline::contracts::encoder(&registry, &settings.kafka, CUSTOMER_COMMANDS)
         })
         .await
         .context("failed to register the customer-commands schema")?,

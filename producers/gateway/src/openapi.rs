@@ -1,3 +1,5 @@
+//! One file: the OpenAPI document is one value.
+//!
 //! `GET /openapi.json`: the OpenAPI 3.1 description of every route, written by hand. The
 //! tests hold it against the router's route table, both ways, and check every `$ref`.
 

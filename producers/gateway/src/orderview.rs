@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use feedline::telemetry::{TRACEPARENT, Traceparent};
 use serde_json::Value;
 
 use crate::upstream::{Outcome, Upstream};
@@ -114,7 +115,7 @@ impl OrderView {
                 return Err(UpstreamError::Unreachable("no order-view replica".into()));
             };
             let url = format!("{}{path_and_query}", pick.url());
-            let result = build(self.http.get(url)).send().await;
+            let result = build(traced(self.http.get(url))).send().await;
             let (outcome, kind) = classify(&result);
             let replica = pick.url().to_owned();
             pick.finish(outcome, kind);
@@ -151,6 +152,14 @@ impl OrderView {
                 .map_err(|e| UpstreamError::BadBody(e.to_string())),
             status => Err(UpstreamError::Status(status)),
         }
+    }
+}
+
+/// The call continues the current request's trace in order-view.
+fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match Traceparent::current() {
+        Some(tp) => request.header(TRACEPARENT, tp.as_str()),
+        None => request,
     }
 }
 

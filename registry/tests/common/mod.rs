@@ -29,6 +29,10 @@ pub fn settings(prefix: &str) -> Settings {
         # Open, as a development registry: the auth tests add users on top.
         [registry_server]
         dev_mode = true
+        # Silent: an announcement registers its own schema here, and these registries
+        # must hold only what a test registers. `discovery.rs` turns it back on.
+        [discovery]
+        enabled = false
         "#,
         kafka_bootstrap()
     ))
@@ -81,11 +85,18 @@ impl TestRegistry {
 
     /// A registry on the `_schemas` topic of `prefix` (shared with other instances).
     pub async fn on(prefix: &str) -> Self {
+        Self::with(settings(prefix)).await
+    }
+
+    /// A registry with these settings.
+    pub async fn with(settings: Settings) -> Self {
         feedline::telemetry::init();
+        let prefix = settings.kafka.topic_prefix.clone();
+        let prefix = prefix.as_str();
         let token = CancellationToken::new();
         let running = tokio::time::timeout(
             Duration::from_secs(60),
-            feedline_registry::spawn(settings(prefix), token.clone()),
+            feedline_registry::spawn(settings, token.clone()),
         )
         .await
         .expect("registry started in time")

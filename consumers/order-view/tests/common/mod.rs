@@ -51,13 +51,13 @@ impl TestEnv {
         let client = RegistryClient::new(&settings.registry);
         let producer = Producer::new(&settings.kafka, Metrics::new("test")).expect("producer");
         TestEnv {
-            order: feedline_schemas::encoder(&client, &settings.kafka, ORDER_EVENTS)
+            order: feedline::contracts::encoder(&client, &settings.kafka, ORDER_EVENTS)
                 .await
                 .expect("order encoder"),
-            customer: feedline_schemas::encoder(&client, &settings.kafka, CUSTOMER_EVENTS)
+            customer: feedline::contracts::encoder(&client, &settings.kafka, CUSTOMER_EVENTS)
                 .await
                 .expect("customer encoder"),
-            credit: feedline_schemas::encoder(&client, &settings.kafka, CREDIT_EVENTS)
+            credit: feedline::contracts::encoder(&client, &settings.kafka, CREDIT_EVENTS)
                 .await
                 .expect("credit encoder"),
             prefix,

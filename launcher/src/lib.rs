@@ -1,6 +1,7 @@
 //! The whole of feedline in one process: the registry and every service under one shutdown
-//! root. `feedline up` runs it on the default ports; the end-to-end tests on port 0 with a
-//! fresh topic prefix and fresh databases.
+//! root. `feedline up --in-process` runs it on the default ports; the end-to-end tests and the
+//! load tests on port 0 with a fresh topic prefix and fresh databases. A crate of its own so
+//! that the load tests need not build the CLI.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,9 +42,12 @@ impl System {
         let registry_url = format!("[registry]\nurl = \"http://{registry_addr}\"\n");
 
         let settings = load("")?.with_overrides(&registry_url)?;
-        feedline_schemas::register_all(&RegistryClient::new(&settings.registry), &settings.kafka)
-            .await
-            .context("failed to register the schemas")?;
+        feedline::contracts::register_all(
+            &RegistryClient::new(&settings.registry),
+            &settings.kafka,
+        )
+        .await
+        .context("failed to register the schemas")?;
 
         let with_registry = |defaults: &str| -> anyhow::Result<Settings> {
             Ok(load(defaults)?.with_overrides(&registry_url)?)
