@@ -1,3 +1,4 @@
+//! One file over 600 lines: each check reads the same parsed compose file, one test binary.
 //! docker-compose.yml, read statically (no Docker engine here or in CI): what must hold for
 //! the system it starts to be closed by default.
 //!

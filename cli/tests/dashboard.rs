@@ -7,15 +7,18 @@
 //! promtool comes with the Debian package `prometheus` (`./dev setup` installs it). Without
 //! it the lint is skipped with a message, except in CI (`CI=true`), where that is a failure.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
+use common::system::{Launch, demo_bearer};
+use feedline::{CancellationToken, Metrics, Outgoing, Producer};
 use feedline_launcher::System;
+use feedline_testkit::{eventually, prometheus};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 /// Series Prometheus makes itself for every target, not scraped from one.
 const SYNTHETIC: &[&str] = &["up"];
@@ -199,35 +202,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// The names of the samples of a Prometheus text exposition.
-fn sample_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The value of an unlabelled-but-for-`service` sample, e.g. a histogram's `_count`.
-fn sample_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split(['{', ' ']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The value of the sample of `name` that has every one of `labels` (`key="value"`), in
-/// whatever order the exposition writes them.
-fn labelled_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|l| l.split_once("} "))
-        .find(|(set, _)| {
-            let set: BTreeSet<&str> = set.split(',').collect();
-            labels.iter().all(|l| set.contains(l))
-        })
-        .and_then(|(_, v)| v.trim().parse().ok())
-}
-
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -294,24 +268,6 @@ fn metric_names_are_read_out_of_promql() {
     assert!(names("vector(2)").is_empty());
 }
 
-#[test]
-fn sample_names_are_read_out_of_a_scrape() {
-    let text = "# HELP a_seconds x\n# TYPE a_seconds histogram\n\
-                a_seconds_bucket{le=\"1\"} 1\na_seconds_sum 0.5\na_seconds_count 1\nb 2\n";
-    assert_eq!(
-        sample_names(text).into_iter().collect::<Vec<_>>(),
-        ["a_seconds_bucket", "a_seconds_count", "a_seconds_sum", "b"]
-    );
-    assert_eq!(sample_value(text, "a_seconds_count"), Some(1.0));
-    let labelled = "c_total{b=\"2\",a=\"1\"} 3\nc_total{b=\"1\",a=\"1\"} 4\n";
-    assert_eq!(
-        labelled_value(labelled, "c_total", &["a=\"1\"", "b=\"1\""]),
-        Some(4.0)
-    );
-    assert_eq!(labelled_value(labelled, "c_total", &["b=\"2\""]), Some(3.0));
-    assert_eq!(labelled_value(labelled, "c_total", &["b=\"3\""]), None);
-}
-
 struct Running {
     system: System,
     base: String,
@@ -321,74 +277,24 @@ struct Running {
     _stop: tokio_util::sync::DropGuard,
 }
 
-async fn fresh_database(admin: &PgPool, base_url: &str) -> String {
-    let name = format!("dash_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await
-        .unwrap();
-    format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()])
-}
-
 async fn start() -> Running {
     feedline::telemetry::init();
-    let kafka = std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into());
-    let admin = PgPool::connect(&pg).await.unwrap();
-    let orders_url = fresh_database(&admin, &pg).await;
-    let customers_url = fresh_database(&admin, &pg).await;
-    let view_url = format!(
-        "sqlite:{}",
-        std::env::temp_dir()
-            .join(format!("dash-view-{}.db", uuid::Uuid::new_v4().simple()))
-            .display()
-    );
-    let prefix = format!("dash{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let common = format!(
-        "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
-         [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n[http]\nport = 0\n"
-    );
-    let load = {
-        let common = common.clone();
-        move |defaults: &str| -> anyhow::Result<Settings> {
-            let settings = Settings::from_toml(defaults)?;
-            let db = match settings.service_name.as_str() {
-                "orders" => orders_url.clone(),
-                "customers" => customers_url.clone(),
-                "order-view" => view_url.clone(),
-                _ => pg.clone(),
-            };
-            Ok(settings.with_overrides(&format!(
-                "{common}[database]\nurl = \"{db}\"\nmax_connections = 5\n"
-            ))?)
-        }
-    };
+    let launch = Launch::new("").await;
+    let kafka = launch.kafka();
     let token = CancellationToken::new();
-    let system = System::start(load, token.clone())
-        .await
-        .expect("system starts");
+    let system = launch.start(token.clone()).await;
     system
         .ready(Duration::from_secs(60))
         .await
         .expect("every part ready");
     let base = format!("http://{}", system.gateway);
     let http = reqwest::Client::new();
-    let answer: Value = http
-        .post(format!("{base}/auth/token"))
-        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     Running {
         system,
+        bearer: demo_bearer(&http, &base).await,
         base,
         http,
-        bearer: answer["access_token"].as_str().unwrap().to_owned(),
-        kafka: Settings::from_toml(&common).unwrap().kafka,
+        kafka,
         _stop: token.drop_guard(),
     }
 }
@@ -487,40 +393,42 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported_and_promtool_
         .expect("the poison command is acknowledged");
 
     // Every series the queries name exists once the system has caught up with the traffic.
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    let scrapes = loop {
+    let what = format!("every series the queries name, within {WITHIN:?} of traffic");
+    let scrapes = eventually(&what, WITHIN, async || {
         let scrapes = sys.scrape().await;
-        let names: BTreeSet<String> = scrapes.values().flat_map(|s| sample_names(s)).collect();
+        let names: BTreeSet<String> = scrapes
+            .values()
+            .flat_map(|s| prometheus::names(s))
+            .collect();
         let mut absent: Vec<String> = missing(&dashboard, &names)
             .into_iter()
             .chain(missing(&alerts, &names))
             .collect();
         // Exported at zero from the start; the poison command makes it count.
-        let topic = format!("topic=\"{commands}\"");
-        let dead_letters = labelled_value(
+        let dead_letters = prometheus::value(
             &scrapes["orders"],
             "feedline_dead_lettered_total",
-            &[&topic],
+            &[("topic", commands.as_str())],
         );
         if dead_letters.unwrap_or_default() < 1.0 {
-            absent.push(format!("feedline_dead_lettered_total{{{topic}}} >= 1"));
+            absent.push(format!(
+                "feedline_dead_lettered_total{{topic=\"{commands}\"}} >= 1"
+            ));
         }
         if absent.is_empty() {
-            break scrapes;
+            return Ok(scrapes);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "within {WITHIN:?} of traffic, no service exported:\n  {}\n(scraped: {names:?})\n\
-             (dead letters: {:?})",
-            absent.join("\n  "),
-            scrapes
-                .values()
-                .flat_map(|s| s.lines())
-                .filter(|l| l.starts_with("feedline_dead_lettered_total"))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        let dead_letters: Vec<&str> = scrapes
+            .values()
+            .flat_map(|s| s.lines())
+            .filter(|l| l.starts_with("feedline_dead_lettered_total"))
+            .collect();
+        Err(format!(
+            "no service exported:\n  {}\n(scraped: {names:?})\n(dead letters: {dead_letters:?})",
+            absent.join("\n  ")
+        ))
+    })
+    .await;
 
     // The new histograms measured the traffic, with plausible values.
     let view = &scrapes["order-view"];
@@ -528,8 +436,8 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported_and_promtool_
         "feedline_order_view_freshness_seconds",
         "feedline_order_view_feed_push_delay_seconds",
     ] {
-        let count = sample_value(view, &format!("{histogram}_count")).unwrap_or_default();
-        let sum = sample_value(view, &format!("{histogram}_sum")).unwrap_or_default();
+        let count = prometheus::value(view, &format!("{histogram}_count"), &[]).unwrap_or_default();
+        let sum = prometheus::value(view, &format!("{histogram}_sum"), &[]).unwrap_or_default();
         assert!(count > 0.0, "{histogram} observed nothing:\n{view}");
         assert!(
             (0.0..10.0).contains(&(sum / count)),

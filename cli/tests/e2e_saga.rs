@@ -3,11 +3,14 @@
 //! The whole system end to end, every part real: Kafka, PostgreSQL, the registry, the four
 //! services in-process on port 0, driven through the gateway's HTTP API like a client would.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use feedline::{CancellationToken, Settings};
-use feedline_launcher::System;
+use common::system::{Launch, demo_bearer};
+use feedline::CancellationToken;
+use feedline_testkit::connect;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -21,72 +24,27 @@ struct Running {
     _stop: tokio_util::sync::DropGuard,
 }
 
-async fn fresh_database(admin: &PgPool, base_url: &str) -> (String, PgPool) {
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()]);
-    let pool = PgPool::connect(&url).await.unwrap();
-    (url, pool)
-}
-
 async fn start() -> Running {
     start_with("").await
 }
 
 /// The system with `extra` TOML layered over every service's settings.
-async fn start_with(extra: &'static str) -> Running {
+async fn start_with(extra: &str) -> Running {
     feedline::telemetry::init();
-    let kafka = std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into());
-    let admin = PgPool::connect(&pg).await.unwrap();
-    let (orders_url, orders_db) = fresh_database(&admin, &pg).await;
-    let (customers_url, customers_db) = fresh_database(&admin, &pg).await;
-    let view_url = format!(
-        "sqlite:{}",
-        std::env::temp_dir()
-            .join(format!("e2e-view-{}.db", uuid::Uuid::new_v4().simple()))
-            .display()
+    let launch = Launch::new(extra).await;
+    let (orders_db, customers_db) = (
+        connect(&launch.orders_url).await,
+        connect(&launch.customers_url).await,
     );
-    let prefix = format!("e2e{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let load = move |defaults: &str| -> anyhow::Result<Settings> {
-        let settings = Settings::from_toml(defaults)?;
-        let db = match settings.service_name.as_str() {
-            "orders" => orders_url.clone(),
-            "customers" => customers_url.clone(),
-            "order-view" => view_url.clone(),
-            _ => pg.clone(),
-        };
-        Ok(settings.with_overrides(&format!(
-            "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
-             [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n\
-             [http]\nport = 0\n[database]\nurl = \"{db}\"\nmax_connections = 5\n"
-        ))?
-        .with_overrides(extra)?)
-    };
     let token = CancellationToken::new();
-    let system = System::start(load, token.clone())
-        .await
-        .expect("system starts");
+    let system = launch.start(token.clone()).await;
     let base = format!("http://{}", system.gateway);
     tokio::spawn(system.join(Duration::from_secs(10)));
     let http = reqwest::Client::new();
-    let answer: Value = http
-        .post(format!("{base}/auth/token"))
-        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     Running {
+        bearer: demo_bearer(&http, &base).await,
         base,
         http,
-        bearer: answer["access_token"].as_str().unwrap().to_owned(),
         orders_db,
         customers_db,
         _stop: token.drop_guard(),

@@ -6,14 +6,16 @@
 //! The environment of a running test binary cannot be changed safely (other tests' threads
 //! read it), so the test runs itself again as a child process with those variables set.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::system::{Launch, demo_bearer};
 use feedline::config::SecurityProtocol;
 use feedline::{CancellationToken, Settings};
-use feedline_launcher::System;
-use feedline_testkit::{database_url, eventually, fresh_database, kafka_tls};
+use feedline_testkit::{PATIENCE, eventually, kafka_tls};
 use serde_json::{Value, json};
 
 const TEST: &str = "the_saga_runs_over_sasl_ssl_with_the_production_example";
@@ -57,54 +59,24 @@ fn the_saga_runs_over_sasl_ssl_with_the_production_example() {
 /// ports), then one customer's approved and rejected orders through the gateway.
 async fn saga() {
     feedline::telemetry::init();
-    let pg = database_url();
-    let orders_url = fresh_database().await;
-    let customers_url = fresh_database().await;
-    let view_url = format!(
-        "sqlite:{}",
-        std::env::temp_dir()
-            .join(format!("tls-view-{}.db", uuid::Uuid::new_v4().simple()))
-            .display()
-    );
-    let prefix = format!("tls{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-
     let loaded = Settings::load("", None).expect("the production example loads");
     assert_eq!(loaded.kafka.security_protocol, SecurityProtocol::SaslSsl);
     assert_eq!(loaded.kafka.bootstrap_servers, kafka_tls().sasl_bootstrap);
 
-    let load = move |defaults: &str| -> anyhow::Result<Settings> {
-        let settings = Settings::load(defaults, None)?;
-        let db = match settings.service_name.as_str() {
-            "orders" => orders_url.clone(),
-            "customers" => customers_url.clone(),
-            "order-view" => view_url.clone(),
-            _ => pg.clone(),
-        };
-        Ok(settings.with_overrides(&format!(
-            "[kafka]\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
-             [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n\
-             [http]\nport = 0\n[database]\nurl = \"{db}\"\nmax_connections = 5\n"
-        ))?)
-    };
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
-    let system = System::start(load, token.clone())
+    let system = Launch::on_own_broker("")
         .await
-        .expect("the system starts over SASL_SSL");
+        .start_from(
+            |defaults| Ok(Settings::load(defaults, None)?),
+            token.clone(),
+        )
+        .await;
     let base = format!("http://{}", system.gateway);
     tokio::spawn(system.join(Duration::from_secs(10)));
 
     let http = reqwest::Client::new();
-    let answer: Value = http
-        .post(format!("{base}/auth/token"))
-        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = answer["access_token"].as_str().unwrap().to_owned();
+    let bearer = demo_bearer(&http, &base).await;
     let post = async |path: &str, body: Value| -> Value {
         let response = http
             .post(format!("{base}{path}"))
@@ -143,7 +115,7 @@ async fn saga() {
         "60 + 50 exceeds the limit of 100: {second}"
     );
 
-    eventually("the view to show the reservation", async || {
+    eventually("the view to show the reservation", PATIENCE, async || {
         let view: Value = http
             .get(format!("{base}/customers/{customer}"))
             .bearer_auth(&bearer)

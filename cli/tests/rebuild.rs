@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
 use feedline_launcher::System;
-use feedline_testkit::{eventually, fresh_database, kafka_bootstrap, service_binary};
+use feedline_testkit::{PATIENCE, eventually, fresh_database, kafka_bootstrap, service_binary};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -222,7 +222,7 @@ async fn a_rebuild_under_load_catches_up_and_takes_reads_without_a_failed_read()
 
     // Reads go on beside the switch for a while, then the load stops.
     let after = reads.load(Ordering::Relaxed) + 200;
-    eventually("reads after the switch", async || {
+    eventually("reads after the switch", PATIENCE, async || {
         (reads.load(Ordering::Relaxed) >= after).then_some(())
     })
     .await;
@@ -238,27 +238,31 @@ async fn a_rebuild_under_load_catches_up_and_takes_reads_without_a_failed_read()
     let view = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let db = PgPool::connect(&orders_db).await.unwrap();
-    eventually("the new view equal to the orders database", async || {
-        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, status FROM orders")
-            .fetch_all(&db)
-            .await
-            .ok()?;
-        for (id, status) in &rows {
-            let body: Value = view
-                .get(format!("{base}/orders/{id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
+    eventually(
+        "the new view equal to the orders database",
+        PATIENCE,
+        async || {
+            let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, status FROM orders")
+                .fetch_all(&db)
                 .await
                 .ok()?;
-            let seen = feedline_gateway::orderview::order_status(&body)?;
-            if &seen != status {
-                return None;
+            for (id, status) in &rows {
+                let body: Value = view
+                    .get(format!("{base}/orders/{id}"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let seen = feedline_gateway::orderview::order_status(&body)?;
+                if &seen != status {
+                    return None;
+                }
             }
-        }
-        Some(rows.len())
-    })
+            Some(rows.len())
+        },
+    )
     .await;
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use feedline::CancellationToken;
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 
 #[tokio::test]
 async fn status_shows_the_fleet_and_fails_when_a_service_has_no_ready_instance() {
@@ -26,7 +26,7 @@ async fn status_shows_the_fleet_and_fails_when_a_service_has_no_ready_instance()
     let url = format!("http://{addr}");
 
     // Ready once its group is joined and its lag known.
-    let fleet = eventually("order-view listed as ready", async || {
+    let fleet = eventually("order-view listed as ready", PATIENCE, async || {
         let run = env.feedline(&["status", "--output", "json"]).await;
         let json = run.json();
         let ready = json["instances"].as_array()?.iter().any(|i| {

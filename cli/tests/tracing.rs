@@ -2,15 +2,16 @@
 //! checked hop by hop, gateway → orders → customers → orders → order-view, each consumer's
 //! message span a child of the span that produced the message in the service before.
 
+mod common;
+
 use std::time::Duration;
 
-use feedline::{CancellationToken, Settings};
-use feedline_launcher::System;
-use feedline_testkit::eventually;
+use common::system::{Launch, demo_bearer};
+use feedline::CancellationToken;
+use feedline_testkit::{PATIENCE, eventually};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 /// The value of attribute `key` of `span`, as text.
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
@@ -50,15 +51,6 @@ fn describe(spans: &[SpanData]) -> String {
         .join("\n")
 }
 
-async fn fresh_database(admin: &PgPool, base_url: &str) -> String {
-    let name = format!("trace_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await
-        .unwrap();
-    format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_order_is_one_trace_across_every_service() {
     let exporter = InMemorySpanExporter::default();
@@ -70,49 +62,14 @@ async fn one_order_is_one_trace_across_every_service() {
         "the test's provider is the one installed"
     );
 
-    let kafka = feedline_testkit::kafka_bootstrap();
-    let pg = feedline_testkit::database_url();
-    let admin = PgPool::connect(&pg).await.unwrap();
-    let orders_url = fresh_database(&admin, &pg).await;
-    let customers_url = fresh_database(&admin, &pg).await;
-    let view_url = format!(
-        "sqlite:{}",
-        std::env::temp_dir()
-            .join(format!("trace-view-{}.db", uuid::Uuid::new_v4().simple()))
-            .display()
-    );
-    let prefix = feedline_testkit::random_prefix();
-    let load = move |defaults: &str| -> anyhow::Result<Settings> {
-        let settings = Settings::from_toml(defaults)?;
-        let db = match settings.service_name.as_str() {
-            "orders" => orders_url.clone(),
-            "customers" => customers_url.clone(),
-            "order-view" => view_url.clone(),
-            _ => pg.clone(),
-        };
-        Ok(settings.with_overrides(&format!(
-            "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
-             [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n\
-             [http]\nport = 0\n[database]\nurl = \"{db}\"\nmax_connections = 5\n"
-        ))?)
-    };
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
-    let system = System::start(load, token).await.expect("system starts");
+    let system = Launch::new("").await.start(token).await;
     let base = format!("http://{}", system.gateway);
     tokio::spawn(system.join(Duration::from_secs(10)));
 
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{base}/auth/token"))
-        .json(&json!({"grant_type": "client_credentials", "client_id": "demo", "client_secret": "demo-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    let bearer = demo_bearer(&http, &base).await;
     let customer: Value = http
         .post(format!("{base}/customers?wait=15s"))
         .bearer_auth(&bearer)
@@ -152,7 +109,7 @@ async fn one_order_is_one_trace_across_every_service() {
     let request_span = SpanId::from_hex(&traceparent[36..52]).unwrap();
 
     // order-view and customers see OrderCreated and OrderApproved: the last hops.
-    let spans = eventually("every hop's span", async || {
+    let spans = eventually("every hop's span", PATIENCE, async || {
         let spans: Vec<SpanData> = exporter
             .get_finished_spans()
             .unwrap()

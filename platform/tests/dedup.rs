@@ -86,7 +86,10 @@ async fn the_pruner_runs_in_the_background_and_survives_database_errors() {
         token.clone(),
     );
 
-    eventually("a failed run", || metrics.processed_prune_errors.get() >= 1).await;
+    eventually("a failed run", PATIENCE, async || {
+        metrics.processed_prune_errors.get() >= 1
+    })
+    .await;
     sqlx::query("ALTER TABLE processed_events_away RENAME TO processed_events")
         .execute(&pool)
         .await

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use feedline::discovery::{Announcer, Beacon, Directory};
 use feedline::{CancellationToken, Health, Metrics, Producer, Settings};
-use feedline_testkit::{eventually, kafka_bootstrap, random_prefix, start_registry};
+use feedline_testkit::{PATIENCE, eventually, kafka_bootstrap, random_prefix, start_registry};
 
 const HEARTBEAT_MS: u64 = 300;
 
@@ -77,14 +77,18 @@ async fn instances_come_and_go_and_the_silent_ones_are_counted_down() {
         Health::new(),
     );
 
-    let both = eventually("both order-view instances announced", async || {
-        let seen: Vec<_> = directory
-            .instances()
-            .into_iter()
-            .filter(|i| i.service == "order-view")
-            .collect();
-        (seen.len() == 2).then_some(seen)
-    })
+    let both = eventually(
+        "both order-view instances announced",
+        PATIENCE,
+        async || {
+            let seen: Vec<_> = directory
+                .instances()
+                .into_iter()
+                .filter(|i| i.service == "order-view")
+                .collect();
+            (seen.len() == 2).then_some(seen)
+        },
+    )
     .await;
     assert!(both.iter().all(|i| i.up));
     let urls: Vec<&str> = both.iter().map(|i| i.url.as_str()).collect();
@@ -99,13 +103,17 @@ async fn instances_come_and_go_and_the_silent_ones_are_counted_down() {
     // A clean stop: the tombstone removes the instance without waiting for heartbeats.
     gateway.token.cancel();
     gateway.handle.await.unwrap().unwrap();
-    eventually("the stopped gateway left the directory", async || {
-        directory
-            .instances()
-            .iter()
-            .all(|i| i.service != "gateway")
-            .then_some(())
-    })
+    eventually(
+        "the stopped gateway left the directory",
+        PATIENCE,
+        async || {
+            directory
+                .instances()
+                .iter()
+                .all(|i| i.service != "gateway")
+                .then_some(())
+        },
+    )
     .await;
 
     // A silent stop (no tombstone, as after kill -9): down within three heartbeats of the

@@ -82,11 +82,11 @@ async fn a_permanent_failure_dead_letters_only_the_message_at_fault() {
     produce_all(&ctx, &topic, &sent).await;
     let handler = AllOrNothing::new("poison", HandlerError::Permanent);
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler.clone());
-    eventually("every good message committed", || {
+    eventually("every good message committed", PATIENCE, async || {
         handler.committed.lock().unwrap().len() >= 39
     })
     .await;
-    let letters = ctx.read_all(&dlq::dlq_topic(&topic), 1);
+    let letters = ctx.read_all(&dlq::dlq_topic(&topic), 1).await;
     token.cancel();
     task.await.unwrap().unwrap();
 
@@ -136,8 +136,8 @@ async fn an_unknown_failure_is_retried_then_narrowed_to_its_message() {
         handler.clone(),
         &settings,
     );
-    let letters = ctx.read_all(&dlq::dlq_topic(&topic), 1);
-    eventually("every other message committed", || {
+    let letters = ctx.read_all(&dlq::dlq_topic(&topic), 1).await;
+    eventually("every other message committed", PATIENCE, async || {
         handler.committed.lock().unwrap().len() >= 11
     })
     .await;
@@ -201,16 +201,20 @@ async fn a_transient_failure_is_waited_out_in_the_group_and_reported_not_ready()
         handler.clone(),
         &settings,
     );
-    eventually("ready", || progress.ready().is_ok()).await;
+    eventually("ready", PATIENCE, async || progress.ready().is_ok()).await;
 
     handler.down.store(true, Ordering::SeqCst);
     let sent = payloads(30, usize::MAX, "");
     produce_all(&ctx, &topic, &sent).await;
-    eventually("not ready while the dependency is away", || {
-        progress
-            .ready()
-            .is_err_and(|e| e.contains("waiting for a dependency"))
-    })
+    eventually(
+        "not ready while the dependency is away",
+        PATIENCE,
+        async || {
+            progress
+                .ready()
+                .is_err_and(|e| e.contains("waiting for a dependency"))
+        },
+    )
     .await;
     // Outlast max.poll.interval.ms with the batch still failing: the member must stay.
     let outage_ends = tokio::time::Instant::now() + Duration::from_secs(9);
@@ -229,11 +233,13 @@ async fn a_transient_failure_is_waited_out_in_the_group_and_reported_not_ready()
     assert!(handler.attempts.load(Ordering::SeqCst) > 5);
 
     handler.down.store(false, Ordering::SeqCst);
-    eventually("everything once the dependency is back", || {
-        handler.committed.lock().unwrap().len() >= 30
-    })
+    eventually(
+        "everything once the dependency is back",
+        PATIENCE,
+        async || handler.committed.lock().unwrap().len() >= 30,
+    )
     .await;
-    eventually("ready again", || progress.ready().is_ok()).await;
+    eventually("ready again", PATIENCE, async || progress.ready().is_ok()).await;
     token.cancel();
     task.await.unwrap().unwrap();
     let mut got = handler.committed();
@@ -277,12 +283,14 @@ async fn a_handler_that_hangs_is_not_live() {
         &settings,
     );
     ctx.produce(&topic, "k", b"fine", &[]).await;
-    eventually("ready", || progress.ready().is_ok()).await;
+    eventually("ready", PATIENCE, async || progress.ready().is_ok()).await;
     assert!(progress.live().is_ok());
     ctx.produce(&topic, "k", b"stuck", &[]).await;
-    eventually("not live once the batch outlasts the stall timeout", || {
-        progress.live().is_err_and(|e| e.contains("in the handler"))
-    })
+    eventually(
+        "not live once the batch outlasts the stall timeout",
+        PATIENCE,
+        async || progress.live().is_err_and(|e| e.contains("in the handler")),
+    )
     .await;
     token.cancel();
     // The drain timeout abandons the hung batch; the consumer still stops cleanly.

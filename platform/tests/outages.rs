@@ -112,7 +112,7 @@ async fn the_relay_outlives_its_database_and_publishes_everything_once_it_is_bac
         (50..100).map(|i| message(&topic, keys[i % 3], i)).collect(),
     )
     .await;
-    let published = ctx.read_all(&topic, 100);
+    let published = ctx.read_all(&topic, 100).await;
     until("ready again", async || ready(&health).await.is_ok()).await;
     assert!(!running.is_finished());
     token.cancel();
@@ -167,7 +167,7 @@ async fn rows_the_broker_refuses_are_quarantined_and_the_rest_go_on() {
         .idle_poll(Duration::from_millis(200));
     let token = feedline::CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone()));
-    let published = ctx.read_all(&topic, 2);
+    let published = ctx.read_all(&topic, 2).await;
     until("both bad rows quarantined", async || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_quarantine")
             .fetch_one(&pool)

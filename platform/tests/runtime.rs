@@ -46,7 +46,10 @@ async fn round_trip_keeps_keys_headers_and_order_per_key() {
     let handler = Collect::default();
     let seen = handler.seen.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
-    eventually("200 messages", || seen.lock().unwrap().len() >= 200).await;
+    eventually("200 messages", PATIENCE, async || {
+        seen.lock().unwrap().len() >= 200
+    })
+    .await;
     token.cancel();
     task.await.unwrap().unwrap();
 
@@ -125,14 +128,20 @@ async fn failed_handler_gets_the_message_again_after_restart_and_skips_nothing()
         ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[])
             .await;
     }
-    eventually("the first seven", || first.seen.lock().unwrap().len() >= 7).await;
+    eventually("the first seven", PATIENCE, async || {
+        first.seen.lock().unwrap().len() >= 7
+    })
+    .await;
     for i in 7..20 {
         ctx.produce(&topic, "k", format!("m{i}").as_bytes(), &[])
             .await;
     }
     // A transient failure is retried for as long as it lasts: stopped while it still fails,
     // the consumer stores nothing of the failing batch.
-    eventually("m7 retried", || first.attempts.load(Ordering::SeqCst) >= 3).await;
+    eventually("m7 retried", PATIENCE, async || {
+        first.attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
     token.cancel();
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
@@ -146,7 +155,10 @@ async fn failed_handler_gets_the_message_again_after_restart_and_skips_nothing()
     let second = Collect::default();
     let seen = second.seen.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), second);
-    eventually("the rest", || seen.lock().unwrap().len() >= 13).await;
+    eventually("the rest", PATIENCE, async || {
+        seen.lock().unwrap().len() >= 13
+    })
+    .await;
     token.cancel();
     task.await.unwrap().unwrap();
     let after: Vec<String> = seen.lock().unwrap().iter().map(text).collect();
@@ -191,8 +203,11 @@ async fn poison_messages_go_to_the_dlq_with_reason_and_source() {
     let handler = Picky::default();
     let accepted = handler.accepted.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
-    eventually("the good ones", || accepted.lock().unwrap().len() >= 2).await;
-    let dead = ctx.read_all(&dlq::dlq_topic(&topic), 2);
+    eventually("the good ones", PATIENCE, async || {
+        accepted.lock().unwrap().len() >= 2
+    })
+    .await;
+    let dead = ctx.read_all(&dlq::dlq_topic(&topic), 2).await;
     token.cancel();
     task.await.unwrap().unwrap();
 
@@ -252,6 +267,7 @@ struct Slow {
 
 impl Handler for Slow {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Outcome, HandlerError> {
+        // The handler's slowness is the subject: shutdown comes while a batch is in it.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.seen.lock().unwrap().extend(batch.iter().cloned());
         self.stop_after_first.store(true, Ordering::SeqCst);
@@ -276,7 +292,10 @@ async fn graceful_shutdown_commits_every_processed_message() {
     let seen = handler.seen.clone();
     let started = handler.stop_after_first.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
-    eventually("a first batch", || started.load(Ordering::SeqCst)).await;
+    eventually("a first batch", PATIENCE, async || {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
     // Shut down while the next batch is in the handler: it must finish and be committed.
     token.cancel();
     task.await.unwrap().unwrap();
@@ -323,7 +342,10 @@ async fn a_second_member_takes_over_partitions_without_losing_messages() {
     };
     let seen = one.seen.clone();
     let (t1, h1) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), one);
-    eventually("first batches", || !seen.lock().unwrap().is_empty()).await;
+    eventually("first batches", PATIENCE, async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
     let (t2, h2) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), two);
     for i in 400..600 {
         ctx.produce(
@@ -341,7 +363,7 @@ async fn a_second_member_takes_over_partitions_without_losing_messages() {
             .collect::<std::collections::HashSet<_>>()
             .len()
     };
-    eventually("all 600 messages", || distinct() >= 600).await;
+    eventually("all 600 messages", PATIENCE, async || distinct() >= 600).await;
     t1.cancel();
     t2.cancel();
     h1.await.unwrap().unwrap();
@@ -373,11 +395,11 @@ async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
     let one = Collect::default();
     let seen_one = one.seen.clone();
     let (t1, h1) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), one);
-    eventually("the first full batch", || {
+    eventually("the first full batch", PATIENCE, async || {
         seen_one.lock().unwrap().len() >= 5
     })
     .await;
-    eventually("its offsets committed", || {
+    eventually("its offsets committed", PATIENCE, async || {
         ctx.committed("g", &topic, 2).iter().sum::<i64>() == 5
     })
     .await;
@@ -386,6 +408,8 @@ async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
     for i in 0..4 {
         produce_to(&ctx, &topic, i % 2, &format!("b{i}")).await;
     }
+    // A grace period for member one to fetch them into its batch: the runtime shows no sign
+    // of a batch being collected (it would need a count of the messages fetched).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let two = Collect::default();
     let seen_two = two.seen.clone();
@@ -400,14 +424,22 @@ async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
     // Member two getting some of them shows the rebalance landed while member one was still
     // collecting them (had member one handled them first, they would all be committed).
     // Both members hold a batch for up to batch_wait, so wait for both before counting.
-    eventually("all nine messages, some by member two", || {
-        let mut all = all();
-        all.dedup();
-        all.len() >= 9 && !seen_two.lock().unwrap().is_empty()
+    eventually(
+        "all nine messages, some by member two",
+        PATIENCE,
+        async || {
+            let mut all = all();
+            all.dedup();
+            all.len() >= 9 && !seen_two.lock().unwrap().is_empty()
+        },
+    )
+    .await;
+    // Everything committed: nothing is redelivered after this, so what the two members
+    // handled until they stop is every delivery, duplicates included.
+    eventually("all nine offsets committed", PATIENCE, async || {
+        ctx.committed("g", &topic, 2).iter().sum::<i64>() == 9
     })
     .await;
-    // Room for a duplicate to show up.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     t1.cancel();
     t2.cancel();
     h1.await.unwrap().unwrap();
@@ -433,6 +465,7 @@ impl Handler for Sluggish {
             .lock()
             .unwrap()
             .push(batch.iter().map(text).collect());
+        // The handler's slowness is the subject: the next batch is fetched behind it.
         tokio::time::sleep(Duration::from_millis(800)).await;
         Ok(Outcome::ok())
     }
@@ -451,8 +484,12 @@ async fn shutdown_abandons_the_prefetched_batch() {
     let handler = Sluggish::default();
     let batches = handler.batches.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
-    eventually("a first batch", || !batches.lock().unwrap().is_empty()).await;
-    // The next five are local already: the fetch side has them waiting well before this.
+    eventually("a first batch", PATIENCE, async || {
+        !batches.lock().unwrap().is_empty()
+    })
+    .await;
+    // The next five are local already: the fetch side has them waiting well before this. A
+    // grace period, as the runtime shows no sign of a prefetched batch.
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel();
     task.await.unwrap().unwrap();
@@ -479,14 +516,14 @@ async fn messages_that_arrive_while_the_handler_works_come_as_one_batch() {
     let batches = handler.batches.clone();
     let (token, task) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), handler);
     produce_to(&ctx, &topic, 0, "first").await;
-    eventually("the first batch in the handler", || {
+    eventually("the first batch in the handler", PATIENCE, async || {
         !batches.lock().unwrap().is_empty()
     })
     .await;
     for i in 0..10 {
         produce_to(&ctx, &topic, 0, &format!("m{i}")).await;
     }
-    eventually("all eleven handled", || {
+    eventually("all eleven handled", PATIENCE, async || {
         batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= 11
     })
     .await;

@@ -13,7 +13,7 @@ use common::*;
 use feedline::codec::{AvroDecoder, CodecError, RegistryClient, SchemaResolver, write_header};
 use feedline::{CancellationToken, Classify, ErrorClass, HandlerError, Outcome, Settings};
 use feedline_registry::auth::hash_password;
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -671,20 +671,26 @@ async fn a_consumer_refused_by_the_registry_waits_and_then_processes_the_message
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
 
-    eventually("the refused batch is retried and reported", async || {
-        (handler.attempts.load(Ordering::SeqCst) >= 3
-            && progress
-                .ready()
-                .is_err_and(|e| e.contains("waiting for a dependency")))
-        .then_some(())
-    })
+    eventually(
+        "the refused batch is retried and reported",
+        PATIENCE,
+        async || {
+            (handler.attempts.load(Ordering::SeqCst) >= 3
+                && progress
+                    .ready()
+                    .is_err_and(|e| e.contains("waiting for a dependency")))
+            .then_some(())
+        },
+    )
     .await;
     assert!(handler.decoded.lock().unwrap().is_empty());
 
     handler.fixed.store(true, Ordering::SeqCst);
-    eventually("the message once the credentials are right", async || {
-        (!handler.decoded.lock().unwrap().is_empty()).then_some(())
-    })
+    eventually(
+        "the message once the credentials are right",
+        PATIENCE,
+        async || (!handler.decoded.lock().unwrap().is_empty()).then_some(()),
+    )
     .await;
     assert_eq!(*handler.decoded.lock().unwrap(), vec![42]);
     token.cancel();

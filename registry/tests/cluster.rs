@@ -13,21 +13,19 @@ use serde_json::{Value, json};
 /// Waits until both instances hold the same state (the other instance applies a write a few
 /// milliseconds after the writing one answered).
 async fn converge(a: &TestRegistry, b: &TestRegistry) {
-    let agreed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if a.fingerprint() == b.fingerprint() {
-                return;
+    eventually(
+        "the instances to converge",
+        Duration::from_secs(10),
+        async || {
+            let (a, b) = (a.fingerprint(), b.fingerprint());
+            if a == b {
+                Ok(())
+            } else {
+                Err(format!("states:\n{a}\n---\n{b}"))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+        },
+    )
     .await;
-    assert!(
-        agreed.is_ok(),
-        "instances did not converge:\n{}\n---\n{}",
-        a.fingerprint(),
-        b.fingerprint()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,13 +239,12 @@ async fn records_from_another_writer_lose_to_earlier_ones_everywhere() {
     }
 
     let b = TestRegistry::on(&a.prefix).await;
-    let both_ignored = tokio::time::timeout(Duration::from_secs(10), async {
-        while rejected(&a).await < 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    eventually(
+        "instance a to apply the records",
+        Duration::from_secs(10),
+        async || rejected(&a).await >= 2,
+    )
     .await;
-    assert!(both_ignored.is_ok(), "instance a did not apply the records");
     assert_eq!(rejected(&b).await, 2);
     converge(&a, &b).await;
     for reg in [&a, &b] {

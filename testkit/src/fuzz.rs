@@ -1,3 +1,4 @@
+//! One file over 600 lines: the generators of one seeded case belong together (a split hides what a case is made of).
 //! Random HTTP requests against a running service, for the gateway's and the registry's
 //! fuzz tests: random methods, paths, query strings, headers, credentials and bodies, sent
 //! concurrently over one keep-alive client, each answer held against a check.

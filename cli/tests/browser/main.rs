@@ -10,65 +10,30 @@
 //! page after the flow there, and the operations view beside it (`gateway-page-ops.png`).
 
 mod cdp;
+#[path = "../common/mod.rs"]
+mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use feedline::{CancellationToken, Settings};
-use feedline_launcher::System;
+use common::system::Launch;
+use feedline::CancellationToken;
 use serde_json::json;
-use sqlx::PgPool;
 
 use cdp::Browser;
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 900;
 
-async fn fresh_database(admin: &PgPool, base_url: &str) -> String {
-    let name = format!("browser_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await
-        .unwrap();
-    format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()])
-}
-
 /// The whole system on port 0 with a fresh prefix and databases; stopped when the guard drops.
 /// The gateway's and order-view's base URLs, and the guard that stops them.
 async fn start_system() -> (String, String, tokio_util::sync::DropGuard) {
     feedline::telemetry::init();
-    let kafka = std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let pg = std::env::var("FEEDLINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into());
-    let admin = PgPool::connect(&pg).await.unwrap();
-    let orders_url = fresh_database(&admin, &pg).await;
-    let customers_url = fresh_database(&admin, &pg).await;
-    let view_url = format!(
-        "sqlite:{}",
-        std::env::temp_dir()
-            .join(format!("browser-view-{}.db", uuid::Uuid::new_v4().simple()))
-            .display()
-    );
-    let prefix = format!("web{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let load = move |defaults: &str| -> anyhow::Result<Settings> {
-        let settings = Settings::from_toml(defaults)?;
-        let db = match settings.service_name.as_str() {
-            "orders" => orders_url.clone(),
-            "customers" => customers_url.clone(),
-            "order-view" => view_url.clone(),
-            _ => pg.clone(),
-        };
-        Ok(settings.with_overrides(&format!(
-            "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\ndefault_partitions = 3\n\
-             [consumer]\nsession_timeout_ms = 6000\ndrain_timeout_ms = 3000\n\
-             [http]\nport = 0\n[database]\nurl = \"{db}\"\nmax_connections = 5\n\
-             [discovery]\nheartbeat_ms = 500\n"
-        ))?)
-    };
     let token = CancellationToken::new();
-    let system = System::start(load, token.clone())
+    let system = Launch::new("[discovery]\nheartbeat_ms = 500\n")
         .await
-        .expect("system starts");
+        .start(token.clone())
+        .await;
     system
         .ready(Duration::from_secs(90))
         .await

@@ -4,20 +4,22 @@
 
 #![allow(dead_code)]
 
+pub mod system;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use feedline::{CancellationToken, Metrics, Producer, Settings};
+// Not every test binary uses every helper (`dead_code` above does not cover imports).
+#[allow(unused_imports)]
+pub use feedline_testkit::{PATIENCE, eventually, kafka_bootstrap};
+use feedline_testkit::{random_prefix, start_registry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::io::AsyncWriteExt;
 
 pub const ORDER_EVENTS: &str = "order-events";
-
-pub fn bootstrap() -> String {
-    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
 
 /// What one run of the binary printed, and how it ended.
 #[derive(Debug)]
@@ -56,20 +58,16 @@ pub struct Env {
 }
 
 pub async fn start() -> Env {
-    let prefix = format!("cli{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let settings = Settings::from_toml(&format!(
-        "service_name = \"registry\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\n[http]\nport = 0\n[registry_server]\ndev_mode = true\n",
-        bootstrap()
-    ))
-    .unwrap();
+    feedline::telemetry::init();
+    let prefix = random_prefix();
     let token = CancellationToken::new();
-    let running = feedline_registry::spawn(settings.clone(), token.clone())
-        .await
-        .unwrap();
-    let registry = format!("http://{}", running.addr);
-    let settings = settings
-        .with_overrides(&format!("[registry]\nurl = \"{registry}\"\n"))
-        .unwrap();
+    let registry = start_registry(&prefix, token.clone()).await;
+    let settings = Settings::from_toml(&format!(
+        "service_name = \"cli-test\"\n[kafka]\nbootstrap_servers = \"{}\"\n\
+         topic_prefix = \"{prefix}\"\n[registry]\nurl = \"{registry}\"\n",
+        kafka_bootstrap()
+    ))
+    .expect("test settings");
     Env {
         prefix,
         registry,
@@ -87,7 +85,7 @@ impl Env {
             // Through the environment, so a test can still override it with the flag.
             .env("FEEDLINE_REGISTRY__URL", &self.registry)
             .env("FEEDLINE_KAFKA__TOPIC_PREFIX", &self.prefix)
-            .env("FEEDLINE_KAFKA__BOOTSTRAP_SERVERS", bootstrap())
+            .env("FEEDLINE_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap())
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {
@@ -185,7 +183,7 @@ pub fn customer() -> String {
 /// Every message of `topic` as the broker holds it.
 pub fn read_all(topic: &str, partitions: i32) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", kafka_bootstrap())
         .set("group.id", "cli-test-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -81,7 +81,7 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         }
     });
     let message = |line: &Value| line["fields"]["message"].as_str().map(str::to_owned);
-    eventually("the service runs", async || {
+    eventually("the service runs", PATIENCE, async || {
         let lines = lines.lock().unwrap();
         lines
             .iter()
@@ -123,7 +123,7 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         .await
         .unwrap();
 
-    let line = eventually("the message's debug line", async || {
+    let line = eventually("the message's debug line", PATIENCE, async || {
         let lines = lines.lock().unwrap();
         lines
             .iter()
@@ -161,7 +161,7 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
     );
 
     // The recorded span leaves the process (the batch exporter sends every few seconds).
-    eventually("spans exported over OTLP/HTTP", async || {
+    eventually("spans exported over OTLP/HTTP", PATIENCE, async || {
         let exports = exports.lock().unwrap();
         exports
             .iter()
@@ -196,7 +196,7 @@ async fn lines_inside_a_message_span_carry_its_trace_and_correlation() {
         .send(Outgoing::new(&topic, Some(b"k"), &payload).headers(&headers))
         .await
         .unwrap();
-    let line = eventually("the unsampled message's debug line", async || {
+    let line = eventually("the unsampled message's debug line", PATIENCE, async || {
         let lines = lines.lock().unwrap();
         lines
             .iter()

@@ -16,33 +16,6 @@ const CUSTOMERS: usize = 50;
 const ORDERS: usize = 1000;
 const LIMIT: i64 = 50_000;
 
-fn register(customer_id: Uuid) -> CustomerCommand {
-    CustomerCommand::new(
-        "test-gateway",
-        Uuid::new_v4().to_string(),
-        None,
-        CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
-            customer_id: customer_id.to_string(),
-            name: format!("customer {customer_id}"),
-            credit_limit_cents: LIMIT,
-            tenant: None,
-        }),
-    )
-}
-
-fn created(order_id: Uuid, customer_id: Uuid, total_cents: i64) -> OrderEvent {
-    OrderEvent::new(
-        "test-orders",
-        Uuid::new_v4().to_string(),
-        None,
-        OrderEventPayload::OrderCreated(OrderCreated {
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            total_cents,
-        }),
-    )
-}
-
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(pool)
@@ -73,9 +46,14 @@ async fn two_replicas_share_the_work_and_one_stops_mid_run() {
     let mut credit = env.events::<CreditEvent>(CREDIT_EVENTS);
 
     let customers: Vec<Uuid> = (0..CUSTOMERS).map(|_| Uuid::new_v4()).collect();
-    let registrations = || -> Vec<_> { customers.iter().map(|c| (*c, register(*c))).collect() };
+    let registrations = || -> Vec<_> {
+        customers
+            .iter()
+            .map(|c| (*c, register(*c, LIMIT)))
+            .collect()
+    };
     env.send_all(CUSTOMER_COMMANDS, &registrations()).await;
-    eventually("every customer registered", async || {
+    eventually("every customer registered", PATIENCE, async || {
         (count(&pool, "SELECT count(*) FROM customers").await == CUSTOMERS as i64).then_some(())
     })
     .await;
@@ -106,7 +84,7 @@ async fn two_replicas_share_the_work_and_one_stops_mid_run() {
         .map(|i| {
             let customer = customers[i % CUSTOMERS];
             let amount = rng.random_range(100..=9000);
-            (customer, created(Uuid::new_v4(), customer, amount))
+            (customer, created(customer, Uuid::new_v4(), amount))
         })
         .collect();
     let (first_half, second_half) = orders.split_at(ORDERS / 2);
@@ -117,7 +95,7 @@ async fn two_replicas_share_the_work_and_one_stops_mid_run() {
     // Both members own order-events partitions and the first half's keys cover them all,
     // so both handle some of it; one may still be inside its first batch's transaction
     // when the other has decided a hundred, hence the wait rather than a snapshot.
-    eventually("both replicas handled orders", async || {
+    eventually("both replicas handled orders", PATIENCE, async || {
         let one_consumed = consumed(&one, ORDER_EVENTS).await;
         let two_consumed = consumed(&two, ORDER_EVENTS).await;
         (one_consumed > 0.0 && two_consumed > 0.0).then_some(())
@@ -131,11 +109,15 @@ async fn two_replicas_share_the_work_and_one_stops_mid_run() {
         .until("every order decided", |e| decided(e).len() >= ORDERS)
         .await;
     let recorded = (CUSTOMERS * rounds + ORDERS) as i64;
-    eventually("the outbox drained and every event recorded", async || {
-        let outbox = count(&pool, "SELECT count(*) FROM outbox").await;
-        let processed = count(&pool, "SELECT count(*) FROM processed_events").await;
-        (outbox == 0 && processed == recorded).then_some(())
-    })
+    eventually(
+        "the outbox drained and every event recorded",
+        PATIENCE,
+        async || {
+            let outbox = count(&pool, "SELECT count(*) FROM outbox").await;
+            let processed = count(&pool, "SELECT count(*) FROM processed_events").await;
+            (outbox == 0 && processed == recorded).then_some(())
+        },
+    )
     .await;
     // Whatever duplicate there were would be on the topic by now; give it time to show.
     credit.settle(Duration::from_secs(1)).await;

@@ -152,11 +152,11 @@ async fn a_saga_builds_the_read_model_and_listings_page() {
     // Served from the cache, counted.
     let metrics = app.metrics().await;
     assert!(
-        metric_value(&metrics, "feedline_order_view_cache_lookups_total") >= 5.0,
+        metric(&metrics, "feedline_order_view_cache_lookups_total") >= 5.0,
         "{metrics}"
     );
     assert!(
-        metric_value(&metrics, "feedline_order_view_events_applied_total") >= 16.0,
+        metric(&metrics, "feedline_order_view_events_applied_total") >= 16.0,
         "{metrics}"
     );
     assert!(metrics.contains("feedline_order_view_batch_seconds_bucket"));
@@ -175,7 +175,7 @@ async fn a_saga_builds_the_read_model_and_listings_page() {
         assert!(status == 200 || status == 503, "{status}: {body}");
         (status, body)
     };
-    eventually("order-view ready", || async {
+    eventually("order-view ready", PATIENCE, async || {
         let (status, body) = ready().await;
         status == 200
             && body["checks"]["consumer"]["ok"] == true
@@ -380,7 +380,7 @@ async fn the_same_event_delivered_twice_changes_nothing_twice() {
 
     env.send_credit(&first).await;
     env.send_order(&create).await;
-    eventually("both repeats seen", || async {
+    eventually("both repeats seen", PATIENCE, async || {
         app.metric("feedline_order_view_events_duplicate_total")
             .await
             >= 2.0
@@ -427,7 +427,7 @@ async fn poison_messages_go_to_the_dlq_and_the_service_goes_on() {
 
     app.until(&format!("/orders/{order}"), |s, _| s == 200)
         .await;
-    let dlq = env.read_topic(&env.topic("order-events.dlq"), 2);
+    let dlq = read_topic(&env.topic("order-events.dlq"), 2).await;
     assert_eq!(dlq.len(), 2, "both poison messages dead-lettered");
     let kinds: BTreeSet<&str> = dlq
         .iter()

@@ -49,7 +49,7 @@ async fn old_ids_are_pruned_in_the_background_and_newer_kept() {
     let app = env
         .spawn_app(&db, "[dedup]\nprune_interval_secs = 1\nprune_chunk = 7")
         .await;
-    eventually("the old ids pruned", || async { processed(&db) == 5 }).await;
+    eventually("the old ids pruned", PATIENCE, async || processed(&db) == 5).await;
     assert_eq!(
         app.metric("feedline_processed_events_pruned_total").await,
         30.0

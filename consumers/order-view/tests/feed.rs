@@ -20,7 +20,9 @@ fn ids(events: &[Sse]) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
     let env = TestEnv::start().await;
-    let app = env.spawn_app(&env.db("view"), "").await;
+    // A keep-alive each second: how the server notices soon that the resumer has gone.
+    let keep_alive = "[order_view]\nfeed_keep_alive_secs = 1";
+    let app = env.spawn_app(&env.db("view"), keep_alive).await;
     let customers = [new_id(), new_id(), new_id()];
     const ORDERS: usize = 150;
     let total = customers.len() + ORDERS;
@@ -31,7 +33,7 @@ async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
     let mut only_ada = app.feed(&format!("?customer_id={ada}"), None).await;
     let ada_order = new_id();
     let mut only_one_order = app.feed(&format!("?order_id={ada_order}"), None).await;
-    eventually("four subscribers", || async {
+    eventually("four subscribers", PATIENCE, async || {
         app.metric("feedline_order_view_feed_subscribers").await == 4.0
     })
     .await;
@@ -51,6 +53,7 @@ async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
         let customers = customers.clone();
         let ada_order = ada_order.clone();
         let env2 = env.clone();
+        let (http, url) = (app.http.clone(), app.url.clone());
         let task = tokio::spawn(async move {
             for chunk in 0..ORDERS / 10 {
                 let events: Vec<_> = (0..10)
@@ -61,7 +64,10 @@ async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
                     })
                     .collect();
                 env2.send_orders_fast(&events).await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                // One chunk shown before the next is sent: the changes keep coming while
+                // the resumer is away, not all at once before it left.
+                let last = format!("{url}/orders/{}", order_id(&events[9]));
+                until_ok(&http, &last).await;
             }
         });
         (env, task)
@@ -73,7 +79,10 @@ async fn every_change_arrives_in_order_and_a_resumed_client_misses_nothing() {
     }
     let last_seen = first_part.last().unwrap().id.unwrap();
     drop(resumer);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the resumer gone", PATIENCE, async || {
+        app.metric("feedline_order_view_feed_subscribers").await == 3.0
+    })
+    .await;
     let mut resumed = app.feed("", Some(last_seen)).await;
     let second_part = resumed.read_until(|e| e.id == Some(total as i64)).await;
 
@@ -288,7 +297,7 @@ async fn a_slow_client_is_dropped_with_lagged_while_another_keeps_receiving() {
 
     let mut slow = StuckClient::connect(app.addr).await;
     let mut fast = app.feed("", None).await;
-    eventually("two subscribers", || async {
+    eventually("two subscribers", PATIENCE, async || {
         app.metric("feedline_order_view_feed_subscribers").await == 2.0
     })
     .await;
@@ -308,7 +317,7 @@ async fn a_slow_client_is_dropped_with_lagged_while_another_keeps_receiving() {
         (1..=total).collect::<Vec<_>>(),
         "the fast client got everything"
     );
-    eventually("the slow client dropped", || async {
+    eventually("the slow client dropped", PATIENCE, async || {
         app.metric("feedline_order_view_feed_lagged_total").await >= 1.0
     })
     .await;

@@ -46,7 +46,7 @@ async fn a_client_moving_to_another_replica_gets_a_snapshot_then_every_change_on
     // A client of replica A follows the first orders.
     let filter = format!("?customer_id={ada}");
     let mut on_a = a.feed(&filter, None).await;
-    eventually("a subscriber on A", || async {
+    eventually("a subscriber on A", PATIENCE, async || {
         a.metric("feedline_order_view_feed_subscribers").await == 1.0
     })
     .await;
@@ -70,13 +70,17 @@ async fn a_client_moving_to_another_replica_gets_a_snapshot_then_every_change_on
     const MORE: usize = 60;
     let producer = {
         let (env, ada) = (env.clone(), ada.clone());
+        let (http, url) = (b.http.clone(), b.url.clone());
         tokio::spawn(async move {
             for chunk in 0..MORE / 10 {
                 let events: Vec<_> = (0..10)
                     .map(|i| created(&ada, &new_id(), (FIRST + chunk * 10 + i) as i64 + 1))
                     .collect();
                 env.send_orders_fast(&events).await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                // One chunk shown on B before the next is sent: the orders keep coming
+                // while the client moves, not all at once before it did.
+                let last = format!("{url}/orders/{}", order_id(&events[9]));
+                until_ok(&http, &last).await;
             }
         })
     };
@@ -141,7 +145,7 @@ async fn a_rebuilt_read_model_answers_an_old_id_with_a_snapshot() {
     let old_generation = app.generation.clone();
     let ada = new_id();
     let mut feed = app.feed("", None).await;
-    eventually("a subscriber", || async {
+    eventually("a subscriber", PATIENCE, async || {
         app.metric("feedline_order_view_feed_subscribers").await == 1.0
     })
     .await;

@@ -19,62 +19,6 @@ async fn start() -> (TestEnv, Service, PgPool) {
     (env, service, pool)
 }
 
-fn place(order_id: Uuid, customer_id: Uuid, total_cents: i64) -> OrderCommand {
-    OrderCommand::new(
-        "test-gateway",
-        Uuid::new_v4().to_string(),
-        None,
-        OrderCommandPayload::PlaceOrder(PlaceOrder {
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            total_cents,
-        }),
-    )
-}
-
-fn cancel(order_id: Uuid, customer_id: Uuid) -> OrderCommand {
-    OrderCommand::new(
-        "test-gateway",
-        Uuid::new_v4().to_string(),
-        None,
-        OrderCommandPayload::CancelOrder(CancelOrder {
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            reason: Some("changed my mind".into()),
-        }),
-    )
-}
-
-fn reserved(order_id: Uuid, customer_id: Uuid, amount_cents: i64) -> CreditEvent {
-    CreditEvent::new(
-        "test-customers",
-        Uuid::new_v4().to_string(),
-        None,
-        CreditEventPayload::CreditReserved(CreditReserved {
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            amount_cents,
-            credit_reserved_cents: amount_cents,
-            credit_limit_cents: 10_000,
-        }),
-    )
-}
-
-fn exceeded(order_id: Uuid, customer_id: Uuid, amount_cents: i64) -> CreditEvent {
-    CreditEvent::new(
-        "test-customers",
-        Uuid::new_v4().to_string(),
-        None,
-        CreditEventPayload::CreditLimitExceeded(CreditLimitExceeded {
-            order_id: order_id.to_string(),
-            customer_id: customer_id.to_string(),
-            amount_cents,
-            credit_available_cents: 4000,
-            reason: "credit limit exceeded".into(),
-        }),
-    )
-}
-
 /// (status, reason, version) of an order, if it exists.
 async fn order_row(pool: &PgPool, id: Uuid) -> Option<(String, Option<String>, i32)> {
     sqlx::query_as("SELECT status, reason, version FROM orders WHERE id = $1")
@@ -82,15 +26,6 @@ async fn order_row(pool: &PgPool, id: Uuid) -> Option<(String, Option<String>, i
         .fetch_optional(pool)
         .await
         .expect("query orders")
-}
-
-fn order_id_of(event: &OrderEvent) -> &str {
-    match &event.payload {
-        OrderEventPayload::OrderCreated(e) => &e.order_id,
-        OrderEventPayload::OrderApproved(e) => &e.order_id,
-        OrderEventPayload::OrderRejected(e) => &e.order_id,
-        OrderEventPayload::OrderCancelled(e) => &e.order_id,
-    }
 }
 
 /// The event of `order` matching `kind`, once read.
@@ -102,7 +37,7 @@ fn find(
     let order = order.to_string();
     events
         .iter()
-        .find(|(_, e)| order_id_of(e) == order && kind(&e.payload))
+        .find(|(_, e)| order_id(e) == order && kind(&e.payload))
 }
 
 fn is_created(p: &OrderEventPayload) -> bool {
@@ -127,7 +62,7 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
 
     // PlaceOrder → PENDING + OrderCreated, caused by the command, in its flow, keyed by
     // customer, and dated when the gateway accepted the command (here: a minute ago).
-    let mut command = place(a, customer, 6000);
+    let mut command = place(customer, a, 6000);
     command.occurred_at -= 60_000;
     env.send(ORDER_COMMANDS, customer, &command).await;
     events
@@ -157,7 +92,7 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
     assert_eq!(order_row(&pool, a).await, Some(("PENDING".into(), None, 1)));
 
     // CreditReserved → APPROVED + OrderApproved.
-    let credit = reserved(a, customer, 6000);
+    let credit = reserved(customer, a, 6000, 6000, 10_000);
     env.send(CREDIT_EVENTS, customer, &credit).await;
     events
         .until("OrderApproved", |e| find(e, a, is_approved).is_some())
@@ -173,12 +108,12 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
     );
 
     // CreditLimitExceeded → REJECTED with the reason + OrderRejected.
-    env.send(ORDER_COMMANDS, customer, &place(b, customer, 5000))
+    env.send(ORDER_COMMANDS, customer, &place(customer, b, 5000))
         .await;
     events
         .until("OrderCreated of b", |e| find(e, b, is_created).is_some())
         .await;
-    env.send(CREDIT_EVENTS, customer, &exceeded(b, customer, 5000))
+    env.send(CREDIT_EVENTS, customer, &exceeded(customer, b, 5000, 4000))
         .await;
     events
         .until("OrderRejected", |e| find(e, b, is_rejected).is_some())
@@ -193,7 +128,7 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
     );
 
     // CancelOrder of the APPROVED order → CANCELLED + OrderCancelled.
-    env.send(ORDER_COMMANDS, customer, &cancel(a, customer))
+    env.send(ORDER_COMMANDS, customer, &cancel(customer, a))
         .await;
     events
         .until("OrderCancelled", |e| find(e, a, is_cancelled).is_some())
@@ -208,13 +143,17 @@ async fn order_lifecycle_follows_commands_and_credit_decisions() {
     );
 
     // Nothing moves a REJECTED or CANCELLED order, nor an unknown one: logged and counted.
-    env.send(ORDER_COMMANDS, customer, &cancel(b, customer))
+    env.send(ORDER_COMMANDS, customer, &cancel(customer, b))
         .await;
-    env.send(CREDIT_EVENTS, customer, &reserved(a, customer, 6000))
+    env.send(
+        CREDIT_EVENTS,
+        customer,
+        &reserved(customer, a, 6000, 6000, 10_000),
+    )
+    .await;
+    env.send(ORDER_COMMANDS, customer, &cancel(customer, Uuid::new_v4()))
         .await;
-    env.send(ORDER_COMMANDS, customer, &cancel(Uuid::new_v4(), customer))
-        .await;
-    let text = eventually("the ignored messages counted", async || {
+    let text = eventually("the ignored messages counted", PATIENCE, async || {
         let text = service.metrics().await;
         let ignored = |reason: &str| {
             metric(
@@ -249,7 +188,7 @@ async fn redelivered_command_is_applied_once() {
 
     // The same message twice (what a producer retry or a redelivery looks like), then the
     // same order again under a new event id (a client retry).
-    let command = place(order, customer, 700);
+    let command = place(customer, order, 700);
     let bytes = env
         .encoder::<OrderCommand>(ORDER_COMMANDS)
         .await
@@ -257,11 +196,11 @@ async fn redelivered_command_is_applied_once() {
         .unwrap();
     env.send_raw(ORDER_COMMANDS, customer, &bytes).await;
     env.send_raw(ORDER_COMMANDS, customer, &bytes).await;
-    env.send(ORDER_COMMANDS, customer, &place(order, customer, 700))
+    env.send(ORDER_COMMANDS, customer, &place(customer, order, 700))
         .await;
     // Same key, same partition: once this one is out, the three before it were handled.
     let sentinel = Uuid::new_v4();
-    env.send(ORDER_COMMANDS, customer, &place(sentinel, customer, 1))
+    env.send(ORDER_COMMANDS, customer, &place(customer, sentinel, 1))
         .await;
     events
         .until("the sentinel's OrderCreated", |e| {
@@ -273,7 +212,7 @@ async fn redelivered_command_is_applied_once() {
     let created: Vec<_> = events
         .events
         .iter()
-        .filter(|(_, e)| order_id_of(e) == order.to_string())
+        .filter(|(_, e)| order_id(e) == order.to_string())
         .collect();
     assert_eq!(created.len(), 1, "one OrderCreated for the order");
     assert_eq!(
@@ -317,14 +256,17 @@ async fn poison_messages_go_to_the_dlq_and_the_consumer_goes_on() {
     env.send(
         ORDER_COMMANDS,
         customer,
-        &place(Uuid::new_v4(), customer, 0),
+        &place(customer, Uuid::new_v4(), 0),
     )
     .await;
     let good = Uuid::new_v4();
-    env.send(ORDER_COMMANDS, customer, &place(good, customer, 100))
+    env.send(ORDER_COMMANDS, customer, &place(customer, good, 100))
         .await;
 
-    eventually("the good order", async || order_row(&pool, good).await).await;
+    eventually("the good order", PATIENCE, async || {
+        order_row(&pool, good).await
+    })
+    .await;
     let mut dlq = env.reader(&format!("{ORDER_COMMANDS}.dlq"));
     dlq.until("three dead letters", |m| m.len() >= 3).await;
     let mut dead = dlq.messages.clone();
@@ -400,7 +342,7 @@ async fn started_before_its_database_it_waits_for_it_instead_of_exiting() {
 
     let mut events = env.events::<OrderEvent>(ORDER_EVENTS);
     let (order, customer) = (Uuid::new_v4(), Uuid::new_v4());
-    env.send(ORDER_COMMANDS, customer, &place(order, customer, 500))
+    env.send(ORDER_COMMANDS, customer, &place(customer, order, 500))
         .await;
     events.until("the order created", |e| !e.is_empty()).await;
     service.stop().await;

@@ -1,7 +1,6 @@
 //! The saga end to end: the order and the customer service in-process, each on its own
 //! database, talking only through the real topics.
 
-use feedline_schemas::types::*;
 use feedline_schemas::{CUSTOMER_COMMANDS, ORDER_COMMANDS};
 use feedline_testkit::*;
 use sqlx::PgPool;
@@ -17,23 +16,13 @@ async fn status(pool: &PgPool, order: Uuid) -> Option<String> {
 
 /// Waits until `order` reaches `want` (and fails if it settles elsewhere).
 async fn reaches(pool: &PgPool, order: Uuid, want: &str) {
-    let reached = eventually(&format!("order {order} to leave PENDING"), async || {
-        status(pool, order).await.filter(|s| s != "PENDING")
-    })
+    let reached = eventually(
+        &format!("order {order} to leave PENDING"),
+        PATIENCE,
+        async || status(pool, order).await.filter(|s| s != "PENDING"),
+    )
     .await;
     assert_eq!(reached, want, "order {order}");
-}
-
-fn command(payload: OrderCommandPayload) -> OrderCommand {
-    OrderCommand::new("test-gateway", Uuid::new_v4().to_string(), None, payload)
-}
-
-fn place(order_id: Uuid, customer_id: Uuid, total_cents: i64) -> OrderCommand {
-    command(OrderCommandPayload::PlaceOrder(PlaceOrder {
-        order_id: order_id.to_string(),
-        customer_id: customer_id.to_string(),
-        total_cents,
-    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,19 +38,9 @@ async fn saga_approves_rejects_cancels_and_releases_credit() {
     let (orders_db, customers_db) = (connect(&orders_url).await, connect(&customers_url).await);
 
     let customer = Uuid::new_v4();
-    let register = CustomerCommand::new(
-        "test-gateway",
-        Uuid::new_v4().to_string(),
-        None,
-        CustomerCommandPayload::RegisterCustomer(RegisterCustomer {
-            customer_id: customer.to_string(),
-            name: "Ada Lovelace".into(),
-            credit_limit_cents: 10_000,
-            tenant: None,
-        }),
-    );
-    env.send(CUSTOMER_COMMANDS, customer, &register).await;
-    eventually("the customer registered", async || {
+    env.send(CUSTOMER_COMMANDS, customer, &register(customer, 10_000))
+        .await;
+    eventually("the customer registered", PATIENCE, async || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM customers WHERE id = $1")
             .bind(customer)
             .fetch_one(&customers_db)
@@ -72,20 +51,16 @@ async fn saga_approves_rejects_cancels_and_releases_credit() {
     .await;
 
     let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    env.send(ORDER_COMMANDS, customer, &place(first, customer, 6000))
+    env.send(ORDER_COMMANDS, customer, &place(customer, first, 6000))
         .await;
     reaches(&orders_db, first, "APPROVED").await;
-    env.send(ORDER_COMMANDS, customer, &place(second, customer, 5000))
+    env.send(ORDER_COMMANDS, customer, &place(customer, second, 5000))
         .await;
     reaches(&orders_db, second, "REJECTED").await;
 
-    let cancel = command(OrderCommandPayload::CancelOrder(CancelOrder {
-        order_id: first.to_string(),
-        customer_id: customer.to_string(),
-        reason: None,
-    }));
-    env.send(ORDER_COMMANDS, customer, &cancel).await;
-    eventually("the first order's credit released", async || {
+    env.send(ORDER_COMMANDS, customer, &cancel(customer, first))
+        .await;
+    eventually("the first order's credit released", PATIENCE, async || {
         sqlx::query_scalar::<_, String>("SELECT status FROM reservations WHERE order_id = $1")
             .bind(first)
             .fetch_optional(&customers_db)
@@ -99,7 +74,7 @@ async fn saga_approves_rejects_cancels_and_releases_credit() {
         Some("CANCELLED")
     );
 
-    env.send(ORDER_COMMANDS, customer, &place(third, customer, 5000))
+    env.send(ORDER_COMMANDS, customer, &place(customer, third, 5000))
         .await;
     reaches(&orders_db, third, "APPROVED").await;
 

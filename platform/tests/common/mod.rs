@@ -1,31 +1,23 @@
-//! Shared test setup: every test gets a random topic prefix, its own consumer groups and,
-//! when it needs one, its own PostgreSQL database, against the real broker and server
-//! started by `infra/up.sh`.
+//! The platform's test setup on testkit's core: every test gets a random topic prefix, its
+//! own consumer groups and, when it needs one, its own PostgreSQL database with the platform
+//! tables, against the real broker and server started by `infra/up.sh`.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use feedline::admin::{Admin, TopicSpec};
 use feedline::config::{ConsumerSettings, Settings};
 use feedline::consumer::{Consumer, ConsumerError, Handler, Progress};
 use feedline::outbox::OutboxMessage;
 use feedline::{CancellationToken, Metrics, Outgoing, Producer};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+// Not every test binary uses every helper (`dead_code` above does not cover imports).
+#[allow(unused_imports)]
+pub use feedline_testkit::{PATIENCE, database_url, eventually, header, kafka_bootstrap};
+use feedline_testkit::{connect, random_prefix, read_topic};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
-
-pub fn kafka_bootstrap() -> String {
-    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-pub fn database_url() -> String {
-    std::env::var("FEEDLINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://feedline:feedline@127.0.0.1:5432/feedline".into())
-}
 
 pub struct TestCtx {
     pub settings: Settings,
@@ -36,7 +28,7 @@ pub struct TestCtx {
 impl TestCtx {
     pub fn new() -> Self {
         feedline::telemetry::init();
-        let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let prefix = random_prefix();
         let settings = Settings::from_toml(&format!(
             r#"
             service_name = "test"
@@ -127,101 +119,26 @@ impl TestCtx {
 
     /// The offsets the group committed for `topic`'s partitions (-1001 when none).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("group.id", self.name(group))
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        (0..partitions)
-            .map(
-                |p| match committed.find_partition(topic, p).unwrap().offset() {
-                    Offset::Offset(o) => o,
-                    _ => -1001,
-                },
-            )
-            .collect()
+        feedline_testkit::committed(&self.name(group), topic, partitions)
     }
 
-    /// Reads `topic` from the beginning until `expected` messages arrived (or 30 s passed),
-    /// then half a second more, so a surplus shows too.
-    pub fn read_all(&self, topic: &str, expected: usize) -> Vec<OwnedMessage> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("group.id", format!("{}reader", self.name("")))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut out = Vec::new();
-        let mut surplus_deadline = None;
-        loop {
-            let now = std::time::Instant::now();
-            if now > deadline || surplus_deadline.is_some_and(|d| now > d) {
-                return out;
-            }
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(m.detach());
-            }
-            if out.len() >= expected && surplus_deadline.is_none() {
-                surplus_deadline = Some(now + Duration::from_millis(500));
-            }
-        }
+    /// Reads `topic` from the beginning until `expected` messages arrived, and a surplus.
+    pub async fn read_all(&self, topic: &str, expected: usize) -> Vec<OwnedMessage> {
+        read_topic(topic, expected).await
     }
 }
 
-/// A fresh database with the platform tables, dropped never: CI machines are throwaway and
-/// a failed test leaves its data for a look.
+/// A fresh database with the platform tables.
 pub async fn fresh_database() -> PgPool {
-    let admin = PgPool::connect(&database_url())
+    let pool = connect(&feedline_testkit::fresh_database().await).await;
+    feedline::db::install_platform_schema(&pool)
         .await
-        .expect("connect to postgres");
-    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let base = database_url();
-    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-    let pool = PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&url)
-        .await
-        .unwrap();
-    feedline::db::install_platform_schema(&pool).await.unwrap();
+        .expect("platform tables installed");
     pool
-}
-
-pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| std::str::from_utf8(v).unwrap())
 }
 
 pub fn text(m: &OwnedMessage) -> String {
     String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap()
-}
-
-/// Waits until `cond` holds, polling; panics with `what` after 30 s.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub type Seen = Arc<Mutex<Vec<OwnedMessage>>>;

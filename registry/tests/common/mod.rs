@@ -1,4 +1,5 @@
-//! Shared test setup: each test gets its own topic prefix (so its own `_schemas` topic) on the
+//! The registry's test setup on testkit's core (its `registry` feature would build this crate
+//! a second time): each test gets its own topic prefix (so its own `_schemas` topic) on the
 //! real broker started by `infra/kafka.sh start`, and registries spawned in-process on port 0.
 #![allow(dead_code)]
 
@@ -6,18 +7,13 @@ use std::time::Duration;
 
 use feedline::{CancellationToken, Settings};
 use feedline_registry::Running;
+// Not every test binary uses every helper (`dead_code` above does not cover imports).
+#[allow(unused_imports)]
+pub use feedline_testkit::{PATIENCE, eventually, kafka_bootstrap, random_prefix};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 pub const V1_MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
-
-pub fn kafka_bootstrap() -> String {
-    std::env::var("FEEDLINE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-pub fn random_prefix() -> String {
-    format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 pub fn settings(prefix: &str) -> Settings {
     Settings::from_toml(&format!(

@@ -1,11 +1,12 @@
-//! Shared test setup: each test gets a random topic prefix on the real broker (started by
-//! `infra/up.sh`), its own schema registry (the workspace's, in-process on port 0), temp
-//! SQLite files, and order-view spawned in-process on port 0.
+//! order-view's test setup on testkit: each test gets a random topic prefix on the real
+//! broker (started by `infra/up.sh`), its own schema registry (the workspace's, in-process on
+//! port 0), temp SQLite files, and order-view spawned in-process on port 0. The messages come
+//! from testkit's fixtures; the feed is read by [`SseClient`].
 #![allow(dead_code)]
 
-use std::future::Future;
+mod sse;
+
 use std::path::PathBuf;
-use std::time::Duration;
 
 use feedline::codec::{AvroEncoder, RegistryClient};
 use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
@@ -13,19 +14,17 @@ use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_EVENTS, ORDER_EVENTS};
 // Not every test binary uses every helper (`dead_code` above does not cover imports).
 #[allow(unused_imports)]
-pub use feedline_testkit::{header, kafka_bootstrap, random_prefix, start_registry};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+pub use feedline_testkit::fixtures::*;
+#[allow(unused_imports)]
+pub use feedline_testkit::{
+    PATIENCE, eventually, header, kafka_bootstrap, metric, random_prefix, read_topic,
+    start_registry,
+};
+use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, Message};
 use serde_json::Value;
+pub use sse::*;
 use tokio::task::JoinHandle;
-
-/// How long any wait in these tests may take.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 /// One test's world: topics under a fresh prefix, a registry, encoders and a producer.
 pub struct TestEnv {
@@ -114,7 +113,7 @@ impl TestEnv {
         );
         let token = CancellationToken::new();
         let (addr, handle) = tokio::time::timeout(
-            Duration::from_secs(30),
+            PATIENCE,
             feedline_order_view::spawn(settings, token.clone()),
         )
         .await
@@ -146,28 +145,19 @@ impl TestEnv {
     }
 
     pub async fn send_order(&self, event: &OrderEvent) {
-        let key = order_customer(&event.payload).to_owned();
-        self.send(ORDER_EVENTS, &key, &self.order.encode(event).unwrap())
-            .await;
+        let bytes = self.order.encode(event).unwrap();
+        self.send(ORDER_EVENTS, order_key(event), &bytes).await;
     }
 
     pub async fn send_customer(&self, event: &CustomerEvent) {
-        let key = match &event.payload {
-            CustomerEventPayload::CustomerRegistered(p) => p.customer_id.clone(),
-            CustomerEventPayload::CreditLimitChanged(p) => p.customer_id.clone(),
-        };
-        self.send(CUSTOMER_EVENTS, &key, &self.customer.encode(event).unwrap())
+        let bytes = self.customer.encode(event).unwrap();
+        self.send(CUSTOMER_EVENTS, customer_key(event), &bytes)
             .await;
     }
 
     pub async fn send_credit(&self, event: &CreditEvent) {
-        let key = match &event.payload {
-            CreditEventPayload::CreditReserved(p) => p.customer_id.clone(),
-            CreditEventPayload::CreditLimitExceeded(p) => p.customer_id.clone(),
-            CreditEventPayload::CreditReleased(p) => p.customer_id.clone(),
-        };
-        self.send(CREDIT_EVENTS, &key, &self.credit.encode(event).unwrap())
-            .await;
+        let bytes = self.credit.encode(event).unwrap();
+        self.send(CREDIT_EVENTS, credit_key(event), &bytes).await;
     }
 
     /// Sends many order events without waiting for each acknowledgement.
@@ -176,7 +166,7 @@ impl TestEnv {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let bytes = self.order.encode(event).unwrap();
-            let key = order_customer(&event.payload);
+            let key = order_key(event);
             pending.push(
                 self.producer
                     .enqueue(Outgoing::new(&topic, Some(key.as_bytes()), &bytes))
@@ -196,27 +186,6 @@ impl TestEnv {
     pub fn encode_order(&self, event: &OrderEvent) -> Vec<u8> {
         self.order.encode(event).unwrap()
     }
-
-    /// Reads `topic` from the beginning until `expected` messages arrived (or the patience
-    /// ran out).
-    pub fn read_topic(&self, topic: &str, expected: usize) -> Vec<OwnedMessage> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set("group.id", format!("{}reader", self.prefix))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        let mut out = Vec::new();
-        while out.len() < expected && std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(m.detach());
-            }
-        }
-        out
-    }
 }
 
 impl Drop for TestEnv {
@@ -227,15 +196,6 @@ impl Drop for TestEnv {
 
 pub fn payload(m: &OwnedMessage) -> &[u8] {
     m.payload().unwrap_or_default()
-}
-
-fn order_customer(payload: &OrderEventPayload) -> &str {
-    match payload {
-        OrderEventPayload::OrderCreated(p) => &p.customer_id,
-        OrderEventPayload::OrderApproved(p) => &p.customer_id,
-        OrderEventPayload::OrderRejected(p) => &p.customer_id,
-        OrderEventPayload::OrderCancelled(p) => &p.customer_id,
-    }
 }
 
 /// The generation of the read model in the SQLite file `db` (what its feed ids start with).
@@ -285,18 +245,19 @@ impl TestApp {
 
     /// Polls `path` until `cond` holds for its answer (any status).
     pub async fn until(&self, path: &str, cond: impl Fn(u16, &Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let (status, body) = self.get(path).await;
-            if cond(status, &body) {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out polling {path}, last answer {status}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            &format!("an answer of {path} that holds"),
+            PATIENCE,
+            async || {
+                let (status, body) = self.get(path).await;
+                if cond(status, &body) {
+                    Ok(body)
+                } else {
+                    Err(format!("answer {status}: {body}"))
+                }
+            },
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {
@@ -310,16 +271,16 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The value of the first series of `name` in `/metrics` (0 when absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        metric_value(&self.metrics().await, name)
+    /// The sum of the series `name` (or `name{label="value",...}`) in `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
     }
 
     /// Stops the service and waits until it has (consumer committed and left its group).
     pub async fn stop(mut self) {
         self.token.cancel();
         if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(20), handle)
+            tokio::time::timeout(PATIENCE, handle)
                 .await
                 .expect("order-view stopped in time")
                 .expect("order-view task joined")
@@ -383,296 +344,15 @@ impl Drop for TestApp {
     }
 }
 
-pub fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls `cond` until it holds; panics with `what` after the patience ran out.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+/// Polls `url` until it answers 200, failing after [`PATIENCE`]. A plain loop, not
+/// [`eventually`], so a spawned (`Send`) task can wait with it.
+pub async fn until_ok(http: &reqwest::Client, url: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond().await {
+    while !http.get(url).send().await.is_ok_and(|r| r.status() == 200) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out waiting for {url}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// One Server-Sent Event; its id split into the generation and the change number.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sse {
-    pub id: Option<i64>,
-    pub generation: Option<String>,
-    pub event: String,
-    pub data: Value,
-}
-
-impl Sse {
-    /// The id as the feed sent it.
-    pub fn raw_id(&self) -> Option<String> {
-        Some(format!("{}-{}", self.generation.as_ref()?, self.id?))
-    }
-}
-
-/// A feed client over reqwest, parsing the event stream itself.
-pub struct SseClient {
-    response: reqwest::Response,
-    buffer: String,
-    pub comments: usize,
-}
-
-impl SseClient {
-    pub async fn connect(http: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
-        let mut request = http.get(url).header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await.expect("feed connected");
-        assert_eq!(response.status(), 200, "{url}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/event-stream",
-            "{url}"
-        );
-        SseClient {
-            response,
-            buffer: String::new(),
-            comments: 0,
-        }
-    }
-
-    /// The next event, or `None` when the stream ended or nothing came within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Sse> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = self.parse(&block) {
-                    return Some(event);
-                }
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
-            match chunk {
-                Ok(Ok(Some(bytes))) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// The next event; panics when none came in time.
-    pub async fn next(&mut self) -> Sse {
-        self.next_within(PATIENCE).await.expect("an event in time")
-    }
-
-    /// Reads until an event satisfies `stop`, returning everything read (it included).
-    pub async fn read_until(&mut self, stop: impl Fn(&Sse) -> bool) -> Vec<Sse> {
-        let mut out = Vec::new();
-        loop {
-            let event = self.next().await;
-            let done = stop(&event);
-            out.push(event);
-            if done {
-                return out;
-            }
-        }
-    }
-
-    fn parse(&mut self, block: &str) -> Option<Sse> {
-        let (event, comments) = parse_block(block);
-        self.comments += comments;
-        event
-    }
-}
-
-/// Parses one SSE block (the text up to a blank line): the event, if it has fields, and
-/// the number of comment lines.
-pub fn parse_block(block: &str) -> (Option<Sse>, usize) {
-    let (mut id, mut generation) = (None, None);
-    let (mut event, mut data) = (String::from("message"), String::new());
-    let (mut fields, mut comments) = (0, 0);
-    for line in block.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with(':') {
-            comments += 1;
-            continue;
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        fields += 1;
-        match name {
-            "id" => {
-                let (g, seq) = value.rsplit_once('-').expect("<generation>-<seq>");
-                generation = Some(g.to_owned());
-                id = Some(seq.parse().expect("a change number"));
-            }
-            "event" => event = value.to_owned(),
-            "data" => {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(value);
-            }
-            _ => {}
-        }
-    }
-    let event = (fields > 0).then(|| Sse {
-        id,
-        generation,
-        event,
-        data: serde_json::from_str(&data)
-            .unwrap_or_else(|e| panic!("JSON data ({e}) in {block:?}")),
-    });
-    (event, comments)
-}
-
-/// Every event of an SSE body.
-pub fn parse_events(body: &str) -> Vec<Sse> {
-    body.split("\n\n")
-        .filter_map(|block| parse_block(block).0)
-        .collect()
-}
-
-// Event builders, stamped now (see `At` for another time).
-
-pub fn order_event(payload: OrderEventPayload) -> OrderEvent {
-    OrderEvent::new("test", new_id(), None, payload)
-}
-
-pub fn customer_event(payload: CustomerEventPayload) -> CustomerEvent {
-    CustomerEvent::new("test", new_id(), None, payload)
-}
-
-pub fn credit_event(payload: CreditEventPayload) -> CreditEvent {
-    CreditEvent::new("test", new_id(), None, payload)
-}
-
-pub fn registered(customer: &str, name: &str, limit: i64) -> CustomerEvent {
-    customer_event(CustomerEventPayload::CustomerRegistered(
-        CustomerRegistered {
-            customer_id: customer.into(),
-            name: name.into(),
-            credit_limit_cents: limit,
-            tenant: None,
-        },
-    ))
-}
-
-/// A registration of a customer of `tenant`.
-pub fn registered_in(customer: &str, name: &str, limit: i64, tenant: &str) -> CustomerEvent {
-    let mut event = registered(customer, name, limit);
-    if let CustomerEventPayload::CustomerRegistered(p) = &mut event.payload {
-        p.tenant = Some(tenant.into());
-    }
-    event
-}
-
-pub fn created(customer: &str, order: &str, total: i64) -> OrderEvent {
-    order_event(OrderEventPayload::OrderCreated(OrderCreated {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        total_cents: total,
-    }))
-}
-
-pub fn approved(customer: &str, order: &str, total: i64) -> OrderEvent {
-    order_event(OrderEventPayload::OrderApproved(OrderApproved {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        total_cents: total,
-    }))
-}
-
-pub fn rejected(customer: &str, order: &str, total: i64, reason: &str) -> OrderEvent {
-    order_event(OrderEventPayload::OrderRejected(OrderRejected {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        total_cents: total,
-        reason: reason.into(),
-    }))
-}
-
-pub fn cancelled(customer: &str, order: &str, total: i64) -> OrderEvent {
-    order_event(OrderEventPayload::OrderCancelled(OrderCancelled {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        total_cents: total,
-        reason: Some("customer asked".into()),
-    }))
-}
-
-pub fn reserved(
-    customer: &str,
-    order: &str,
-    amount: i64,
-    reserved: i64,
-    limit: i64,
-) -> CreditEvent {
-    credit_event(CreditEventPayload::CreditReserved(CreditReserved {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        amount_cents: amount,
-        credit_reserved_cents: reserved,
-        credit_limit_cents: limit,
-    }))
-}
-
-pub fn exceeded(customer: &str, order: &str, amount: i64, available: i64) -> CreditEvent {
-    credit_event(CreditEventPayload::CreditLimitExceeded(
-        CreditLimitExceeded {
-            order_id: order.into(),
-            customer_id: customer.into(),
-            amount_cents: amount,
-            credit_available_cents: available,
-            reason: "credit limit exceeded".into(),
-        },
-    ))
-}
-
-pub fn released(customer: &str, order: &str, amount: i64, reserved: i64) -> CreditEvent {
-    credit_event(CreditEventPayload::CreditReleased(CreditReleased {
-        order_id: order.into(),
-        customer_id: customer.into(),
-        amount_cents: amount,
-        credit_reserved_cents: reserved,
-    }))
-}
-
-/// Sets `occurred_at`.
-pub trait At: Sized {
-    fn at(self, millis: i64) -> Self;
-}
-
-impl At for OrderEvent {
-    fn at(mut self, millis: i64) -> Self {
-        self.occurred_at = millis;
-        self
-    }
-}
-
-impl At for CustomerEvent {
-    fn at(mut self, millis: i64) -> Self {
-        self.occurred_at = millis;
-        self
-    }
-}
-
-impl At for CreditEvent {
-    fn at(mut self, millis: i64) -> Self {
-        self.occurred_at = millis;
-        self
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

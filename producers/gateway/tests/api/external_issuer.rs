@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use feedline::CancellationToken;
 use feedline_gateway::jwt::Claims;
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -367,7 +367,7 @@ async fn a_key_the_provider_adds_is_fetched_when_a_token_names_it() {
     jwks.state.keys.lock().unwrap().extend(rotated.jwks("k2-"));
     let token = rotated.es256("k2-ec", &provider_claims("feed:read"));
     // Refused until the rate limit allows a refetch, then accepted without a restart.
-    eventually("the new key to be fetched", async || {
+    eventually("the new key to be fetched", PATIENCE, async || {
         (read_orders(&app, &token).await.status == 503).then_some(())
     })
     .await;
@@ -392,7 +392,7 @@ async fn the_cached_key_set_serves_while_the_provider_fails() {
 
     jwks.state.failing.store(true, Ordering::SeqCst);
     let before = jwks.fetches();
-    eventually("a failed refetch", async || {
+    eventually("a failed refetch", PATIENCE, async || {
         assert_accepted(&read_orders(&app, &token).await);
         (jwks.fetches() > before).then_some(())
     })

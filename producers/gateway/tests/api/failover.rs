@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use feedline_schemas::CUSTOMER_EVENTS;
 use feedline_schemas::types::{CustomerEvent, CustomerEventPayload, CustomerRegistered};
-use feedline_testkit::{TestEnv, eventually, kafka_bootstrap, service_binary};
+use feedline_testkit::{PATIENCE, TestEnv, eventually, kafka_bootstrap, service_binary};
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
@@ -113,7 +113,7 @@ async fn world() -> World {
     for replica in &replicas {
         for customer in &customers {
             let url = format!("{}/customers/{customer}", replica.url);
-            eventually(&format!("{url} answered"), || async {
+            eventually(&format!("{url} answered"), PATIENCE, async || {
                 let response = http.get(&url).send().await.ok()?;
                 (response.status() == StatusCode::OK).then_some(())
             })
@@ -180,7 +180,7 @@ fn start_load(
 }
 
 async fn wait_for_reads(load: &Load, at_least: usize) {
-    eventually(&format!("{at_least} reads"), || async {
+    eventually(&format!("{at_least} reads"), PATIENCE, async || {
         (load.reads.load(Ordering::SeqCst) >= at_least).then_some(())
     })
     .await;
@@ -232,7 +232,7 @@ async fn killing_a_replica_of_a_static_list_fails_no_read() {
     killed.child.kill().expect("SIGKILL");
     killed.child.wait().expect("reaped");
     let at_kill = load.reads.load(Ordering::SeqCst);
-    eventually("the dead replica ejected", || async {
+    eventually("the dead replica ejected", PATIENCE, async || {
         (app.metric("feedline_gateway_upstream_ejected").await == 1.0).then_some(())
     })
     .await;
@@ -281,7 +281,7 @@ async fn killing_a_discovered_replica_fails_no_read_and_the_directory_counts_it_
     let admin = app.token(Some("admin")).await;
     let mut expected: Vec<String> = world.replicas.iter().map(|r| r.url.clone()).collect();
     expected.sort();
-    eventually("both replicas discovered", || async {
+    eventually("both replicas discovered", PATIENCE, async || {
         (balanced_urls(&fleet(&app, &admin).await) == expected).then_some(())
     })
     .await;
@@ -296,7 +296,7 @@ async fn killing_a_discovered_replica_fails_no_read_and_the_directory_counts_it_
     let killed_at = Instant::now();
     killed.child.wait().expect("reaped");
     let at_kill = load.reads.load(Ordering::SeqCst);
-    let down_after = eventually("the killed replica counted down", || async {
+    let down_after = eventually("the killed replica counted down", PATIENCE, async || {
         let fleet = fleet(&app, &admin).await;
         let instance = fleet["instances"]
             .as_array()?
@@ -306,9 +306,14 @@ async fn killing_a_discovered_replica_fails_no_read_and_the_directory_counts_it_
         (instance["up"] == false).then(|| killed_at.elapsed())
     })
     .await;
-    eventually("the killed replica dropped from the balancing", || async {
-        (balanced_urls(&fleet(&app, &admin).await) == [world.replicas[0].url.clone()]).then_some(())
-    })
+    eventually(
+        "the killed replica dropped from the balancing",
+        PATIENCE,
+        async || {
+            (balanced_urls(&fleet(&app, &admin).await) == [world.replicas[0].url.clone()])
+                .then_some(())
+        },
+    )
     .await;
     wait_for_reads(&load, at_kill + READS_AFTER_KILL).await;
     stop.store(true, Ordering::SeqCst);

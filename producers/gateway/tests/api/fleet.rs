@@ -2,7 +2,7 @@
 //! first replica is down still answers every read (retried on the other), and the dead one is
 //! ejected.
 
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 use reqwest::StatusCode;
 
 use crate::helpers::{JWT_SECRET, Options, TestApp, claims, closed_port, sign};
@@ -42,7 +42,7 @@ async fn fleet_is_for_admins_only() {
             .starts_with("http://127.0.0.1:")
     );
     // The gateway announces itself, and its own Directory lists it.
-    let gateway = eventually("the gateway in its own directory", || async {
+    let gateway = eventually("the gateway in its own directory", PATIENCE, async || {
         let fleet = app
             .send(app.http.get(app.at("/fleet")).bearer_auth(&admin))
             .await;

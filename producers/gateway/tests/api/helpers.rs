@@ -1,6 +1,6 @@
-//! Shared test setup: each test gets its own topic prefix on the real broker (started by
-//! `infra/up.sh`), its own schema registry (the workspace's `registry/` crate, in-process on
-//! port 0) and a gateway spawned on port 0 by [`TestApp::spawn`].
+//! The gateway's test setup on testkit: each test gets its own topic prefix on the real broker
+//! (started by `infra/up.sh`), its own schema registry (the workspace's `registry/` crate,
+//! in-process on port 0) and a gateway spawned on port 0 by [`TestApp::spawn`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,9 +9,9 @@ use std::time::Duration;
 use feedline::codec::{AvroDecoder, RegistryClient};
 use feedline::{CancellationToken, Settings};
 use feedline_gateway::jwt::{Claims, TokenKeys};
-use feedline_testkit::{kafka_bootstrap, random_prefix, start_registry};
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use feedline_testkit::{
+    Events, PATIENCE, Reader, eventually, kafka_bootstrap, metric, random_prefix, start_registry,
+};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
@@ -240,7 +240,7 @@ impl TestApp {
     async fn start(settings: Settings, registry: CancellationToken) -> TestApp {
         let token = registry.child_token();
         let (addr, handle) = tokio::time::timeout(
-            Duration::from_secs(30),
+            PATIENCE,
             feedline_gateway::spawn(settings.clone(), token.clone()),
         )
         .await
@@ -365,33 +365,22 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The sum of the samples of metric `name` (all label sets) on `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// The sum of the series `name` (or `name{label="value",...}`) on `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
     }
 
-    /// Waits (up to 20 s) until metric `name` is `value`.
+    /// Waits until metric `name` is `value`.
     pub async fn until_metric(&self, name: &str, value: f64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(&format!("{name} to be {value}"), PATIENCE, async || {
             let now = self.metric(name).await;
             if now == value {
-                return;
+                Ok(())
+            } else {
+                Err(format!("value {now}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} stayed at {now}, expected {value}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// Reads `count` messages of the (unprefixed) `topic` from the beginning and decodes
@@ -402,17 +391,6 @@ impl TestApp {
         count: usize,
     ) -> Vec<(String, T)> {
         let full = self.settings.kafka.name(topic);
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap())
-            .set(
-                "group.id",
-                format!("{}reader", self.settings.kafka.topic_prefix),
-            )
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&full]).unwrap();
         let schema = feedline_schemas::envelope_schema(topic).expect("a contract");
         let decoder: AvroDecoder<T, RegistryClient> = AvroDecoder::new(
             Arc::new(RegistryClient::new(&self.settings.registry)),
@@ -420,18 +398,14 @@ impl TestApp {
             None,
         )
         .unwrap();
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while out.len() < count {
-            let message = tokio::time::timeout_at(deadline, consumer.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out reading {full}: {} of {count}", out.len()))
-                .unwrap();
-            let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
-            let value = decoder.decode(message.payload().unwrap()).await.unwrap();
-            out.push((key, value));
-        }
-        out
+        let mut events = Events::new(Reader::new(&full), decoder);
+        events
+            .until(&format!("{count} message(s) on {full}"), |e| {
+                e.len() >= count
+            })
+            .await;
+        events.events.truncate(count);
+        events.events
     }
 }
 
@@ -467,13 +441,10 @@ async fn start_order_view(
         db = db.display(),
     ))
     .expect("order-view settings");
-    let (addr, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        feedline_order_view::spawn(settings, token),
-    )
-    .await
-    .expect("order-view started in time")
-    .expect("order-view started");
+    let (addr, _) = tokio::time::timeout(PATIENCE, feedline_order_view::spawn(settings, token))
+        .await
+        .expect("order-view started in time")
+        .expect("order-view started");
     format!("http://{addr}")
 }
 

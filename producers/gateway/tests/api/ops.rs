@@ -6,7 +6,7 @@ use axum::Router;
 use axum::routing::get;
 use feedline::admin::{Admin, TopicSpec};
 use feedline::{Metrics, Outgoing, Producer};
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 use reqwest::StatusCode;
 
 use crate::helpers::{JWT_SECRET, Options, TestApp, claims, sign};
@@ -59,7 +59,7 @@ async fn ops_counts_dead_letters_for_admins_only() {
     }
 
     let admin = app.token(Some("admin")).await;
-    let ops = eventually("three dead letters counted", || async {
+    let ops = eventually("three dead letters counted", PATIENCE, async || {
         let ops = app
             .send(app.http.get(app.at("/ops")).bearer_auth(&admin))
             .await;

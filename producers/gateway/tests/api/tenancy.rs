@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use feedline_testkit::{Service, TestEnv, eventually, fresh_database};
+use feedline_testkit::{PATIENCE, Service, TestEnv, eventually, fresh_database};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -87,7 +87,7 @@ impl World {
         assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:#?}");
         let id = answer.body["customer_id"].as_str().unwrap().to_owned();
         let path = format!("/customers/{id}");
-        eventually(&format!("{name} in order-view"), async || {
+        eventually(&format!("{name} in order-view"), PATIENCE, async || {
             (self.get(token, &path).await.status == StatusCode::OK).then_some(())
         })
         .await;

@@ -1,0 +1,170 @@
+//! The one Prometheus text parser of the tests: sample names, and values by name and labels.
+//! It reads a scrape the way the gateway's ops page does (`feedline_gateway::ops::samples`):
+//! comments, blank and malformed lines are skipped, label values are unescaped.
+
+use std::collections::BTreeSet;
+
+/// One sample line: `name{labels} value [timestamp]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the sample carries every one of `labels` (and maybe more, such as `service`).
+    pub fn has(&self, labels: &[(&str, &str)]) -> bool {
+        labels.iter().all(|(n, v)| self.label(n) == Some(*v))
+    }
+}
+
+/// Every sample of `text`, in order.
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines().filter_map(sample).collect()
+}
+
+/// The distinct sample names of `text` (a histogram gives its `_bucket`, `_sum` and `_count`).
+pub fn names(text: &str) -> BTreeSet<String> {
+    samples(text).into_iter().map(|s| s.name).collect()
+}
+
+/// The value of the first sample `name` that has every one of `labels`, whatever their order.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text)
+        .into_iter()
+        .find(|s| s.name == name && s.has(labels))
+        .map(|s| s.value)
+}
+
+/// The sum of the samples `name` that have every one of `labels` (0 when there are none):
+/// what a counter is across the label sets a test does not care about.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|s| s.name == name && s.has(labels))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// [`sum`] for a series written as Prometheus does, `name` or `name{label="value",...}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, label_set(rest).expect("a label set").0),
+        None => (series, Vec::new()),
+    };
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    sum(text, name, &labels)
+}
+
+fn sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let (parsed, after) = label_set(inner)?;
+        labels = parsed.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        rest = after;
+    }
+    // The value, then an optional timestamp.
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    (!name.is_empty()).then(|| Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// `a="x",b="y"}` → the pairs (values unescaped) and what follows the `}`.
+fn label_set(mut text: &str) -> Option<(Vec<(&str, String)>, &str)> {
+    let mut labels = Vec::new();
+    loop {
+        text = text.trim_start_matches([',', ' ']);
+        if let Some(after) = text.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let (name, after) = text.split_once('=')?;
+        let mut chars = after.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((name.trim(), value));
+        text = &after[1 + end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRAPE: &str = "# HELP a_seconds x\n# TYPE a_seconds histogram\n\
+        a_seconds_bucket{le=\"1\",service=\"s\"} 1\na_seconds_sum{service=\"s\"} 0.5\n\
+        a_seconds_count{service=\"s\"} 1\nb 2 1700000000000\n\n\
+        c_total{b=\"2\",a=\"1\",service=\"s\"} 3\nc_total{service=\"s\",b=\"1\",a=\"1\"} 4\n\
+        d{path=\"/a,b\",msg=\"say \\\"hi\\\"\"} 5\nnot a sample\n";
+
+    #[test]
+    fn names_are_read_out_of_a_scrape() {
+        assert_eq!(
+            names(SCRAPE).into_iter().collect::<Vec<_>>(),
+            [
+                "a_seconds_bucket",
+                "a_seconds_count",
+                "a_seconds_sum",
+                "b",
+                "c_total",
+                "d"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_is_found_by_name_and_labels_in_any_order() {
+        assert_eq!(value(SCRAPE, "a_seconds_count", &[]), Some(1.0));
+        assert_eq!(
+            value(SCRAPE, "b", &[]),
+            Some(2.0),
+            "a timestamp is not the value"
+        );
+        assert_eq!(
+            value(SCRAPE, "c_total", &[("a", "1"), ("b", "1")]),
+            Some(4.0)
+        );
+        assert_eq!(value(SCRAPE, "c_total", &[("b", "2")]), Some(3.0));
+        assert_eq!(value(SCRAPE, "c_total", &[("b", "3")]), None);
+        assert_eq!(value(SCRAPE, "c", &[]), None, "a name is matched whole");
+        assert_eq!(value(SCRAPE, "d", &[("msg", "say \"hi\"")]), Some(5.0));
+        assert_eq!(value(SCRAPE, "d", &[("path", "/a,b")]), Some(5.0));
+    }
+
+    #[test]
+    fn sums_add_up_the_matching_series() {
+        assert_eq!(sum(SCRAPE, "c_total", &[]), 7.0);
+        assert_eq!(sum(SCRAPE, "c_total", &[("a", "1")]), 7.0);
+        assert_eq!(sum(SCRAPE, "c_total", &[("b", "1")]), 4.0);
+        assert_eq!(sum(SCRAPE, "absent", &[]), 0.0);
+        assert_eq!(metric(SCRAPE, "c_total"), 7.0);
+        assert_eq!(metric(SCRAPE, "c_total{b=\"2\"}"), 3.0);
+        assert_eq!(metric(SCRAPE, "c_total{a=\"1\",b=\"1\"}"), 4.0);
+    }
+}
