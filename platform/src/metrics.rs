@@ -254,6 +254,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "metric consumed_total cannot be registered")]
     fn a_name_registered_twice_names_itself() {
-        Metrics::new("t").register().counter("consumed_total", "again");
+        Metrics::new("t")
+            .register()
+            .counter("consumed_total", "again");
     }
 }

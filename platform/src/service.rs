@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::RegistryClient;
 use crate::config::Settings;
-use crate::contracts::Contracts;
 use crate::consumer::{Consumer, Handler};
+use crate::contracts::Contracts;
 use crate::errors::{Classify, ErrorClass};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -191,8 +191,10 @@ impl<'a> Startup<'a> {
     /// The service's topics, created where missing (waiting for the broker).
     pub async fn topics(&self) -> anyhow::Result<()> {
         let kafka = &self.settings.kafka;
-        self.step("create the topics", || crate::contracts::ensure_topics(kafka))
-            .await
+        self.step("create the topics", || {
+            crate::contracts::ensure_topics(kafka)
+        })
+        .await
     }
 
     /// The topics created and every contract's schema registered (waiting for the broker

@@ -62,7 +62,9 @@ impl RegistryMetrics {
                 "registry_write_seconds",
                 "time from a write request to its answer, log round trip included",
                 &["command"],
-                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
             ),
             schemas: r.gauge("registry_schemas", "ids currently bound to a schema"),
         })

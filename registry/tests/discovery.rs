@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use feedline::CancellationToken;
 use feedline::discovery::Directory;
-use feedline_testkit::eventually;
+use feedline_testkit::{PATIENCE, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_on_port_0_is_in_the_directory_at_its_bound_address() {
@@ -21,12 +21,16 @@ async fn a_registry_on_port_0_is_in_the_directory_at_its_bound_address() {
     let token = CancellationToken::new();
     let directory = Directory::start(&reader, token.clone()).await.unwrap();
 
-    let instance = eventually("the registry announced at its bound address", async || {
-        directory
-            .instances()
-            .into_iter()
-            .find(|i| i.service == "registry" && i.url == reg.url)
-    })
+    let instance = eventually(
+        "the registry announced at its bound address",
+        PATIENCE,
+        async || {
+            directory
+                .instances()
+                .into_iter()
+                .find(|i| i.service == "registry" && i.url == reg.url)
+        },
+    )
     .await;
     assert!(instance.up, "{instance:?}");
     token.cancel();

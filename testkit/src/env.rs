@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feedline::codec::{AvroDecoder, AvroEncoder, RegistryClient};
-use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
 use feedline::contracts::Contracts;
+use feedline::{CancellationToken, Metrics, Outgoing, Producer, Settings};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::DropGuard;

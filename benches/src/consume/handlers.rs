@@ -2,15 +2,11 @@
 //! writing to PostgreSQL, and the real order-view handler.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use anyhow::Context;
 use feedline::codec::{AvroDecoder, CodecError, Decode, RegistryClient, Route, decode_batch};
-use feedline::{
-    CancellationToken, Consumer, Handler, HandlerError, Metrics, Outcome, Outgoing, Producer,
-    Settings,
-};
+use feedline::{CancellationToken, Handler, HandlerError, Metrics, Outcome, Settings};
 use feedline_order_view::ViewSettings;
 use feedline_order_view::cache::Cache;
 use feedline_order_view::feed::FeedHub;
@@ -19,17 +15,9 @@ use feedline_order_view::metrics::ViewMetrics;
 use feedline_order_view::store::{Memory as StoreMemory, Store};
 use feedline_schemas::types::*;
 use feedline_schemas::{CREDIT_EVENTS, ORDER_EVENTS, envelope_schema};
-use hdrhistogram::Histogram;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use serde_json::json;
 use sqlx::PgPool;
-
-use crate::Load;
-use crate::common::{
-    self, LATENCY_COLUMNS, Machine, Meter, Percentiles, RunResult, Series, Table, Target,
-};
-use crate::system;
 
 #[derive(Debug)]
 pub(super) struct Noop;

@@ -8,29 +8,20 @@
 //! (c) the real order-view handler (decode, apply, one SQLite transaction per batch, cache,
 //!     live-feed publish) on a fresh SQLite file.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use feedline::codec::{AvroDecoder, CodecError, Decode, RegistryClient, Route, decode_batch};
+use feedline::codec::RegistryClient;
 use feedline::{
     CancellationToken, Consumer, Handler, HandlerError, Metrics, Outcome, Outgoing, Producer,
     Settings,
 };
-use feedline_order_view::ViewSettings;
-use feedline_order_view::cache::Cache;
-use feedline_order_view::feed::FeedHub;
-use feedline_order_view::handler::{Decoders, ViewHandler};
-use feedline_order_view::metrics::ViewMetrics;
-use feedline_order_view::store::{Memory as StoreMemory, Store};
 use feedline_schemas::types::*;
-use feedline_schemas::{CREDIT_EVENTS, ORDER_EVENTS, envelope_schema};
+use feedline_schemas::{CREDIT_EVENTS, ORDER_EVENTS};
 use hdrhistogram::Histogram;
-use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde_json::json;
-use sqlx::PgPool;
 
 use crate::Load;
 use crate::common::{

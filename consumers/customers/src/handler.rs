@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 use feedline::codec::{AvroEncoder, CodecError, TopicDecoders};
 use feedline::config::KafkaSettings;
 use feedline::contracts::Contracts;
-use feedline::outbox::OutboxMessage;
 use feedline::transactional::{
     Applied, ApplyError, Domain, TransactionalHandler, Work, all_inserted,
 };
-use feedline_schemas::types::{CreditEvent, CustomerCommand, CustomerEvent, Envelope, OrderEvent};
+use feedline_schemas::types::{CreditEvent, CustomerCommand, CustomerEvent, OrderEvent};
 use feedline_schemas::{CREDIT_EVENTS, CUSTOMER_COMMANDS, CUSTOMER_EVENTS, ORDER_EVENTS};
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -15,11 +15,7 @@ pub mod db;
 pub mod handler;
 pub mod metrics;
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use feedline::codec::RegistryClient;
-use feedline::contracts::Contracts;
 use feedline::service::{Spawned, Startup};
 use feedline::transactional::TransactionalHandler;
 use feedline::{CancellationToken, Settings};

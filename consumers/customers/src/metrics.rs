@@ -1,8 +1,8 @@
 //! Business outcomes of the customer service, beside the platform's metrics in the same
 //! registry.
 
-use feedline_schemas::types::{CreditEventPayload, CustomerEventPayload};
 use feedline::Metrics;
+use feedline_schemas::types::{CreditEventPayload, CustomerEventPayload};
 use prometheus::{IntCounter, IntCounterVec};
 use uuid::Uuid;
 

@@ -62,7 +62,9 @@ impl ViewMetrics {
             batch_seconds: r.histogram(
                 "order_view_batch_seconds",
                 "time to apply and commit one batch",
-                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ],
             ),
             feed_subscribers: r.gauge("order_view_feed_subscribers", "live feed clients connected"),
             feed_lagged: r.counter(

@@ -149,7 +149,7 @@ async fn a_client_too_far_behind_gets_a_snapshot_then_live_changes() {
     for c in [&ada, &bob] {
         app.until(&format!("/customers/{c}"), |s, _| s == 200).await;
     }
-    let orders: Vec<_> = (0..30).map(|n| created(&ada, &new_id(), n + 1)).collect();
+    let orders: Vec<_> = (0..30).map(|n| created(&ada, new_id(), n + 1)).collect();
     env.send_orders_fast(&orders).await;
     let bob_order = new_id();
     env.send_order(&created(&bob, &bob_order, 7)).await;
@@ -307,7 +307,7 @@ async fn a_slow_client_is_dropped_with_lagged_while_another_keeps_receiving() {
     app.until(&format!("/customers/{ada}"), |s, _| s == 200)
         .await;
     let orders: Vec<_> = (0..ORDERS)
-        .map(|n| created(&ada, &new_id(), n as i64 + 1))
+        .map(|n| created(&ada, new_id(), n as i64 + 1))
         .collect();
     let send = env.send_orders_fast(&orders);
     let read = fast.read_until(|e| e.id == Some(total));

@@ -52,7 +52,7 @@ async fn a_client_moving_to_another_replica_gets_a_snapshot_then_every_change_on
     .await;
     const FIRST: usize = 5;
     let first: Vec<_> = (0..FIRST)
-        .map(|n| created(&ada, &new_id(), n as i64 + 1))
+        .map(|n| created(&ada, new_id(), n as i64 + 1))
         .collect();
     env.send_orders_fast(&first).await;
     let seen_on_a = take(&mut on_a, FIRST).await;
@@ -74,7 +74,7 @@ async fn a_client_moving_to_another_replica_gets_a_snapshot_then_every_change_on
         tokio::spawn(async move {
             for chunk in 0..MORE / 10 {
                 let events: Vec<_> = (0..10)
-                    .map(|i| created(&ada, &new_id(), (FIRST + chunk * 10 + i) as i64 + 1))
+                    .map(|i| created(&ada, new_id(), (FIRST + chunk * 10 + i) as i64 + 1))
                     .collect();
                 env.send_orders_fast(&events).await;
                 // One chunk shown on B before the next is sent: the orders keep coming
@@ -153,7 +153,7 @@ async fn a_rebuilt_read_model_answers_an_old_id_with_a_snapshot() {
     // Registered before the orders arrive (else their names change later: more changes).
     app.until(&format!("/customers/{ada}"), |s, _| s == 200)
         .await;
-    let orders: Vec<_> = (0..3).map(|n| created(&ada, &new_id(), n + 1)).collect();
+    let orders: Vec<_> = (0..3).map(|n| created(&ada, new_id(), n + 1)).collect();
     for order in &orders {
         env.send_order(order).await;
     }

@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 use feedline::codec::{AvroEncoder, CodecError, TopicDecoders};
 use feedline::config::KafkaSettings;
 use feedline::contracts::Contracts;
-use feedline::outbox::OutboxMessage;
 use feedline::transactional::{
     Applied, ApplyError, Domain, TransactionalHandler, Work, all_inserted,
 };
-use feedline_schemas::types::{CreditEvent, Envelope, OrderCommand, OrderEvent};
+use feedline_schemas::types::{CreditEvent, OrderCommand, OrderEvent};
 use feedline_schemas::{CREDIT_EVENTS, ORDER_COMMANDS, ORDER_EVENTS};
 use sqlx::PgConnection;
 use uuid::Uuid;

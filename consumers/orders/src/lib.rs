@@ -13,11 +13,7 @@ pub mod handler;
 pub mod metrics;
 pub mod order;
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use feedline::codec::RegistryClient;
-use feedline::contracts::Contracts;
 use feedline::service::{Spawned, Startup};
 use feedline::transactional::TransactionalHandler;
 use feedline::{CancellationToken, Settings};

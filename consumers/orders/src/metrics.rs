@@ -1,7 +1,7 @@
 //! Business outcomes of the order service, beside the platform's metrics in the same registry.
 
-use feedline_schemas::types::OrderEventPayload;
 use feedline::Metrics;
+use feedline_schemas::types::OrderEventPayload;
 use prometheus::{IntCounter, IntCounterVec};
 use uuid::Uuid;
 
