@@ -219,7 +219,9 @@ pub async fn run(cluster: &Cluster, args: ConsumeArgs) -> anyhow::Result<bool> {
             let (low, high) = ends[&p];
             let offset = match start {
                 Start::Beginning => Offset::Beginning,
-                Start::End => Offset::End,
+                // The end as read above, not as the broker has it at the first fetch: a
+                // message sent once `following` was printed is never skipped.
+                Start::End => Offset::Offset(high),
                 Start::At(n) => Offset::Offset(n.clamp(low, high)),
                 Start::FromEnd(n) => Offset::Offset((high - n).max(low)),
                 Start::Committed => Offset::Stored,
@@ -227,9 +229,6 @@ pub async fn run(cluster: &Cluster, args: ConsumeArgs) -> anyhow::Result<bool> {
             };
             match offset {
                 Offset::Beginning if low >= high => {
-                    done.insert(p);
-                }
-                Offset::End => {
                     done.insert(p);
                 }
                 Offset::Offset(n) if n >= high => {
@@ -252,6 +251,9 @@ pub async fn run(cluster: &Cluster, args: ConsumeArgs) -> anyhow::Result<bool> {
             }
         }
         consumer.assign(&tpl).context("cannot assign partitions")?;
+        if matches!(start, Start::End) {
+            eprintln!("following {} from its end; Ctrl-C stops", args.topic);
+        }
     }
 
     let mode = if args.avro_json {

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{customer, lines, order_created, start};
+use feedline_testkit::{PATIENCE, eventually};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// What consume prints for an envelope that was produced without its optional field.
 fn with_defaults(mut v: serde_json::Value) -> serde_json::Value {
@@ -171,9 +173,14 @@ async fn offsets_and_times_choose_where_reading_starts() {
     env.feedline_with(&["produce", &topic], Some(&lines(&first)))
         .await
         .ok();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every message so far was acknowledged, so stamped, before `since`; the later ones are
+    // sent once the clock has passed it.
+    let since_time = chrono::Utc::now() + chrono::Duration::milliseconds(1);
+    let since = since_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    eventually("the clock past `since`", PATIENCE, async || {
+        chrono::Utc::now() > since_time
+    })
+    .await;
     let later: Vec<_> = (5..8).map(|i| order_created(&customer(), i)).collect();
     env.feedline_with(&["produce", &topic], Some(&lines(&later)))
         .await
@@ -212,29 +219,34 @@ async fn offsets_and_times_choose_where_reading_starts() {
         "the default reads everything up to now"
     );
 
-    // --follow waits for new messages; --count ends it.
-    let follower = {
-        let args = ["consume", &topic, "--follow", "--count", "1"].map(str::to_owned);
-        let env_registry = env.registry.clone();
-        let prefix = env.prefix.clone();
-        tokio::spawn(async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_feedline"))
-                .args(&args)
-                .args(["--registry-url", &env_registry])
-                .env("FEEDLINE_KAFKA__TOPIC_PREFIX", prefix)
-                .output()
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // --follow waits for new messages from the end it announces; --count ends it.
+    let mut follower = tokio::process::Command::new(env!("CARGO_BIN_EXE_feedline"))
+        .args(["consume", &topic, "--follow", "--count", "1"])
+        .args(["--registry-url", &env.registry])
+        .env("FEEDLINE_KAFKA__TOPIC_PREFIX", &env.prefix)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(follower.stderr.take().unwrap()).lines();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.starts_with("following ") {
+                return;
+            }
+        }
+        panic!("consume --follow ended before it said it was following");
+    })
+    .await
+    .expect("consume --follow says it is following");
     env.feedline_with(
         &["produce", &topic],
         Some(&format!("{}\n", order_created(&customer(), 42))),
     )
     .await
     .ok();
-    let out = tokio::time::timeout(Duration::from_secs(30), follower)
+    let out = tokio::time::timeout(PATIENCE, follower.wait_with_output())
         .await
         .expect("--follow --count 1 ends after one message")
         .unwrap();
@@ -331,19 +343,19 @@ async fn a_group_commits_what_it_printed_and_resumes_and_shows_its_lag() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let described = loop {
+    let described = eventually("the member in the group, caught up", PATIENCE, async || {
         let described = env
             .feedline(&["groups", "describe", &group, "--output", "json"])
             .await
             .ok()
             .json();
         if described["lag"] == 0 && described["members"].as_array().unwrap().len() == 1 {
-            break described;
+            Ok(described)
+        } else {
+            Err(described)
         }
-        assert!(std::time::Instant::now() < deadline, "{described}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    })
+    .await;
     let m = &described["members"][0];
     assert_eq!(m["client_id"], "feedline-cli");
     assert!(m["host"].as_str().unwrap().contains("127.0.0.1"), "{m}");

@@ -263,6 +263,9 @@ impl<H: Handler> Consumer<H> {
             self.settings.batch_max,
             self.settings.batch_wait(),
             self.context.revocations(),
+            self.metrics
+                .consumer_prefetched
+                .with_label_values(&[&self.group]),
         ));
         let fetcher = fetch::Fetcher {
             consumer: self.consumer.clone(),

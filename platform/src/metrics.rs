@@ -21,6 +21,7 @@ pub struct Metrics {
     pub event_age_seconds: HistogramVec,
     pub dead_lettered: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    pub consumer_prefetched: IntGaugeVec,
     pub outbox_published: IntCounterVec,
     pub outbox_quarantined: IntCounterVec,
     pub outbox_backlog: IntGauge,
@@ -102,6 +103,11 @@ impl Metrics {
                 "consumer_lag",
                 "messages between the committed offset and the end of the partition",
                 &["topic", "partition"],
+            ),
+            consumer_prefetched: r.gauges(
+                "consumer_prefetched_messages",
+                "messages fetched and waiting for the handler (the next batch), per group",
+                &["group"],
             ),
             outbox_published: r.counters(
                 "outbox_published_total",

@@ -270,14 +270,13 @@ async fn active_relay(
     let token = feedline::CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone()));
     let handle = outbox.clone();
-    eventually("the relay to take the lock", PATIENCE, async || {
-        handle.is_active()
-    })
+    // Active once it has read the table: what the test commits next reaches it one way only.
+    eventually(
+        "the relay to take the lock and read the table",
+        PATIENCE,
+        async || handle.is_active(),
+    )
     .await;
-    // Its first read of the (empty) table follows the activation: let it pass, so what the
-    // test commits next reaches the relay one way only. A grace period, as the relay shows
-    // no sign of that read (it would need a counter of table reads).
-    tokio::time::sleep(Duration::from_millis(300)).await;
     (token, running)
 }
 

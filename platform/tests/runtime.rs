@@ -408,9 +408,16 @@ async fn a_rebalance_drops_prefetched_messages_of_revoked_partitions() {
     for i in 0..4 {
         produce_to(&ctx, &topic, i % 2, &format!("b{i}")).await;
     }
-    // A grace period for member one to fetch them into its batch: the runtime shows no sign
-    // of a batch being collected (it would need a count of the messages fetched).
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let prefetched = ctx
+        .metrics
+        .consumer_prefetched
+        .with_label_values(&[&ctx.name("g")]);
+    eventually(
+        "member one collecting the four in its batch",
+        PATIENCE,
+        async || prefetched.get() == 4,
+    )
+    .await;
     let two = Collect::default();
     let seen_two = two.seen.clone();
     let (t2, h2) = ctx.spawn_consumer("g", std::slice::from_ref(&topic), two);
@@ -488,9 +495,16 @@ async fn shutdown_abandons_the_prefetched_batch() {
         !batches.lock().unwrap().is_empty()
     })
     .await;
-    // The next five are local already: the fetch side has them waiting well before this. A
-    // grace period, as the runtime shows no sign of a prefetched batch.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let prefetched = ctx
+        .metrics
+        .consumer_prefetched
+        .with_label_values(&[&ctx.name("g")]);
+    eventually(
+        "the next five fetched behind the first",
+        PATIENCE,
+        async || prefetched.get() == 5,
+    )
+    .await;
     token.cancel();
     task.await.unwrap().unwrap();
 

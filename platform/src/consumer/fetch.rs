@@ -10,6 +10,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus::IntGauge;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
@@ -42,6 +43,8 @@ pub(super) struct Handoff {
     arrived: Notify,
     /// Handler → fetch thread: the full batch was taken, or the handler side has gone.
     taken: Condvar,
+    /// The pending count, exported: what a rebalance or a shutdown would drop now.
+    prefetched: IntGauge,
 }
 
 #[derive(Debug)]
@@ -58,7 +61,12 @@ struct Pending {
 }
 
 impl Handoff {
-    pub(super) fn new(batch_max: usize, batch_wait: Duration, generation: u64) -> Self {
+    pub(super) fn new(
+        batch_max: usize,
+        batch_wait: Duration,
+        generation: u64,
+        prefetched: IntGauge,
+    ) -> Self {
         Handoff {
             state: Mutex::new(Pending {
                 batch: Vec::new(),
@@ -71,6 +79,7 @@ impl Handoff {
             batch_wait,
             arrived: Notify::new(),
             taken: Condvar::new(),
+            prefetched,
         }
     }
 
@@ -97,6 +106,7 @@ impl Handoff {
                         if pending.batch.len() >= self.batch_max || Instant::now() >= ready_at {
                             let batch = std::mem::take(&mut pending.batch);
                             pending.since = None;
+                            self.prefetched.set(0);
                             drop(pending);
                             self.taken.notify_one();
                             return Some(batch);
@@ -145,6 +155,7 @@ impl Handoff {
             }
             wake |= pending.batch.len() >= self.batch_max;
         }
+        self.prefetched.set(pending.batch.len() as i64);
         drop(pending);
         if wake {
             self.arrived.notify_one();
@@ -286,6 +297,10 @@ mod tests {
     use crate::metrics::Metrics;
     use rdkafka::Timestamp;
 
+    fn gauge() -> IntGauge {
+        IntGauge::new("prefetched", "test").unwrap()
+    }
+
     fn message(partition: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(
             Some(vec![1]),
@@ -312,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn the_handler_takes_everything_that_arrived_while_it_worked() {
         let context = FeedlineContext::new(Metrics::new("test"));
-        let handoff = Handoff::new(100, Duration::ZERO, context.revocations());
+        let handoff = Handoff::new(100, Duration::ZERO, context.revocations(), gauge());
         push(&handoff, 0);
         assert_eq!(offsets(&handoff.next(&context).await.unwrap()), [0]);
         // The handler is busy: three arrive meanwhile, and go as one batch.
@@ -325,7 +340,12 @@ mod tests {
     #[tokio::test]
     async fn a_lone_message_waits_batch_wait_for_company_then_goes() {
         let context = FeedlineContext::new(Metrics::new("test"));
-        let handoff = Handoff::new(100, Duration::from_millis(40), context.revocations());
+        let handoff = Handoff::new(
+            100,
+            Duration::from_millis(40),
+            context.revocations(),
+            gauge(),
+        );
         let started = Instant::now();
         push(&handoff, 7);
         let batch = handoff.next(&context).await.unwrap();
@@ -336,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_batch_goes_without_waiting() {
         let context = FeedlineContext::new(Metrics::new("test"));
-        let handoff = Handoff::new(2, Duration::from_secs(3600), context.revocations());
+        let handoff = Handoff::new(2, Duration::from_secs(3600), context.revocations(), gauge());
         push(&handoff, 0);
         push(&handoff, 1);
         let batch = tokio::time::timeout(Duration::from_secs(5), handoff.next(&context))
@@ -348,7 +368,12 @@ mod tests {
     #[tokio::test]
     async fn the_handler_waits_for_a_message_and_ends_when_the_fetch_thread_stops() {
         let context = FeedlineContext::new(Metrics::new("test"));
-        let handoff = Arc::new(Handoff::new(100, Duration::ZERO, context.revocations()));
+        let handoff = Arc::new(Handoff::new(
+            100,
+            Duration::ZERO,
+            context.revocations(),
+            gauge(),
+        ));
         let waiting = tokio::spawn({
             let (handoff, context) = (handoff.clone(), context.clone());
             async move {
@@ -372,7 +397,12 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_taken_until_the_messages_of_revoked_partitions_are_dropped() {
         let context = FeedlineContext::new(Metrics::new("test"));
-        let handoff = Arc::new(Handoff::new(100, Duration::ZERO, context.revocations()));
+        let handoff = Arc::new(Handoff::new(
+            100,
+            Duration::ZERO,
+            context.revocations(),
+            gauge(),
+        ));
         for (partition, offset) in [(0, 10), (1, 20), (0, 11), (1, 21)] {
             handoff.add(&context, Some(message(partition, offset)));
         }

@@ -140,7 +140,6 @@ impl OutboxRelay {
         // read of the table or notified.
         let mut listener = PgListener::connect_with(&self.outbox.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
-        shared.active.store(true, Ordering::SeqCst);
         let mut flight = Flight::start(&self.outbox.pool, self.metrics.clone()).await?;
         let mut recent = Recent::default();
         let mut backoff = Duration::from_millis(100);
@@ -169,6 +168,9 @@ impl OutboxRelay {
                     Ok(()) => {
                         behind = false;
                         backoff = Duration::from_millis(100);
+                        // Hand-offs from the first read of the table on: until then a
+                        // commit notifies, and the read finds what came before it.
+                        shared.active.store(true, Ordering::SeqCst);
                     }
                     Err(OutboxError::Produce(e)) if e.is_retryable() => {
                         tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "outbox publish failed, retrying");

@@ -102,7 +102,8 @@ impl Outbox {
         &self.pool
     }
 
-    /// Whether this process's relay is the active one (and so takes hand-offs).
+    /// Whether this process's relay is the active one: it holds the lock, has read the table
+    /// once, and takes hand-offs.
     pub fn is_active(&self) -> bool {
         self.shared.active.load(Ordering::SeqCst)
     }
