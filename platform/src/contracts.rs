@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use feedline_schemas::types::{Consumed, TopicSink};
 use feedline_schemas::{
     EVENT_TOPICS, SCHEMAS_TOPIC, TOPICS, contracts, envelope_schema, value_subject,
 };
@@ -13,7 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin::{Admin, AdminError, TopicSpec};
-use crate::codec::{AvroDecoder, AvroEncoder, CodecError, RegistryClient, SchemaResolver};
+use crate::codec::{
+    AvroDecoder, AvroEncoder, CodecError, RegistryClient, SchemaResolver, TopicDecoders,
+};
 use crate::config::KafkaSettings;
 
 /// The topics a deployment needs, with the configured prefix, partitions, replication and
@@ -114,9 +117,39 @@ impl Contracts {
         AvroDecoder::new(self.registry.clone(), schema, self.id(topic))
     }
 
+    /// The decoders of every topic `M` is consumed from, each with its topic's envelope.
+    pub fn decoders<M: Consumed + Send + 'static>(&self) -> Result<TopicDecoders<M>, CodecError> {
+        let sink = DecoderSink {
+            contracts: self,
+            decoders: TopicDecoders::new(),
+        };
+        Ok(M::decoders(sink)?.decoders)
+    }
+
     /// An encoder of `topic`'s envelope (unprefixed name), see [`encoder`].
     pub async fn encoder<T: Serialize>(&self, topic: &str) -> Result<AvroEncoder<T>, CodecError> {
         encoder(&*self.registry, &self.kafka, topic).await
+    }
+}
+
+/// Builds [`Contracts::decoders`].
+struct DecoderSink<'a, M> {
+    contracts: &'a Contracts,
+    decoders: TopicDecoders<M>,
+}
+
+impl<M: Send + 'static> TopicSink<M> for DecoderSink<'_, M> {
+    type Error = CodecError;
+
+    fn topic<T>(mut self, topic: &'static str) -> Result<Self, CodecError>
+    where
+        T: DeserializeOwned + Into<M> + Send + 'static,
+    {
+        let decoder = self.contracts.decoder::<T>(topic)?;
+        self.decoders = self
+            .decoders
+            .topic(self.contracts.kafka.name(topic), decoder);
+        Ok(self)
     }
 }
 

@@ -9,13 +9,14 @@
 
 use std::future::Future;
 
-use feedline_schemas::types::Envelope;
+use feedline_schemas::types::{Consumed, Envelope};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgConnection, PgPool};
 
 use crate::codec::{CodecError, TopicDecoders, decode_each};
 use crate::consumer::{Handler, HandlerError, Outcome};
+use crate::contracts::Contracts;
 use crate::db::DbError;
 use crate::dedup;
 use crate::dlq::Rejection;
@@ -67,14 +68,10 @@ pub struct Applied<S> {
 /// A service's business logic over its database.
 pub trait Domain: Send + Sync + 'static {
     /// A decoded message: its event id is its key in `processed_events`.
-    type Message: Envelope + Send;
+    type Message: Envelope + Consumed + Send + 'static;
     /// What a message asks of the service.
     type Input: Send + Sync;
     type Summary: Send;
-
-    /// The decoders of the topics the service consumes, one per topic: the platform decodes
-    /// each message with its topic's (see [`crate::codec::decode_each`]).
-    fn decoders(&self) -> &TopicDecoders<Self::Message>;
 
     /// What `message` asks: `Ok(None)` when it asks nothing of this service, `Err(reason)`
     /// when it is invalid (it goes to the dead-letter topic).
@@ -135,8 +132,11 @@ pub fn all_inserted(expected: usize, inserted: u64) -> Result<(), ApplyError> {
 
 /// A [`Handler`] that runs a [`Domain`] in one transaction per batch.
 #[derive(Debug)]
-pub struct TransactionalHandler<D> {
+pub struct TransactionalHandler<D: Domain> {
     pub pool: PgPool,
+    /// The decoders of the domain's topics, one per topic: each message is decoded with its
+    /// topic's (see [`crate::codec::decode_each`]).
+    pub decoders: TopicDecoders<D::Message>,
     /// Where the batch's events go: rows in the transaction, then handed to the relay.
     pub outbox: Outbox,
     /// This service's name in `processed_events`.
@@ -170,7 +170,7 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
         decode_each(
             batch,
             &mut outcome,
-            self.domain.decoders(),
+            &self.decoders,
             |index, message| match self.domain.input(&message) {
                 Ok(Some(input)) => {
                     // Work::new names the correlation on the span first: the line carries it.
@@ -203,18 +203,24 @@ impl<D: Domain> Handler for TransactionalHandler<D> {
 
 impl<D: Domain> TransactionalHandler<D> {
     /// The handler of `domain` over `pool`, its events written to the outbox in `pool`.
-    pub fn new(pool: PgPool, dedup_consumer: &'static str, domain: D) -> Self {
-        TransactionalHandler {
+    pub fn new(
+        pool: PgPool,
+        dedup_consumer: &'static str,
+        contracts: &Contracts,
+        domain: D,
+    ) -> Result<Self, CodecError> {
+        Ok(TransactionalHandler {
+            decoders: contracts.decoders()?,
             outbox: Outbox::new(pool.clone()),
             pool,
             dedup_consumer,
             domain,
-        }
+        })
     }
 
     /// The topics the domain consumes (full names).
     pub fn topics(&self) -> &[String] {
-        self.domain.decoders().topics()
+        self.decoders.topics()
     }
 
     async fn apply(&self, work: &[Work<D::Input>]) -> Result<(), TxError<ApplyError>> {

@@ -64,21 +64,52 @@ pub trait Envelope {
     fn correlation_id(&self) -> &str;
 }
 
+/// Where a consumer's decoders are built, one per topic, each decoding into the message
+/// type `M` (the platform's contracts are one).
+pub trait TopicSink<M>: Sized {
+    type Error;
+    /// Adds the decoder of `topic`'s envelope `T` (unprefixed name).
+    fn topic<T>(self, topic: &'static str) -> Result<Self, Self::Error>
+    where
+        T: serde::de::DeserializeOwned + Into<M> + Send + 'static;
+}
+
+/// A message type consumed from topics: it says which, and which envelope each carries.
+pub trait Consumed: Sized {
+    fn decoders<S: TopicSink<Self>>(sink: S) -> Result<S, S::Error>;
+}
+
 /// A service's incoming message: one of the envelopes it consumes, told apart by variant.
 /// Each envelope converts into it (what a consumer's decoders decode into), and it is an
-/// [`Envelope`] itself.
+/// [`Envelope`] itself. With `from TOPIC` on every variant it is [`Consumed`] from those
+/// topics too.
 ///
 /// ```
+/// use feedline_schemas::{CREDIT_EVENTS, ORDER_COMMANDS};
+/// use feedline_schemas::types::{CreditEvent, OrderCommand};
+///
 /// feedline_schemas::one_of! {
 ///     /// What the order service consumes.
 ///     pub enum Incoming {
-///         Command(feedline_schemas::types::OrderCommand),
-///         Credit(feedline_schemas::types::CreditEvent),
+///         Command(OrderCommand) from ORDER_COMMANDS,
+///         Credit(CreditEvent) from CREDIT_EVENTS,
 ///     }
 /// }
 /// ```
 #[macro_export]
 macro_rules! one_of {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
+        $($variant:ident($ty:ty) from $topic:expr),+ $(,)?
+    }) => {
+        $crate::one_of! { $(#[$meta])* $vis enum $name { $($variant($ty)),+ } }
+
+        impl $crate::types::Consumed for $name {
+            fn decoders<S: $crate::types::TopicSink<Self>>(sink: S) -> Result<S, S::Error> {
+                $(let sink = sink.topic::<$ty>($topic)?;)+
+                Ok(sink)
+            }
+        }
+    };
     ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
         $(#[$meta])*
         $vis enum $name {

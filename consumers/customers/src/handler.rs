@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use feedline::codec::{AvroEncoder, CodecError, TopicDecoders};
+use feedline::codec::{AvroEncoder, CodecError};
 use feedline::config::KafkaSettings;
 use feedline::contracts::Contracts;
 use feedline::transactional::{
@@ -37,15 +37,13 @@ feedline_schemas::one_of! {
     /// reserve or release).
     #[derive(Debug)]
     pub enum Incoming {
-        Command(CustomerCommand),
-        Order(OrderEvent),
+        Command(CustomerCommand) from CUSTOMER_COMMANDS,
+        Order(OrderEvent) from ORDER_EVENTS,
     }
 }
 
 #[derive(Debug)]
 pub struct Customers {
-    /// `customer-commands` and `order-events`.
-    pub decoders: TopicDecoders<Incoming>,
     pub topics: Topics,
     pub customer_events: AvroEncoder<CustomerEvent>,
     pub credit_events: AvroEncoder<CreditEvent>,
@@ -63,15 +61,6 @@ impl Customers {
         metrics: CustomerMetrics,
     ) -> Result<Self, CodecError> {
         Ok(Customers {
-            decoders: TopicDecoders::new()
-                .topic(
-                    kafka.name(CUSTOMER_COMMANDS),
-                    contracts.decoder::<CustomerCommand>(CUSTOMER_COMMANDS)?,
-                )
-                .topic(
-                    kafka.name(ORDER_EVENTS),
-                    contracts.decoder::<OrderEvent>(ORDER_EVENTS)?,
-                ),
             topics: Topics {
                 customer_events: kafka.name(CUSTOMER_EVENTS),
                 credit_events: kafka.name(CREDIT_EVENTS),
@@ -88,10 +77,6 @@ impl Domain for Customers {
     type Message = Incoming;
     type Input = Input;
     type Summary = Tally;
-
-    fn decoders(&self) -> &TopicDecoders<Incoming> {
-        &self.decoders
-    }
 
     fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
         // Approved and rejected orders ask nothing: nothing to do, nothing to remember.

@@ -52,7 +52,8 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
     let contracts = start.contracts().await?;
     let customers = Customers::new(&contracts, kafka, start.producer_name(), metrics)
         .await
-        .context("failed to build the customer decoders and encoders")?;
-    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, customers);
+        .context("failed to build the customer encoders")?;
+    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, &contracts, customers)
+        .context("failed to build the customer decoders")?;
     start.spawn_transactional(GROUP, handler).await
 }

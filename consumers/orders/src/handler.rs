@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use feedline::codec::{AvroEncoder, CodecError, TopicDecoders};
+use feedline::codec::{AvroEncoder, CodecError};
 use feedline::config::KafkaSettings;
 use feedline::contracts::Contracts;
 use feedline::transactional::{
@@ -29,15 +29,13 @@ feedline_schemas::one_of! {
     /// What the service consumes: commands, and the customer service's credit decisions.
     #[derive(Debug)]
     pub enum Incoming {
-        Command(OrderCommand),
-        Credit(CreditEvent),
+        Command(OrderCommand) from ORDER_COMMANDS,
+        Credit(CreditEvent) from CREDIT_EVENTS,
     }
 }
 
 #[derive(Debug)]
 pub struct Orders {
-    /// `order-commands` and `credit-events`.
-    pub decoders: TopicDecoders<Incoming>,
     /// Where the order events go (full name).
     pub events: String,
     pub encoder: AvroEncoder<OrderEvent>,
@@ -55,15 +53,6 @@ impl Orders {
         metrics: OrderMetrics,
     ) -> Result<Self, CodecError> {
         Ok(Orders {
-            decoders: TopicDecoders::new()
-                .topic(
-                    kafka.name(ORDER_COMMANDS),
-                    contracts.decoder::<OrderCommand>(ORDER_COMMANDS)?,
-                )
-                .topic(
-                    kafka.name(CREDIT_EVENTS),
-                    contracts.decoder::<CreditEvent>(CREDIT_EVENTS)?,
-                ),
             events: kafka.name(ORDER_EVENTS),
             encoder: contracts.encoder(ORDER_EVENTS).await?,
             producer,
@@ -76,10 +65,6 @@ impl Domain for Orders {
     type Message = Incoming;
     type Input = Input;
     type Summary = Tally;
-
-    fn decoders(&self) -> &TopicDecoders<Incoming> {
-        &self.decoders
-    }
 
     fn input(&self, message: &Incoming) -> Result<Option<Input>, String> {
         match message {

@@ -50,7 +50,8 @@ pub async fn spawn(settings: Settings, token: CancellationToken) -> anyhow::Resu
     let contracts = start.contracts().await?;
     let orders = Orders::new(&contracts, kafka, start.producer_name(), metrics)
         .await
-        .context("failed to build the order decoders and encoder")?;
-    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, orders);
+        .context("failed to build the order encoder")?;
+    let handler = TransactionalHandler::new(pool, handler::DEDUP_CONSUMER, &contracts, orders)
+        .context("failed to build the order decoders")?;
     start.spawn_transactional(GROUP, handler).await
 }
