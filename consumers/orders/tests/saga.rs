@@ -87,7 +87,13 @@ async fn saga_approves_rejects_cancels_and_releases_credit() {
     assert_eq!(
         orders_rows,
         vec![
-            (first, "CANCELLED".into(), 6000, None),
+            // A cancellation keeps its reason.
+            (
+                first,
+                "CANCELLED".into(),
+                6000,
+                Some("changed my mind".into())
+            ),
             (
                 second,
                 "REJECTED".into(),
