@@ -1,45 +1,20 @@
-//! The one Prometheus text parser of the tests: sample names, and values by name and labels.
-//! It reads a scrape the way the gateway's ops page does (`feedline_gateway::ops::samples`):
-//! comments, blank and malformed lines are skipped, label values are unescaped.
+//! What the tests read a scrape with: sample names, and values by name and labels, over the
+//! platform's one Prometheus text parser (`feedline::metrics::text`, which the gateway's ops
+//! page reads scrapes with too).
 
 use std::collections::BTreeSet;
 
-/// One sample line: `name{labels} value [timestamp]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether the sample carries every one of `labels` (and maybe more, such as `service`).
-    pub fn has(&self, labels: &[(&str, &str)]) -> bool {
-        labels.iter().all(|(n, v)| self.label(n) == Some(*v))
-    }
-}
-
-/// Every sample of `text`, in order.
-pub fn samples(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(sample).collect()
-}
+use feedline::metrics::text::label_set;
+pub use feedline::metrics::text::{Sample, samples};
 
 /// The distinct sample names of `text` (a histogram gives its `_bucket`, `_sum` and `_count`).
 pub fn names(text: &str) -> BTreeSet<String> {
-    samples(text).into_iter().map(|s| s.name).collect()
+    samples(text).map(|s| s.name.to_owned()).collect()
 }
 
 /// The value of the first sample `name` that has every one of `labels`, whatever their order.
 pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples(text)
-        .into_iter()
         .find(|s| s.name == name && s.has(labels))
         .map(|s| s.value)
 }
@@ -48,7 +23,6 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// what a counter is across the label sets a test does not care about.
 pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples(text)
-        .iter()
         .filter(|s| s.name == name && s.has(labels))
         .map(|s| s.value)
         .sum()
@@ -62,55 +36,6 @@ pub fn metric(text: &str, series: &str) -> f64 {
     };
     let labels: Vec<(&str, &str)> = labels.iter().map(|(n, v)| (*n, v.as_str())).collect();
     sum(text, name, &labels)
-}
-
-fn sample(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        let (parsed, after) = label_set(inner)?;
-        labels = parsed.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
-        rest = after;
-    }
-    // The value, then an optional timestamp.
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    (!name.is_empty()).then(|| Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
-}
-
-/// `a="x",b="y"}` → the pairs (values unescaped) and what follows the `}`.
-fn label_set(mut text: &str) -> Option<(Vec<(&str, String)>, &str)> {
-    let mut labels = Vec::new();
-    loop {
-        text = text.trim_start_matches([',', ' ']);
-        if let Some(after) = text.strip_prefix('}') {
-            return Some((labels, after));
-        }
-        let (name, after) = text.split_once('=')?;
-        let mut chars = after.strip_prefix('"')?.char_indices();
-        let mut value = String::new();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        labels.push((name.trim(), value));
-        text = &after[1 + end + 1..];
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! One Prometheus registry per service, with the platform's counters beside it.
 
+pub mod text;
+
 use std::sync::Arc;
 
 use prometheus::core::Collector;
