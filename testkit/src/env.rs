@@ -164,25 +164,7 @@ impl TestEnv {
 /// Starts a schema registry in-process on port 0, on `prefix`'s `_schemas` topic; it runs
 /// until `token` is cancelled. Returns its URL.
 pub async fn start_registry(prefix: &str, token: CancellationToken) -> String {
-    let settings = Settings::from_toml(&format!(
-        r#"
-        service_name = "registry"
-        [kafka]
-        bootstrap_servers = "{}"
-        topic_prefix = "{prefix}"
-        linger_ms = 0
-        [http]
-        host = "127.0.0.1"
-        port = 0
-        [registry_server]
-        dev_mode = true
-        # One librdkafka client less per test; the discovery tests announce on their own.
-        [discovery]
-        enabled = false
-        "#,
-        kafka_bootstrap()
-    ))
-    .expect("registry settings");
+    let settings = crate::registry_settings(prefix);
     // Creating the `_schemas` topic and reading it back can take a while on a cold broker.
     let running = tokio::time::timeout(
         Duration::from_secs(60),

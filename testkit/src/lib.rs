@@ -28,5 +28,5 @@ pub use kafka::{
 };
 pub use pg::{connect, database_url, fresh_database};
 pub use prometheus::metric;
-pub use service::{Service, service_binary};
+pub use service::{Service, registry_settings, service_binary};
 pub use wait::{Outcome, PATIENCE, eventually};

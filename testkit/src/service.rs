@@ -6,7 +6,31 @@ use std::net::SocketAddr;
 use feedline::{CancellationToken, Settings};
 use tokio::task::JoinHandle;
 
-use crate::PATIENCE;
+use crate::{PATIENCE, kafka_bootstrap};
+
+/// A development registry's settings on `prefix`'s `_schemas` topic, on port 0: open (the
+/// auth tests add users on top) and silent on the service directory, as an announcement
+/// would register its own schema in it (the discovery tests turn that back on).
+pub fn registry_settings(prefix: &str) -> Settings {
+    Settings::from_toml(&format!(
+        r#"
+        service_name = "registry"
+        [kafka]
+        bootstrap_servers = "{}"
+        topic_prefix = "{prefix}"
+        linger_ms = 0
+        [http]
+        host = "127.0.0.1"
+        port = 0
+        [registry_server]
+        dev_mode = true
+        [discovery]
+        enabled = false
+        "#,
+        kafka_bootstrap()
+    ))
+    .expect("registry settings")
+}
 
 /// A service started in-process.
 pub struct Service {

@@ -16,27 +16,7 @@ use serde_json::{Value, json};
 pub const V1_MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 pub fn settings(prefix: &str) -> Settings {
-    Settings::from_toml(&format!(
-        r#"
-        service_name = "registry"
-        [kafka]
-        bootstrap_servers = "{}"
-        topic_prefix = "{prefix}"
-        linger_ms = 0
-        [http]
-        host = "127.0.0.1"
-        port = 0
-        # Open, as a development registry: the auth tests add users on top.
-        [registry_server]
-        dev_mode = true
-        # Silent: an announcement registers its own schema here, and these registries
-        # must hold only what a test registers. `discovery.rs` turns it back on.
-        [discovery]
-        enabled = false
-        "#,
-        kafka_bootstrap()
-    ))
-    .expect("test settings")
+    feedline_testkit::registry_settings(prefix)
 }
 
 /// One registry instance running in-process, and an HTTP client for it.
