@@ -58,9 +58,12 @@ async fn measure(
     seconds: f64,
 ) -> anyhow::Result<Hops> {
     let producer: FutureProducer = settings.kafka.producer_config().create()?;
-    let relay_in = consumer_at_end(settings, first)?;
+    let relay_in = consumer_from_start(settings, first)?;
     let relay_out: FutureProducer = settings.kafka.producer_config().create()?;
-    let end = consumer_at_end(settings, second)?;
+    let end = consumer_from_start(settings, second)?;
+    // Both readers fetching every partition before the clock starts.
+    fetching(&producer, &relay_in, first).await?;
+    fetching(&producer, &end, second).await?;
     let base = Instant::now();
     let n = (rate * seconds) as usize;
     let warm = (rate as usize).min(n / 5);
@@ -100,9 +103,6 @@ async fn measure(
         }
         hist
     });
-    // Fetching from "end" takes a moment to resolve: messages sent before it has would be
-    // missed.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let sent = send(&producer, first, rate, n, base).await?;
     let one = relay.await?;
     let two = reader.await?;
@@ -139,7 +139,32 @@ async fn send(
     Ok(meter.finish())
 }
 
-fn consumer_at_end(settings: &Settings, topic: &str) -> anyhow::Result<StreamConsumer> {
+/// Sends a probe to each partition of `topic` and waits until `consumer` has read them all:
+/// from then on it is fetching, and no message of the run waits for it to start.
+async fn fetching(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> anyhow::Result<()> {
+    for p in 0..PARTITIONS {
+        let record = FutureRecord::<(), _>::to(topic)
+            .partition(p)
+            .payload("probe");
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    for _ in 0..PARTITIONS {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{topic}'s reader did not start fetching"))??;
+    }
+    Ok(())
+}
+
+/// A reader of `topic` from its first offset: the topics are this run's own and start empty.
+fn consumer_from_start(settings: &Settings, topic: &str) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = settings
         .kafka
         .consumer_config(
@@ -149,7 +174,7 @@ fn consumer_at_end(settings: &Settings, topic: &str) -> anyhow::Result<StreamCon
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::End)?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
