@@ -23,6 +23,7 @@ mod processes;
 mod produce;
 mod ratios;
 mod report;
+mod sse;
 mod system;
 
 use std::path::PathBuf;

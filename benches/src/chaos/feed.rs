@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::load::Client;
+use crate::sse::SseParser;
 
 /// How long a stream may stay silent before the client takes it for dead.
 const SILENT_FOR: Duration = Duration::from_secs(30);
@@ -88,8 +89,7 @@ pub fn watch(
                 }
             };
             let mut stream = response.bytes_stream();
-            let mut buffer: Vec<u8> = Vec::new();
-            let (mut kind, mut data, mut id) = (String::new(), String::new(), None::<String>);
+            let mut events = SseParser::default();
             loop {
                 // order-view sends keep-alives, so a silent stream is a dead connection
                 // (a peer killed without a FIN reaching us): connect again.
@@ -98,39 +98,17 @@ pub fn watch(
                     c = tokio::time::timeout(SILENT_FOR, stream.next()) => c,
                 };
                 let Ok(Some(Ok(chunk))) = chunk else { break };
-                buffer.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = buffer[start..].iter().position(|b| *b == b'\n') {
-                    let line = String::from_utf8_lossy(&buffer[start..start + end])
-                        .trim_end_matches('\r')
-                        .to_owned();
-                    start += end + 1;
-                    if line.is_empty() {
-                        // One event complete; comments (keep-alives) leave nothing.
-                        if !kind.is_empty() || !data.is_empty() {
-                            if id.is_some() {
-                                last_id = id.clone();
-                            }
-                            shared.lock().expect("poisoned").events.push(FeedEvent {
-                                id: id.as_deref().and_then(change_number),
-                                raw_id: id.take(),
-                                kind: std::mem::take(&mut kind),
-                                data: std::mem::take(&mut data),
-                            });
-                        }
-                        id = None;
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        kind = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !data.is_empty() {
-                            data.push('\n');
-                        }
-                        data.push_str(v.trim_start());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_owned());
+                events.feed(&chunk, |event| {
+                    if event.id.is_some() {
+                        last_id = event.id.clone();
                     }
-                }
-                buffer.drain(..start);
+                    shared.lock().expect("poisoned").events.push(FeedEvent {
+                        id: event.id.as_deref().and_then(change_number),
+                        raw_id: event.id,
+                        kind: event.kind,
+                        data: event.data,
+                    });
+                });
             }
         }
     });

@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::StreamExt;
 
 use super::running::Running;
+use crate::sse::SseParser;
 
 /// When each order first appeared on the feed, and when in a final state.
 #[derive(Debug, Default)]
@@ -71,32 +72,20 @@ pub(super) async fn watch_feed(
         let mut last_id: Option<String> = None;
         loop {
             let mut stream = response.bytes_stream();
-            let mut buffer: Vec<u8> = Vec::new();
-            let (mut is_order, mut data) = (false, String::new());
+            let mut events = SseParser::default();
             while let Some(Ok(chunk)) = stream.next().await {
                 let now = Instant::now();
-                buffer.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = buffer[start..].iter().position(|b| *b == b'\n') {
-                    let line = String::from_utf8_lossy(&buffer[start..start + end])
-                        .trim_end_matches('\r')
-                        .to_owned();
-                    start += end + 1;
-                    if line.is_empty() {
-                        if is_order {
-                            shared.lock().expect("poisoned").order(&data, now, &finals);
-                        }
-                        is_order = false;
-                        data.clear();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        is_order = v.trim() == "order";
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        last_id = Some(v.trim().to_owned());
+                events.feed(&chunk, |event| {
+                    if event.id.is_some() {
+                        last_id = event.id;
                     }
-                }
-                buffer.drain(..start);
+                    if event.kind == "order" {
+                        shared
+                            .lock()
+                            .expect("poisoned")
+                            .order(&event.data, now, &finals);
+                    }
+                });
             }
             shared.lock().expect("poisoned").resumed += 1;
             response = match open_feed(&run, last_id.as_deref()).await {
